@@ -1,0 +1,147 @@
+"""The ``altmodal`` command: train, evaluate, datasets (and the commands later modules add).
+
+Flags are generated from the config dataclasses (:mod:`altmodal.config`); ``--config FILE``
+(TOML or JSON) fills settings and explicit flags win. Errors in the input end the command with
+exit status 2 and one line on stderr naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from altmodal.config import ConfigError, add_arguments, read_config_file
+from altmodal.data.features import DataError
+from altmodal.data.registry import DATASETS, DataConfig
+from altmodal.encoders import EncoderConfig
+from altmodal.experiment import RunConfig, evaluate_run, option_classes, resolve, train_run
+from altmodal.strategies import STRATEGIES, TrainConfig
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Config-file settings overlaid with the flags given explicitly on the command line."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_config_file(args.config))
+    ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", *skip}
+    values.update({k: v for k, v in vars(args).items() if k not in ignored})
+    return values
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that define a run: strategy, data, encoder, training and strategy options."""
+    parser.add_argument(
+        "--strategy", default=argparse.SUPPRESS, choices=list(STRATEGIES), help="training strategy (default: joint)"
+    )
+    parser.add_argument("--config", help="TOML or JSON file of settings; explicit flags win")
+    add_arguments(parser, DataConfig, "data")
+    add_arguments(parser, EncoderConfig, "encoders")
+    add_arguments(parser, TrainConfig, "training")
+    seen: set[str] = set()
+    for name, cls in option_classes().items():
+        group = parser.add_argument_group(f"strategy {name}")
+        fresh = _OnlyNew(group, seen)
+        add_arguments(fresh, cls)
+
+
+class _OnlyNew:
+    """Adds each flag once even when several strategies share an options field."""
+
+    def __init__(self, group: Any, seen: set[str]):
+        self.group = group
+        self.seen = seen
+
+    def add_argument(self, *names: str, **kwargs: Any) -> None:
+        if names[0] in self.seen:
+            return
+        self.seen.add(names[0])
+        self.group.add_argument(*names, **kwargs)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = resolve(settings_from(args), "command line")
+    out = args.out or config.default_out()
+    metrics = train_run(config, out, progress=not args.quiet, overwrite=args.overwrite)
+    print_summary(config, str(out), metrics)
+    return 0
+
+
+def print_summary(config: RunConfig, out: str, metrics: Mapping[str, Any]) -> None:
+    test = metrics["test"]
+    print(f"run: {out}  ({config.strategy} on {config.data.dataset}, seed {config.train.seed}, "
+          f"best epoch {metrics['best_epoch'] + 1} of {metrics['epochs']})")
+    print(f"test fused accuracy {test['fused']['accuracy']:.4f}  macro-F1 {test['fused']['macro_f1']:.4f}")
+    print("unimodal accuracy (each modality's own prediction inside the model):")
+    for m, block in test["unimodal"].items():
+        print(f"  {m:<12} {block['accuracy']:.4f}")
+    print("present subsets (the fused model with only these modalities present):")
+    for name, block in test["present"].items():
+        print(f"  {name:<24} {block['accuracy']:.4f}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    present = [m for m in args.present.split(",") if m] if args.present else None
+    result = evaluate_run(args.run, present=present, missing_rate=args.missing_rate, split=args.split)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    for info in DATASETS.values():
+        defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
+        print(f"{info.name:<12} {info.description}" + (f" [defaults: {defaults}]" if defaults else ""))
+    print(f"{'<file>.npz':<12} a feature file: one array per modality, 'label', optional 'split' "
+          "and 'present_<modality>' (see altmodal.data.features)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="altmodal", description="Multimodal learning that does not go lazy (MLA and its baselines)."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one run and write its folder")
+    add_run_arguments(train)
+    train.add_argument("--out", help="run folder (default: runs/<dataset>-<strategy>-seed<S>-<config hash>)")
+    train.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="re-evaluate a finished run")
+    evaluate.add_argument("--run", required=True, help="the run folder")
+    evaluate.add_argument("--present", help="only these modalities present, comma-separated")
+    evaluate.add_argument("--missing-rate", type=float, default=0.0, help="drop modalities at this rate (>=1 kept)")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    datasets = sub.add_parser("datasets", help="list the built-in datasets")
+    datasets.set_defaults(handler=cmd_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as err:
+        print(f"altmodal: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("altmodal: interrupted; finished epochs are checkpointed, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

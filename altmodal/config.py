@@ -1,0 +1,172 @@
+"""Frozen config dataclasses <-> command-line flags and config files.
+
+Each configurable piece of the library declares a frozen dataclass next to its code; every field
+carries its help text in ``metadata["help"]``. This module turns such dataclasses into argparse
+flags (``--field-name``), reads config files (TOML or JSON; nested tables are flattened, so a run
+folder's ``config.json`` can be fed back in) and resolves a value per field with the precedence
+
+    dataclass default < preset < config file < explicit flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or flag value that cannot be used; the message names it."""
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with help text (tuples and other immutables as defaults)."""
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def fields_of(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
+    """Field name -> (field, resolved type) of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, title: str | None = None) -> None:
+    """Add one flag per field of ``cls``; flags default to SUPPRESS so only explicit ones appear."""
+    group = parser.add_argument_group(title) if title else parser
+    for name, (f, kind) in fields_of(cls).items():
+        if f.metadata.get("cli") is False:
+            continue
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(f)}
+        base = _unwrap_optional(kind)
+        if f.metadata.get("repeat"):
+            kwargs["action"] = "append"
+            kwargs["metavar"] = f.metadata.get("metavar", "VALUE")
+        elif base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(base) is Literal:
+            kwargs["choices"] = list(get_args(base))
+            kwargs["type"] = type(get_args(base)[0])
+        elif get_origin(base) is tuple:
+            kwargs["type"] = _tuple_parser(name, get_args(base)[0])
+            kwargs["metavar"] = "A,B,..."
+        else:
+            kwargs["type"] = base
+        group.add_argument(f.metadata.get("flag", flag(name)), dest=name, **kwargs)
+
+
+def _help(f: dataclasses.Field[Any]) -> str:
+    default = f.default
+    if isinstance(default, tuple):
+        shown = ",".join(str(v) for v in default) or "(none)"
+    else:
+        shown = str(default)
+    return f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
+
+
+def _unwrap_optional(kind: Any) -> Any:
+    if get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(kind) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return kind
+
+
+def _tuple_parser(name: str, item: Any) -> Any:
+    def parse(text: str) -> tuple[Any, ...]:
+        parts = [p.strip() for p in str(text).split(",") if p.strip()]
+        try:
+            return tuple(item(p) for p in parts)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{flag(name)}: {text!r} is not a list of {item.__name__}") from err
+
+    return parse
+
+
+def coerce(cls: type, name: str, value: Any, source: str) -> Any:
+    """A value from a config file, checked and converted to the field's type."""
+    _, kind = fields_of(cls)[name]
+    base = _unwrap_optional(kind)
+    if value is None and base is not kind:
+        return None
+    try:
+        if base is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if get_origin(base) is Literal:
+            if value not in get_args(base):
+                raise ConfigError(
+                    f"{source}: {name} = {value!r} is not one of {', '.join(map(str, get_args(base)))}"
+                )
+            return value
+        if get_origin(base) is tuple:
+            item = get_args(base)[0]
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(item(v) for v in items if not (isinstance(v, str) and not v.strip()))
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if base in (int, str, float) and not isinstance(value, base):
+            raise TypeError
+        return value
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{source}: {name} = {value!r} is not a valid {getattr(base, '__name__', base)}") from err
+
+
+def build(cls: type[T], values: Mapping[str, Any]) -> T:
+    """An instance of ``cls`` from the entries of ``values`` that name its fields."""
+    names = fields_of(cls)
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A flat dict of the settings in a TOML or JSON file (nested tables flattened)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError as err:  # Python 3.10
+                raise ConfigError(f"{path}: TOML config files need Python 3.11; use JSON") from err
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot parse ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table of settings")
+    return flatten(data)
+
+
+def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value))
+        else:
+            flat[key.replace("-", "_")] = value
+    return flat
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def known_names(classes: Iterable[type]) -> set[str]:
+    return {name for cls in classes for name in fields_of(cls)}

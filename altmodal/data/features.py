@@ -1,0 +1,163 @@
+"""Feature files: one ``.npz`` with one array per modality.
+
+Format (every array's first axis is the sample axis, N samples):
+
+- ``<modality>``: any number of arrays, one per modality, numeric, shape (N, ...).
+- ``label``: (N,) integers or strings. Integer labels 0..K-1 are kept; any other set of labels is
+  mapped to 0..K-1 in sorted order and the class names are kept.
+- ``split`` (optional): (N,) strings, each ``train``, ``val`` or ``test``. Without it a stratified
+  split is drawn from the seed.
+- ``present_<modality>`` (optional): (N,) booleans; False marks the modality absent for that
+  sample. The values in an absent row are ignored (they may be NaN) and read as zeros. This is the
+  only way a file marks absence: a NaN in a row marked present is an error.
+- ``classes`` (optional): (K,) strings, the class names for integer labels.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from altmodal.data.dataset import SPLITS, MultimodalDataset
+
+RESERVED = ("label", "split", "classes")
+PRESENT_PREFIX = "present_"
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, array, row or value and what to do."""
+
+
+def read_npz(path: str | Path) -> tuple[MultimodalDataset, np.ndarray | None]:
+    """Read and validate a feature file.
+
+    Returns:
+        The dataset over all rows, and the per-sample split names (or None if the file has none).
+
+    Raises:
+        DataError: the file is missing or unreadable, or an array is malformed; the message names
+            the file and the array.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such feature file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            raw = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    return arrays_to_dataset(raw, source=str(path))
+
+
+def arrays_to_dataset(
+    raw: dict[str, np.ndarray], source: str
+) -> tuple[MultimodalDataset, np.ndarray | None]:
+    """Validate the arrays of a feature file (see the module docstring) and build a dataset."""
+    if "label" not in raw:
+        raise DataError(f"{source}: no 'label' array (arrays: {', '.join(sorted(raw)) or 'none'})")
+    label = raw["label"]
+    if label.ndim != 1:
+        raise DataError(f"{source}: 'label' must be 1-D, got shape {label.shape}")
+    n = len(label)
+    if n == 0:
+        raise DataError(f"{source}: 'label' is empty")
+    modalities = [k for k in raw if k not in RESERVED and not k.startswith(PRESENT_PREFIX)]
+    if not modalities:
+        raise DataError(f"{source}: no modality arrays besides {', '.join(sorted(raw))}")
+    for key, array in raw.items():
+        if key != "classes" and (array.ndim == 0 or array.shape[0] != n):
+            raise DataError(
+                f"{source}: array {key!r} has {array.shape[0] if array.ndim else 0} samples "
+                f"(shape {array.shape}), 'label' has {n}"
+            )
+    labels, classes = encode_labels(label, raw.get("classes"), source)
+    present: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for m in modalities:
+        array = raw[m]
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise DataError(f"{source}: array {m!r} has non-numeric dtype {array.dtype}")
+        mask = raw.get(PRESENT_PREFIX + m)
+        if mask is None:
+            mask = np.ones(n, dtype=bool)
+        elif mask.dtype != bool:
+            if not np.isin(mask, (0, 1)).all():
+                raise DataError(f"{source}: {PRESENT_PREFIX + m!r} must hold booleans (or 0/1)")
+            mask = mask.astype(bool)
+        if mask.ndim != 1:
+            raise DataError(f"{source}: {PRESENT_PREFIX + m!r} must be 1-D, got {mask.shape}")
+        arrays[m] = check_finite(array, mask, f"{source}: array {m!r}")
+        present[m] = mask
+    orphan = [k for k in raw if k.startswith(PRESENT_PREFIX) and k[len(PRESENT_PREFIX) :] not in arrays]
+    if orphan:
+        raise DataError(f"{source}: {orphan[0]!r} names no modality array (modalities: {', '.join(modalities)})")
+    split = raw.get("split")
+    if split is not None:
+        split = split.astype(str)
+        bad = np.flatnonzero(~np.isin(split, SPLITS))
+        if len(bad):
+            raise DataError(
+                f"{source}: 'split' row {bad[0]} is {str(split[bad[0]])!r}; each entry must be one of {', '.join(SPLITS)}"
+            )
+    dataset = MultimodalDataset(
+        name=source, arrays=arrays, present=present, labels=labels, classes=classes, rows=np.arange(n)
+    )
+    return dataset, split
+
+
+def encode_labels(
+    label: np.ndarray, class_names: np.ndarray | None, source: str
+) -> tuple[np.ndarray, list[str]]:
+    """Map labels to 0..K-1; return them with the class names."""
+    if np.issubdtype(label.dtype, np.floating):
+        if not np.isfinite(label).all():
+            row = int(np.flatnonzero(~np.isfinite(label))[0])
+            raise DataError(f"{source}: 'label' row {row} is {label[row]}; labels must be integers or strings")
+        if not np.all(label == np.round(label)):
+            row = int(np.flatnonzero(label != np.round(label))[0])
+            raise DataError(f"{source}: 'label' row {row} is {label[row]}, not an integer")
+        label = label.astype(np.int64)
+    if np.issubdtype(label.dtype, np.integer):
+        values = np.unique(label)
+        if values[0] >= 0 and class_names is not None:
+            names = [str(c) for c in class_names.astype(str)]
+            if values[-1] >= len(names):
+                raise DataError(
+                    f"{source}: label {values[-1]} is out of range for the {len(names)} names in 'classes'"
+                )
+            labels, classes = label.astype(np.int64), names
+        elif values[0] == 0 and values[-1] == len(values) - 1:
+            labels, classes = label.astype(np.int64), [str(v) for v in values]
+        else:
+            labels, classes = np.searchsorted(values, label).astype(np.int64), [str(v) for v in values]
+    elif label.dtype.kind in "US":
+        text = label.astype(str)
+        values = np.unique(text)
+        labels, classes = np.searchsorted(values, text).astype(np.int64), [str(v) for v in values]
+    else:
+        raise DataError(f"{source}: 'label' has dtype {label.dtype}; labels must be integers or strings")
+    if len(np.unique(labels)) < 2:
+        raise DataError(f"{source}: every sample has the label {classes[int(labels[0])]!r}; need at least 2 classes")
+    return labels, classes
+
+
+def check_finite(array: np.ndarray, present: np.ndarray, what: str) -> np.ndarray:
+    """``array`` with absent rows zeroed; raises on NaN or inf in a present row."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    flat = array.reshape(len(array), -1)
+    bad_rows = np.flatnonzero(present & ~np.isfinite(flat).all(axis=1))
+    if len(bad_rows):
+        row = int(bad_rows[0])
+        col = int(np.flatnonzero(~np.isfinite(flat[row]))[0])
+        raise DataError(
+            f"{what}: row {row} holds {flat[row, col]} at feature {col} ({len(bad_rows)} rows "
+            f"affected); mark absent samples with a 'present_<modality>' array instead"
+        )
+    if present.all():
+        return array
+    cleaned = array.copy()
+    cleaned[~present] = 0
+    return cleaned

@@ -1,0 +1,176 @@
+"""From a dataset name (or a feature file) to train/val/test views ready for training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from altmodal.config import option
+from altmodal.data.dataset import MultimodalDataset, Splits, Transform
+from altmodal.data.features import DataError, read_npz
+from altmodal.data.mfeat import load_mfeat
+from altmodal.data.splits import make_splits, missing_mask, standardize, stratified_split
+from altmodal.data.synthetic import generate, synthetic_config
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, which modalities, how it is split and which modalities go missing."""
+
+    dataset: str = option("mfeat", "a built-in dataset name (see `altmodal datasets`) or a .npz feature file")
+    data_dir: str | None = option(None, "folder of a prepared media dataset (`altmodal prepare`)")
+    modalities: tuple[str, ...] = option((), "modalities to use, comma-separated (default: all)")
+    dataset_options: tuple[str, ...] = option(
+        (), "a dataset parameter as key=value (repeat the flag for more)",
+        flag="--dataset-option", repeat=True, metavar="KEY=VALUE",
+    )
+    val_fraction: float = option(0.15, "validation share of each class when the data has no split")
+    test_fraction: float = option(0.25, "test share of each class when the data has no split")
+    standardize: bool = option(True, "standardise feature data with training-split statistics")
+    train_missing_rate: float = option(0.0, "drop modalities of training samples at this rate (>=1 kept)")
+    test_missing_rate: float = option(0.0, "drop modalities of val/test samples at this rate (>=1 kept)")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a dataset loader returns before splitting."""
+
+    dataset: MultimodalDataset
+    split: np.ndarray | None = None
+    """Per-sample split names, or None for a stratified split from the seed."""
+    features: bool = True
+    """Flat feature vectors (standardised per split) rather than media tensors."""
+    train_transforms: Mapping[str, Transform] = field(default_factory=dict)
+    eval_transforms: Mapping[str, Transform] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    load: Callable[[DataConfig, Mapping[str, str]], Loaded]
+    needs_data_dir: bool = False
+    defaults: Mapping[str, object] = field(default_factory=dict)
+    """Settings this dataset trains well with (e.g. a learning rate); flags and files win."""
+
+
+def _load_mfeat(config: DataConfig, options: Mapping[str, str]) -> Loaded:
+    _no_options("mfeat", options)
+    return Loaded(load_mfeat())
+
+
+def _load_synthetic(config: DataConfig, options: Mapping[str, str]) -> Loaded:
+    return Loaded(generate(synthetic_config(options)))
+
+
+def _no_options(name: str, options: Mapping[str, str]) -> None:
+    if options:
+        raise DataError(f"{name}: takes no dataset options (got {', '.join(options)})")
+
+
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register(info: DatasetInfo) -> None:
+    """Make a dataset loadable by name (used by the built-in corpora)."""
+    DATASETS[info.name] = info
+
+
+register(
+    DatasetInfo(
+        "mfeat",
+        "UCI Multiple Features: 2,000 handwritten digits, 10 classes, 6 views "
+        "(fou 76, fac 216, kar 64, pix 240, zer 47, mor 6); shipped with the package",
+        _load_mfeat,
+        defaults={"lr": 0.01},
+    )
+)
+register(
+    DatasetInfo(
+        "synthetic",
+        "seeded generator of controlled imbalance (m0, m1, ...); options: modalities, samples, "
+        "classes, widths, strengths, shared, private, latent_dim, noise, missing_rate, seed",
+        _load_synthetic,
+        defaults={"lr": 0.01},
+    )
+)
+
+
+def dataset_defaults(dataset: str) -> Mapping[str, object]:
+    """The settings a built-in dataset recommends (empty for feature files)."""
+    info = DATASETS.get(dataset)
+    return info.defaults if info is not None else {}
+
+
+def parse_options(items: Sequence[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"dataset option {item!r} is not of the form key=value")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def load(config: DataConfig) -> Loaded:
+    """Load the named dataset or feature file, unsplit."""
+    options = parse_options(config.dataset_options)
+    if config.dataset in DATASETS:
+        info = DATASETS[config.dataset]
+        if info.needs_data_dir and not config.data_dir:
+            raise DataError(
+                f"{config.dataset}: needs --data-dir, the folder written by "
+                f"`altmodal prepare {config.dataset} --root RAW --out DIR`"
+            )
+        return info.load(config, options)
+    if config.dataset.endswith(".npz") or Path(config.dataset).suffix:
+        dataset, split = read_npz(config.dataset)
+        _no_options(config.dataset, options)
+        return Loaded(dataset, split)
+    raise DataError(
+        f"unknown dataset {config.dataset!r}; built-in datasets: {', '.join(DATASETS)} "
+        "(or give the path of a .npz feature file)"
+    )
+
+
+def select_modalities(dataset: MultimodalDataset, wanted: Sequence[str]) -> MultimodalDataset:
+    if not wanted:
+        return dataset
+    unknown = [m for m in wanted if m not in dataset.arrays]
+    if unknown:
+        raise DataError(
+            f"{dataset.name}: unknown modality {unknown[0]!r}; its modalities are {', '.join(dataset.modalities)}"
+        )
+    if len(set(wanted)) != len(wanted):
+        raise DataError(f"{dataset.name}: a modality is named twice in {','.join(wanted)}")
+    return dataset.with_modalities(wanted)
+
+
+def load_splits(config: DataConfig, seed: int) -> Splits:
+    """Train/val/test views: modalities selected, split, standardised, missing masks applied.
+
+    The stratified split (for data without one) and the missing masks are drawn from ``seed``.
+    """
+    loaded = load(config)
+    dataset = select_modalities(loaded.dataset, config.modalities)
+    split = loaded.split
+    if split is None:
+        split = stratified_split(dataset.labels, config.val_fraction, config.test_fraction, seed)
+    splits = make_splits(dataset, split)
+    if loaded.features and config.standardize:
+        splits = standardize(splits)
+    present = dict(splits.train.present)
+    if config.train_missing_rate > 0:
+        present = missing_mask(present, splits.train.rows, config.train_missing_rate, seed)
+    if config.test_missing_rate > 0:
+        rows = np.concatenate([splits.val.rows, splits.test.rows])
+        present = missing_mask(present, rows, config.test_missing_rate, seed + 1)
+    splits = splits.map(lambda view: view.with_present(present))
+    return Splits(
+        train=splits.train.with_transforms(loaded.train_transforms),
+        val=splits.val.with_transforms(loaded.eval_transforms),
+        test=splits.test.with_transforms(loaded.eval_transforms),
+    )

@@ -1,0 +1,128 @@
+"""Data-parallel training over torch.distributed (NCCL on GPUs, gloo on CPU).
+
+Rather than wrapping the model in DistributedDataParallel, every optimisation step averages the
+gradients of exactly the parameters that step updates, in one flat all-reduce. MLA's alternating
+steps update one encoder plus the head: the other encoders are neither reduced nor touched (no
+hang on unused parameters, no wasted traffic), and their gradients stay None, so the optimizer
+leaves their momentum and weight decay alone.
+
+Losses are normalised by the GLOBAL number of samples in a step (see :meth:`Dist.count`), so the
+averaged gradient equals the single-process gradient of the same global batch, and a 2-process
+run follows a 1-process run with the same global batch to float tolerance.
+
+A single process is the same code with ``world_size == 1``: every collective is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, value: Tensor) -> Tensor:
+        """The sum over ranks of ``value`` (a new tensor; ``value`` is left alone)."""
+        out = value.detach().clone()
+        if self.active:
+            out = out.to(self.device)
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    def count(self, mask: Tensor) -> Tensor:
+        """The global number of True entries of a (B,) mask, at least 1 (as a float tensor)."""
+        return self.sum(mask.sum().to(torch.float64)).clamp_min(1).to(torch.float32)
+
+    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` over ranks in one flat all-reduce.
+
+        A parameter without a gradient on this rank contributes zeros; all ranks name the same
+        parameters, so they agree on the layout. Losses are already normalised by global counts,
+        so the reduction is a SUM.
+        """
+        if not self.active:
+            return
+        params = [p for p in params if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads]).to(self.device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).to(p.device)
+            offset += n
+
+    def gather(self, value: Tensor) -> Tensor:
+        """Concatenate ``value`` (first axis may differ per rank) from every rank, rank order."""
+        if not self.active:
+            return value
+        local = value.detach().to(self.device)
+        sizes = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([local.shape[0]], device=self.device))
+        longest = int(max(int(s) for s in sizes))
+        padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=self.device)
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)]).to(value.device)
+
+    def broadcast_object(self, obj: object) -> object:
+        if not self.active:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested, but CUDA is not available here")
+    return device
+
+
+def init_from_env(device_name: str) -> Dist:
+    """Join the torch.distributed job that torchrun describes in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist(device=resolve_device(device_name))
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=rank, world_size=world_size, device=device)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

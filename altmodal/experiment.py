@@ -1,0 +1,224 @@
+"""One run, end to end: resolve a config, load data, build a strategy, fit, evaluate, write.
+
+Used by ``altmodal train`` / ``altmodal evaluate`` and by the benchmark grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from altmodal.config import ConfigError, build, coerce, fields_of, flatten, to_dict
+from altmodal.data.registry import DataConfig, dataset_defaults, load_splits
+from altmodal.data.splits import missing_mask
+from altmodal.distributed import Dist
+from altmodal.encoders import EncoderConfig
+from altmodal.metrics import analyses, subset_name, summarize
+from altmodal.runs import Run
+from altmodal.strategies import STRATEGIES, Strategy, TrainConfig, build_strategy, strategy_class
+
+log = logging.getLogger(__name__)
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig}
+DEFAULT_STRATEGY = "joint"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run."""
+
+    strategy: str = DEFAULT_STRATEGY
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    options: dict[str, Any] = field(default_factory=dict)
+    """The strategy's own options, resolved (empty for strategies without options)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "data": to_dict(self.data),
+            "encoder": to_dict(self.encoder),
+            "train": to_dict(self.train),
+            "options": json.loads(json.dumps(self.options)),
+        }
+
+    def digest(self) -> str:
+        """A short hash of the config; equal configs give equal digests."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    def default_out(self, root: str | Path = "runs") -> Path:
+        name = Path(self.data.dataset).stem if self.data.dataset.endswith(".npz") else self.data.dataset
+        return Path(root) / f"{name}-{self.strategy}-seed{self.train.seed}-{self.digest()}"
+
+
+def option_classes() -> dict[str, type]:
+    """Strategy name -> its options dataclass (strategies without options left out)."""
+    return {n: c.options_class for n, c in STRATEGIES.items() if c.options_class is not None}
+
+
+def strategy_option_names() -> set[str]:
+    return {name for cls in option_classes().values() for name in fields_of(cls)}
+
+
+def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
+    """A RunConfig from flat settings (config file entries overlaid with explicit flags).
+
+    Precedence: dataclass defaults < the dataset's recommended settings < the strategy's preset
+    (if it has presets) < ``values``.
+
+    Raises:
+        ConfigError: an unknown setting, or an option of another strategy; the message names it.
+    """
+    values = {**dataset_defaults(str(values.get("dataset", DataConfig().dataset))), **values}
+    name = str(values.get("strategy", DEFAULT_STRATEGY))
+    cls = strategy_class(name)
+    own = fields_of(cls.options_class) if cls.options_class is not None else {}
+    known = {"strategy"} | {n for c in SECTIONS.values() for n in fields_of(c)} | strategy_option_names()
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+        if key in strategy_option_names() and key not in own:
+            owners = [s for s, c in option_classes().items() if key in fields_of(c)]
+            raise ConfigError(
+                f"{source}: option {key!r} belongs to strategy {' / '.join(owners)}, not {name!r}"
+            )
+    sections = {
+        section: build(c, {k: coerce(c, k, v, source) for k, v in values.items() if k in fields_of(c)})
+        for section, c in SECTIONS.items()
+    }
+    options: dict[str, Any] = {}
+    if cls.options_class is not None:
+        presets: Mapping[str, Mapping[str, Any]] = getattr(cls.options_class, "PRESETS", {})
+        merged = dict(presets.get(str(values.get("preset", "")), {}))
+        merged.update({k: v for k, v in values.items() if k in own})
+        instance = build(cls.options_class, {k: coerce(cls.options_class, k, v, source) for k, v in merged.items()})
+        options = to_dict(instance)
+    return RunConfig(strategy=name, options=options, **sections)
+
+
+def load_run_config(run: Run) -> RunConfig:
+    return resolve(flatten(run.read_json("config.json")), str(run.file("config.json")))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def train_run(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    dist: Dist | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) the run in ``out``; return its metrics."""
+    dist = dist or Dist()
+    run = Run(out, main=dist.is_main)
+    if run.has("config.json") and not overwrite:
+        previous = run.read_json("config.json")
+        if previous != config.to_dict():
+            raise ConfigError(
+                f"{run.path} holds a run with another config; choose another --out or pass --overwrite"
+            )
+        if run.finished:
+            log.info("%s: finished already, skipping", run.path)
+            return run.read_json("metrics.json")  # type: ignore[no-any-return]
+    elif overwrite and dist.is_main:
+        for name in ("checkpoint.pt", "metrics.json", "model.pt", "history.csv"):
+            run.remove(name)
+    dist.barrier()
+    run.write_json("config.json", config.to_dict())
+    seed_everything(config.train.seed)
+    splits = load_splits(config.data, config.train.seed)
+    strategy = _build_strategy(splits, config)
+    resume = run.load("checkpoint.pt") if run.has("checkpoint.pt") else None
+    if resume is not None:
+        log.info("%s: resuming after epoch %d", run.path, resume["epoch"])
+    started = time.perf_counter()
+    history = strategy.fit(splits, config.train, dist=dist, resume=resume, callback=run, progress=progress)
+    seconds = time.perf_counter() - started
+    metrics = final_metrics(strategy, splits, config, history)
+    metrics["train_seconds"] = seconds
+    run.save("model.pt", {"model": strategy.state_dict(), "best_epoch": strategy.best_epoch})
+    run.write_json("metrics.json", metrics)
+    run.remove("checkpoint.pt")
+    dist.barrier()
+    return metrics
+
+
+def _build_strategy(splits: Any, config: RunConfig) -> Strategy:
+    return build_strategy(config.strategy, splits, config.encoder, config.options)
+
+
+def final_metrics(
+    strategy: Strategy, splits: Any, config: RunConfig, history: Sequence[Mapping[str, float]]
+) -> dict[str, Any]:
+    test_outputs = strategy.collect(splits.test)
+    return {
+        "dataset": config.data.dataset,
+        "strategy": config.strategy,
+        "seed": config.train.seed,
+        "modalities": strategy.modalities,
+        "options": config.options,
+        "epochs": config.train.epochs,
+        "best_epoch": strategy.best_epoch,
+        "test": summarize(test_outputs, strategy.num_classes),
+        "val": summarize(strategy.collect(splits.val, all_subsets=False), strategy.num_classes),
+        "analyses": analyses(test_outputs),
+        "seconds_per_epoch": float(np.mean([row["seconds"] for row in history])) if history else 0.0,
+    }
+
+
+def evaluate_run(
+    path: str | Path,
+    *,
+    present: Sequence[str] | None = None,
+    missing_rate: float = 0.0,
+    split: str = "test",
+    seed: int | None = None,
+    dist: Dist | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate a finished run's best model on a split, optionally with only ``present``
+    modalities or with modalities dropped at ``missing_rate`` (the paper's protocol)."""
+    run = Run(path)
+    config = load_run_config(run)
+    seed_everything(config.train.seed)
+    splits = load_splits(config.data, config.train.seed)
+    strategy = _build_strategy(splits, config)
+    strategy.configure(config.train, dist)
+    strategy.load_state_dict(run.load("model.pt", map_location=strategy.device)["model"])
+    dataset = splits[split]
+    if present:
+        unknown = [m for m in present if m not in strategy.modalities]
+        if unknown:
+            raise ConfigError(f"unknown modality {unknown[0]!r}; this run's modalities are {', '.join(strategy.modalities)}")
+        keep = {m: np.asarray(dataset.present[m]) & (m in present) for m in strategy.modalities}
+        dataset = dataset.with_present(keep)
+    if missing_rate > 0:
+        mask_seed = config.train.seed + 1 if seed is None else seed
+        dataset = dataset.with_present(missing_mask(dataset.present, dataset.rows, missing_rate, mask_seed))
+    outputs = strategy.collect(dataset)
+    result = {
+        "run": str(run.path),
+        "split": split,
+        "present": list(present) if present else strategy.modalities,
+        "missing_rate": missing_rate,
+        split: summarize(outputs, strategy.num_classes),
+    }
+    if present:
+        result[split]["present_subset"] = subset_name([m for m in strategy.modalities if m in present])
+    return result
+

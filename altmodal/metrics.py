@@ -1,0 +1,187 @@
+"""Metrics: pure functions on prediction tensors, and the per-split summary every run reports.
+
+- accuracy, macro-F1;
+- per-modality (unimodal) accuracy over the samples that have the modality;
+- present-subset accuracy: the fused model with only a subset of modalities present;
+- modality gap (Liang et al., NeurIPS 2022): distance between the centroids of two modalities'
+  L2-normalised features;
+- entropy check: AUROC of -entropy for correctness, per modality.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Outputs:
+    """Everything a model predicted on one split (all on CPU, N samples).
+
+    Attributes:
+        label: (N,) true classes.
+        index: (N,) dataset indices.
+        present: modality -> (N,) bool.
+        fused: (N, C) fused logits with the samples' own presence.
+        unimodal: modality -> (N, C) that modality's own logits inside the model.
+        features: modality -> (N, D) pre-head features.
+        subsets: "m1+m2" -> (N, C) fused logits with only those modalities present.
+    """
+
+    label: Tensor
+    index: Tensor
+    present: dict[str, Tensor]
+    fused: Tensor
+    unimodal: dict[str, Tensor]
+    features: dict[str, Tensor]
+    subsets: dict[str, Tensor] = field(default_factory=dict)
+
+
+def subset_name(modalities: Sequence[str]) -> str:
+    return "+".join(modalities)
+
+
+def subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of ``modalities``, largest first, in modality order."""
+    out: list[tuple[str, ...]] = []
+    for k in range(len(modalities), 0, -1):
+        out.extend(itertools.combinations(modalities, k))
+    return out
+
+
+def accuracy(logits: Tensor, label: Tensor) -> float:
+    if len(label) == 0:
+        return float("nan")
+    return float((logits.argmax(dim=1) == label).double().mean())
+
+
+def macro_f1(logits: Tensor, label: Tensor, num_classes: int) -> float:
+    """Unweighted mean over classes of F1 (a class absent from labels and predictions scores 0
+    only if it was predicted; classes never seen nor predicted are left out)."""
+    pred = logits.argmax(dim=1)
+    scores = []
+    for c in range(num_classes):
+        tp = int(((pred == c) & (label == c)).sum())
+        fp = int(((pred == c) & (label != c)).sum())
+        fn = int(((pred != c) & (label == c)).sum())
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """(N, C) logits -> (N,) entropy of the softmax prediction (nats)."""
+    logp = torch.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp).sum(dim=1)
+
+
+def auroc(score: Tensor, positive: Tensor) -> float:
+    """Area under the ROC curve of ``score`` for the boolean ``positive`` (ties count half)."""
+    pos = score[positive].double()
+    neg = score[~positive].double()
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    ranks = _average_ranks(torch.cat([pos, neg]))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _average_ranks(values: Tensor) -> Tensor:
+    order = torch.argsort(values, stable=True)
+    sorted_values = values[order]
+    ranks = torch.empty_like(values)
+    i = 0
+    n = len(values)
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def modality_gap(a: Tensor, b: Tensor) -> float:
+    """Distance between the centroids of L2-normalised features of two modalities (same rows)."""
+    ca = torch.nn.functional.normalize(a.double(), dim=1).mean(dim=0)
+    cb = torch.nn.functional.normalize(b.double(), dim=1).mean(dim=0)
+    return float(torch.linalg.vector_norm(ca - cb))
+
+
+def summarize(outputs: Outputs, num_classes: int) -> dict[str, object]:
+    """The metrics block of a split: fused, unimodal, present subsets.
+
+    Unimodal accuracy counts the samples that have the modality; a present subset counts the
+    samples that have every modality of the subset.
+    """
+    label = outputs.label
+    result: dict[str, object] = {
+        "fused": {
+            "accuracy": accuracy(outputs.fused, label),
+            "macro_f1": macro_f1(outputs.fused, label, num_classes),
+        },
+        "unimodal": {},
+        "present": {},
+        "count": int(len(label)),
+    }
+    unimodal: dict[str, object] = {}
+    for m, logits in outputs.unimodal.items():
+        rows = outputs.present[m]
+        unimodal[m] = {
+            "accuracy": accuracy(logits[rows], label[rows]),
+            "macro_f1": macro_f1(logits[rows], label[rows], num_classes),
+            "count": int(rows.sum()),
+        }
+    result["unimodal"] = unimodal
+    present: dict[str, object] = {}
+    for name, logits in outputs.subsets.items():
+        rows = torch.stack([outputs.present[m] for m in name.split("+")]).all(dim=0)
+        present[name] = {"accuracy": accuracy(logits[rows], label[rows]), "count": int(rows.sum())}
+    result["present"] = present
+    return result
+
+
+def analyses(outputs: Outputs) -> dict[str, object]:
+    """Modality gaps between every pair and the entropy check per modality."""
+    modalities = list(outputs.features)
+    gaps = {}
+    for a, b in itertools.combinations(modalities, 2):
+        rows = outputs.present[a] & outputs.present[b]
+        if rows.any():
+            gaps[f"{a}|{b}"] = modality_gap(outputs.features[a][rows], outputs.features[b][rows])
+    checks = {}
+    for m, logits in outputs.unimodal.items():
+        rows = outputs.present[m]
+        ent = entropy(logits[rows])
+        correct = logits[rows].argmax(dim=1) == outputs.label[rows]
+        checks[m] = {
+            "auroc_neg_entropy_correct": auroc(-ent, correct),
+            "mean_entropy": float(ent.mean()) if len(ent) else float("nan"),
+            "mean_entropy_correct": float(ent[correct].mean()) if correct.any() else float("nan"),
+            "mean_entropy_wrong": float(ent[~correct].mean()) if (~correct).any() else float("nan"),
+        }
+    return {"modality_gap": gaps, "entropy": checks}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    t = torch.tensor([v for v in values], dtype=torch.float64)
+    if len(t) == 0:
+        return float("nan"), float("nan")
+    return float(t.mean()), float(t.std()) if len(t) > 1 else 0.0
+
+
+def flatten_metrics(block: Mapping[str, object], prefix: str = "") -> dict[str, float]:
+    """A nested metrics dict as flat 'a.b.c' -> number entries (numbers only)."""
+    flat: dict[str, float] = {}
+    for key, value in block.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, name + "."))
+        elif isinstance(value, (int, float)):
+            flat[name] = float(value)
+    return flat

@@ -1,0 +1,373 @@
+"""The strategy interface and the one training loop every strategy runs in.
+
+A strategy is an ``nn.Module`` holding one encoder per modality (``self.encoders``, a
+ModuleDict) and whatever heads it needs. It answers four questions:
+
+- ``unimodal_logits(features)``: each modality's own prediction inside the model;
+- ``fuse(features, present)``: the fused prediction from the modalities present;
+- ``training_step(batch)``: one optimisation step (or several: MLA steps once per modality),
+  calling :meth:`Strategy.optimize` for each, which owns ``backward`` and ``optimizer.step``;
+- optionally ``on_epoch_start`` / ``on_epoch_end`` for per-epoch state (OGM's window, QMF's history).
+
+:meth:`Strategy.fit` (the epoch loop: train, validate, keep the best epoch on the VALIDATION
+split, checkpoint) and :meth:`Strategy.collect` (predict a whole split) are written once here.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from altmodal.config import option
+from altmodal.data.batch import Batch, zero_absent
+from altmodal.data.dataset import MultimodalDataset, Splits, iterate
+from altmodal.distributed import Dist
+from altmodal.metrics import Outputs, accuracy, subset_name, subsets, summarize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; the defaults are the paper's (SGD, lr 1e-3, StepLR 70 x0.1, 100 epochs)."""
+
+    epochs: int = option(100, "training epochs")
+    batch_size: int = option(64, "global mini-batch size (summed over processes)")
+    lr: float = option(1e-3, "learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(1e-4, "weight decay")
+    optimizer: Literal["sgd", "adam"] = option(
+        "sgd", "optimizer; Adam's per-coordinate scaling undoes MLA's head projection"
+    )
+    lr_step: int = option(70, "decay the learning rate every this many epochs (StepLR)")
+    lr_gamma: float = option(0.1, "learning-rate decay factor")
+    seed: int = option(0, "seed of the split, the initialisation, the batch order and the masks")
+    device: str = option("auto", "device: auto, cpu, cuda or cuda:N")
+    eval_batch_size: int = option(256, "batch size for evaluation")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a strategy needs to know about the data."""
+
+    modalities: tuple[str, ...]
+    num_classes: int
+    num_samples: int
+    """Samples in the whole dataset: the range of ``Batch.index``."""
+
+
+@dataclass
+class StepOutput:
+    """What one training step reports (all detached).
+
+    Attributes:
+        loss: the total loss optimised in the step.
+        unimodal: modality -> (logits (n, C), labels (n,)) of that modality's prediction in the
+            step, for the per-modality training curves.
+    """
+
+    loss: Tensor
+    unimodal: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+class Callback(Protocol):
+    """Receives the loop's state at the end of every epoch (the run folder implements it)."""
+
+    def on_epoch_end(self, strategy: Strategy, state: dict[str, Any]) -> None: ...
+
+
+class Strategy(nn.Module):
+    """Base class: encoders keyed by modality, the fit/collect loop, optimisation helpers."""
+
+    name: ClassVar[str] = ""
+    options_class: ClassVar[type | None] = None
+
+    def __init__(self, encoders: Mapping[str, nn.Module], spec: DataSpec, options: Any = None):
+        super().__init__()
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.spec = spec
+        self.options = options
+        self.dist = Dist()
+        self.config = TrainConfig()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.epoch = 0
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    # ----- the model -------------------------------------------------------------------------
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """modality -> (B, D) features; rows of absent samples are zeros."""
+        return {m: zero_absent(self.encoders[m](batch.inputs[m]), batch.present[m]) for m in self.modalities}
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """modality -> (B, C) that modality's own logits inside the model."""
+        raise NotImplementedError
+
+    def fuse(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        """(B, C) fused logits from the present modalities' features."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each training epoch."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after each training epoch, before validation."""
+
+    # ----- optimisation helpers -----------------------------------------------------------------
+    def configure(self, config: TrainConfig, dist: Dist | None = None) -> None:
+        """Create the optimizer (one, over every parameter) and the learning-rate schedule.
+
+        One optimizer serves every strategy: :meth:`optimize` sets gradients to None before each
+        backward, and torch's SGD and Adam skip parameters whose gradient is None, so a step that
+        only reaches one encoder (MLA) leaves the others' momentum and weight decay untouched.
+        """
+        self.config = config
+        if dist is not None:
+            self.dist = dist
+        self.to(self.dist.device)
+        params = [p for p in self.parameters() if p.requires_grad]
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=max(config.lr_step, 1), gamma=config.lr_gamma
+        )
+
+    def optimize(
+        self,
+        loss: Tensor,
+        params: Iterable[nn.Parameter] | None = None,
+        edit: Callable[[], None] | None = None,
+    ) -> None:
+        """One optimizer step on ``loss``: clear gradients, backward, average them over
+        processes (only ``params``, default all), let ``edit`` modify them, step."""
+        assert self.optimizer is not None, "call configure() first"
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dist.average_gradients(self.parameters() if params is None else params)
+        if edit is not None:
+            edit()
+        self.optimizer.step()
+
+    def mean_loss(self, per_sample: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Sum of ``per_sample`` over ``rows`` divided by the GLOBAL count of those rows, so
+        that gradients summed over processes equal the single-process mean."""
+        if rows is None:
+            rows = torch.ones_like(per_sample, dtype=torch.bool)
+        return (per_sample * rows.to(per_sample.dtype)).sum() / self.dist.count(rows).to(per_sample.device)
+
+    def cross_entropy(self, logits: Tensor, label: Tensor, rows: Tensor | None = None) -> Tensor:
+        return self.mean_loss(F.cross_entropy(logits, label, reduction="none"), rows)
+
+    # ----- state beyond parameters ----------------------------------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        assert self.optimizer is not None and self.scheduler is not None
+        return {
+            "model": self.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_training_state(self, state: Mapping[str, Any]) -> None:
+        assert self.optimizer is not None and self.scheduler is not None
+        self.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def fit(
+        self,
+        splits: Splits,
+        config: TrainConfig,
+        *,
+        dist: Dist | None = None,
+        resume: Mapping[str, Any] | None = None,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> list[dict[str, float]]:
+        """Train for ``config.epochs`` epochs; keep the parameters of the epoch with the best
+        validation fused accuracy (the first such epoch) and return the per-epoch history.
+
+        ``resume`` is a state that a callback received at the end of an epoch: training goes on
+        from the next epoch and ends as an uninterrupted run would.
+        """
+        self.configure(config, dist)
+        history: list[dict[str, float]] = []
+        best: dict[str, Any] = {"epoch": -1, "score": -1.0, "model": copy.deepcopy(self.state_dict())}
+        start = 0
+        if resume is not None:
+            self.load_training_state(resume["training"])
+            history = list(resume["history"])
+            best = dict(resume["best"])
+            start = int(resume["epoch"]) + 1
+            _set_rng_state(resume["rng"])
+        bar = _progress(range(start, config.epochs), progress and self.dist.is_main, f"{self.name}")
+        for epoch in bar:
+            started = time.perf_counter()
+            train_row = self.train_epoch(splits.train, epoch)
+            val = summarize(self.collect(splits.val), self.num_classes)
+            row = {"epoch": float(epoch), "lr": self.optimizer.param_groups[0]["lr"], **train_row}  # type: ignore[union-attr]
+            row.update(_validation_row(val))
+            row["seconds"] = time.perf_counter() - started
+            history.append(row)
+            assert self.scheduler is not None
+            self.scheduler.step()
+            if row["val_accuracy"] > best["score"]:
+                best = {"epoch": epoch, "score": row["val_accuracy"], "model": copy.deepcopy(self.state_dict())}
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(val_acc=f"{row['val_accuracy']:.3f}", best=f"{best['score']:.3f}")
+            if callback is not None:
+                state = {
+                    "epoch": epoch,
+                    "training": self.training_state(),
+                    "history": history,
+                    "best": best,
+                    "rng": _rng_state(),
+                }
+                callback.on_epoch_end(self, state)
+        self.load_state_dict(best["model"])
+        self.best_epoch = int(best["epoch"])
+        return history
+
+    def train_epoch(self, dataset: MultimodalDataset, epoch: int) -> dict[str, float]:
+        """One pass over the training split; returns mean losses and per-modality training
+        accuracy/loss as a history row fragment."""
+        self.train()
+        self.epoch = epoch
+        self.on_epoch_start(epoch)
+        total, seen = 0.0, 0
+        loss_sums: dict[str, float] = {}
+        correct: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for batch in iterate(
+            dataset,
+            self.config.batch_size,
+            shuffle=True,
+            seed=self.config.seed,
+            epoch=epoch,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        ):
+            out = self.training_step(batch.to(self.device))
+            total += float(out.loss) * batch.size
+            seen += batch.size
+            for m, (logits, label) in out.unimodal.items():
+                if len(label) == 0:
+                    continue
+                loss_sums[m] = loss_sums.get(m, 0.0) + float(F.cross_entropy(logits, label, reduction="sum"))
+                correct[m] = correct.get(m, 0.0) + float((logits.argmax(1) == label).sum())
+                counts[m] = counts.get(m, 0) + len(label)
+        self.on_epoch_end(epoch)
+        row = {"train_loss": total / max(seen, 1)}
+        for m in self.modalities:
+            if counts.get(m):
+                row[f"train_loss_{m}"] = loss_sums[m] / counts[m]
+                row[f"train_accuracy_{m}"] = correct[m] / counts[m]
+        return row
+
+    @torch.no_grad()
+    def collect(self, dataset: MultimodalDataset, all_subsets: bool = True) -> Outputs:
+        """Predict a whole split (gathered over processes): fused, unimodal and, for every
+        non-empty subset of modalities, the fused logits with only that subset present."""
+        self.eval()
+        parts: dict[str, list[Tensor]] = {}
+
+        def keep(key: str, value: Tensor) -> None:
+            parts.setdefault(key, []).append(self.dist.gather(value).cpu())
+
+        names = subsets(self.modalities) if all_subsets else []
+        for batch in iterate(
+            dataset,
+            self.config.eval_batch_size,
+            shuffle=False,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        ):
+            batch = batch.to(self.device)
+            features = self.encode(batch)
+            keep("label", batch.label)
+            keep("index", batch.index)
+            keep("fused", self.fuse(features, batch.present).float())
+            for m, logits in self.unimodal_logits(features).items():
+                keep(f"unimodal/{m}", logits.float())
+            for m in self.modalities:
+                keep(f"present/{m}", batch.present[m])
+                keep(f"features/{m}", features[m].float())
+            for subset in names:
+                present = {m: batch.present[m] & (m in subset) for m in self.modalities}
+                masked = {m: zero_absent(features[m], present[m]) for m in self.modalities}
+                keep(f"subset/{subset_name(subset)}", self.fuse(masked, present).float())
+        cat = {k: torch.cat(v) for k, v in parts.items()}
+
+        def group(prefix: str) -> dict[str, Tensor]:
+            return {k[len(prefix) :]: v for k, v in cat.items() if k.startswith(prefix)}
+
+        return Outputs(
+            label=cat["label"],
+            index=cat["index"],
+            present=group("present/"),
+            fused=cat["fused"],
+            unimodal=group("unimodal/"),
+            features=group("features/"),
+            subsets=group("subset/"),
+        )
+
+
+def _validation_row(val: Mapping[str, Any]) -> dict[str, float]:
+    row = {"val_accuracy": val["fused"]["accuracy"], "val_macro_f1": val["fused"]["macro_f1"]}
+    for m, block in val["unimodal"].items():
+        row[f"val_accuracy_{m}"] = block["accuracy"]
+    return row
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _progress(items: Iterable[int], enabled: bool, desc: str) -> Iterable[int]:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+
+
+def unimodal_accuracy(out: StepOutput) -> dict[str, float]:
+    """Training accuracy per modality in one step (for tests and logging)."""
+    return {m: accuracy(logits, label) for m, (logits, label) in out.unimodal.items()}

@@ -1,0 +1,56 @@
+"""Joint training with late fusion: every encoder and one fusion head, one loss on the fused logits.
+
+The standard multimodal baseline, and the setting in which modality laziness appears: the
+modality that lowers the loss fastest dominates and the other encoders stay under-trained
+(method.md section 1). Fusion modules: concat (default), sum, FiLM, gated (see
+:mod:`altmodal.fusion`). Absent modalities enter the head as zero features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from altmodal.config import option
+from altmodal.data.batch import Batch
+from altmodal.fusion import build_fusion_head
+from altmodal.strategies.base import DataSpec, StepOutput, Strategy
+
+
+@dataclass(frozen=True)
+class JointOptions:
+    fusion: Literal["concat", "sum", "film", "gated"] = option("concat", "late-fusion module of joint training")
+
+
+class Joint(Strategy):
+    name = "joint"
+    options_class = JointOptions
+
+    def __init__(self, encoders: Mapping[str, nn.Module], spec: DataSpec, options: Any, dim: int):
+        super().__init__(encoders, spec, options)
+        self.head = build_fusion_head(options.fusion, self.modalities, dim, spec.num_classes)
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return self.head.unimodal(features)
+
+    def fuse(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        return self.head(features)  # type: ignore[no-any-return]
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        features = self.encode(batch)
+        loss = self.cross_entropy(self.head(features), batch.label)
+        unimodal = {m: v.detach() for m, v in self.unimodal_logits(features).items()}
+        self.optimize(loss, edit=self.gradient_edit(unimodal, batch))
+        return StepOutput(loss.detach(), present_rows(unimodal, batch))
+
+    def gradient_edit(self, unimodal: Mapping[str, Tensor], batch: Batch) -> Callable[[], None] | None:
+        """A function that edits the gradients between backward and step (OGM-GE), or None."""
+        return None
+
+
+def present_rows(logits: Mapping[str, Tensor], batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
+    """modality -> (logits, labels) of the samples that have the modality."""
+    return {m: (v[batch.present[m]], batch.label[batch.present[m]]) for m, v in logits.items()}

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny data and fast run settings, so the suite runs in minutes on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from altmodal.data.registry import DataConfig, load_splits
+from altmodal.experiment import RunConfig, resolve
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# A small synthetic setting: 300 samples, 3 classes, m0 dominant.
+TINY = ("samples=300", "classes=3", "widths=8", "latent_dim=4")
+
+
+def tiny_settings(**overrides: object) -> dict[str, object]:
+    settings: dict[str, object] = {
+        "dataset": "synthetic",
+        "dataset_options": TINY,
+        "epochs": 2,
+        "batch_size": 32,
+        "hidden": (16,),
+        "dim": 8,
+        "lr": 0.05,
+    }
+    settings.update(overrides)
+    return settings
+
+
+def tiny_config(**overrides: object) -> RunConfig:
+    return resolve(tiny_settings(**overrides))
+
+
+@pytest.fixture
+def tiny_splits():
+    return load_splits(DataConfig(dataset="synthetic", dataset_options=TINY), seed=0)
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path

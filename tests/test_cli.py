@@ -1,0 +1,118 @@
+import json
+
+import pytest
+
+from altmodal.cli import main
+from altmodal.config import ConfigError
+from altmodal.experiment import resolve
+from tests.conftest import TINY
+
+FAST = ["--dataset", "synthetic", "--epochs", "2", "--hidden", "16", "--dim", "8", "--quiet"]
+FAST += [arg for item in TINY for arg in ("--dataset-option", item)]
+
+
+def test_train_writes_the_run_folder_contract(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--strategy", "joint", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "test fused accuracy" in printed and "m0+m1" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "synthetic" and metrics["strategy"] == "joint" and metrics["seed"] == 0
+    assert metrics["modalities"] == ["m0", "m1"]
+    test = metrics["test"]
+    assert 0 <= test["fused"]["accuracy"] <= 1 and 0 <= test["fused"]["macro_f1"] <= 1
+    assert set(test["unimodal"]) == {"m0", "m1"}
+    assert set(test["present"]) == {"m0+m1", "m0", "m1"}
+    assert test["present"]["m0+m1"]["accuracy"] == test["fused"]["accuracy"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["data"]["dataset"] == "synthetic"
+    header = (out / "history.csv").read_text().splitlines()[0].split(",")
+    for column in ("epoch", "train_loss", "train_loss_m0", "val_accuracy", "val_accuracy_m1"):
+        assert column in header
+    assert len((out / "history.csv").read_text().splitlines()) == 3
+    assert (out / "model.pt").is_file() and not (out / "checkpoint.pt").exists()
+
+
+def test_evaluate_with_present_and_missing_rate(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--out", str(out), *FAST])
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--present", "m1"]) == 0
+    only_m1 = json.loads(capsys.readouterr().out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert only_m1["test"]["fused"]["accuracy"] == pytest.approx(metrics["test"]["present"]["m1"]["accuracy"])
+    assert main(["evaluate", "--run", str(out), "--missing-rate", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["missing_rate"] == 0.5
+
+
+def test_mfeat_end_to_end(tmp_path):
+    out = tmp_path / "mfeat"
+    assert main(["train", "--dataset", "mfeat", "--modalities", "fou,mor", "--epochs", "3", "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["modalities"] == ["fou", "mor"] and metrics["test"]["fused"]["accuracy"] > 0.3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "nope"], "unknown dataset 'nope'; built-in datasets: mfeat, synthetic"),
+        (["--dataset", "mfeat", "--modalities", "fou,xyz"], "unknown modality 'xyz'; its modalities are fou, fac"),
+        (["--dataset", "missing.npz"], "missing.npz: no such feature file"),
+        (["--dataset", "synthetic", "--dataset-option", "colour=red"], "unknown option 'colour'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(tmp_path, capsys, argv, message):
+    assert main(["train", "--out", str(tmp_path / "r"), "--epochs", "1", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_unknown_strategy_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--strategy", "lazy"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'lazy'" in capsys.readouterr().err
+
+
+def test_config_file_fills_and_flags_win(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('epochs = 7\nlr = 0.2\n[data]\ndataset = "synthetic"\n')
+    from altmodal.cli import build_parser, settings_from
+
+    args = build_parser().parse_args(["train", "--config", str(path), "--lr", "0.3"])
+    config = resolve(settings_from(args))
+    assert config.train.epochs == 7 and config.train.lr == 0.3 and config.data.dataset == "synthetic"
+
+
+def test_config_errors_name_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting 'epochz'"):
+        resolve({"epochz": 3})
+    with pytest.raises(ConfigError, match="epochs = 'many' is not a valid int"):
+        resolve({"epochs": "many"})
+    with pytest.raises(ConfigError, match="option 'fusion' belongs to strategy joint"):
+        resolve({"strategy": "ume", "fusion": "sum"})
+
+
+def test_a_run_folder_config_can_be_fed_back(tmp_path):
+    out = tmp_path / "run"
+    main(["train", "--out", str(out), *FAST])
+    from altmodal.config import read_config_file
+
+    again = resolve(read_config_file(out / "config.json"))
+    assert again.to_dict() == json.loads((out / "config.json").read_text())
+
+
+def test_rerunning_a_finished_run_skips_it_and_another_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--out", str(out), *FAST])
+    before = (out / "metrics.json").stat().st_mtime_ns
+    assert main(["train", "--out", str(out), *FAST]) == 0
+    assert (out / "metrics.json").stat().st_mtime_ns == before
+    assert main(["train", "--out", str(out), *FAST, "--lr", "0.5"]) == 2
+    assert "holds a run with another config" in capsys.readouterr().err
+
+
+def test_datasets_lists_the_built_ins(capsys):
+    assert main(["datasets"]) == 0
+    listing = capsys.readouterr().out
+    assert "mfeat" in listing and "synthetic" in listing
