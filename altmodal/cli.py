@@ -74,8 +74,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def print_summary(config: RunConfig, out: str, metrics: Mapping[str, Any]) -> None:
     test = metrics["test"]
-    print(f"run: {out}  ({config.strategy} on {config.data.dataset}, seed {config.train.seed}, "
-          f"best epoch {metrics['best_epoch'] + 1} of {metrics['epochs']})")
+    print(
+        f"run: {out}  ({config.strategy} on {config.data.dataset}, seed {config.train.seed}, "
+        f"best epoch {metrics['best_epoch'] + 1} of {metrics['epochs']})"
+    )
     print(f"test fused accuracy {test['fused']['accuracy']:.4f}  macro-F1 {test['fused']['macro_f1']:.4f}")
     print("unimodal accuracy (each modality's own prediction inside the model):")
     for m, block in test["unimodal"].items():
@@ -96,8 +98,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for info in DATASETS.values():
         defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
         print(f"{info.name:<12} {info.description}" + (f" [defaults: {defaults}]" if defaults else ""))
-    print(f"{'<file>.npz':<12} a feature file: one array per modality, 'label', optional 'split' "
-          "and 'present_<modality>' (see altmodal.data.features)")
+    print(
+        f"{'<file>.npz':<12} a feature file: one array per modality, 'label', optional 'split' "
+        "and 'present_<modality>' (see altmodal.data.features)"
+    )
     return 0
 
 
@@ -138,8 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"altmodal: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("altmodal: interrupted; finished epochs are checkpointed, run the same command to resume",
-              file=sys.stderr)
+        print(
+            "altmodal: interrupted; finished epochs are checkpointed, run the same command to resume", file=sys.stderr
+        )
         return 130
 
 

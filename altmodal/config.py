@@ -26,7 +26,7 @@ class ConfigError(ValueError):
     """A config file or flag value that cannot be used; the message names it."""
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+def option(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with help text (tuples and other immutables as defaults)."""
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
@@ -106,9 +106,7 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
             return value
         if get_origin(base) is Literal:
             if value not in get_args(base):
-                raise ConfigError(
-                    f"{source}: {name} = {value!r} is not one of {', '.join(map(str, get_args(base)))}"
-                )
+                raise ConfigError(f"{source}: {name} = {value!r} is not one of {', '.join(map(str, get_args(base)))}")
             return value
         if get_origin(base) is tuple:
             item = get_args(base)[0]

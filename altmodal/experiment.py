@@ -90,10 +90,8 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
             raise ConfigError(f"{source}: unknown setting {key!r}")
         if key in strategy_option_names() and key not in own:
             owners = [s for s, c in option_classes().items() if key in fields_of(c)]
-            raise ConfigError(
-                f"{source}: option {key!r} belongs to strategy {' / '.join(owners)}, not {name!r}"
-            )
-    sections = {
+            raise ConfigError(f"{source}: option {key!r} belongs to strategy {' / '.join(owners)}, not {name!r}")
+    sections: dict[str, Any] = {
         section: build(c, {k: coerce(c, k, v, source) for k, v in values.items() if k in fields_of(c)})
         for section, c in SECTIONS.items()
     }
@@ -102,8 +100,8 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
         presets: Mapping[str, Mapping[str, Any]] = getattr(cls.options_class, "PRESETS", {})
         merged = dict(presets.get(str(values.get("preset", "")), {}))
         merged.update({k: v for k, v in values.items() if k in own})
-        instance = build(cls.options_class, {k: coerce(cls.options_class, k, v, source) for k, v in merged.items()})
-        options = to_dict(instance)
+        checked = {k: coerce(cls.options_class, k, v, source) for k, v in merged.items()}
+        options = to_dict(build(cls.options_class, checked))
     return RunConfig(strategy=name, options=options, **sections)
 
 
@@ -130,9 +128,7 @@ def train_run(
     if run.has("config.json") and not overwrite:
         previous = run.read_json("config.json")
         if previous != config.to_dict():
-            raise ConfigError(
-                f"{run.path} holds a run with another config; choose another --out or pass --overwrite"
-            )
+            raise ConfigError(f"{run.path} holds a run with another config; choose another --out or pass --overwrite")
         if run.finished:
             log.info("%s: finished already, skipping", run.path)
             return run.read_json("metrics.json")  # type: ignore[no-any-return]
@@ -204,14 +200,16 @@ def evaluate_run(
     if present:
         unknown = [m for m in present if m not in strategy.modalities]
         if unknown:
-            raise ConfigError(f"unknown modality {unknown[0]!r}; this run's modalities are {', '.join(strategy.modalities)}")
+            raise ConfigError(
+                f"unknown modality {unknown[0]!r}; this run's modalities are {', '.join(strategy.modalities)}"
+            )
         keep = {m: np.asarray(dataset.present[m]) & (m in present) for m in strategy.modalities}
         dataset = dataset.with_present(keep)
     if missing_rate > 0:
         mask_seed = config.train.seed + 1 if seed is None else seed
         dataset = dataset.with_present(missing_mask(dataset.present, dataset.rows, missing_rate, mask_seed))
     outputs = strategy.collect(dataset)
-    result = {
+    result: dict[str, Any] = {
         "run": str(run.path),
         "split": split,
         "present": list(present) if present else strategy.modalities,
@@ -221,4 +219,3 @@ def evaluate_run(
     if present:
         result[split]["present_subset"] = subset_name([m for m in strategy.modalities if m in present])
     return result
-

@@ -81,8 +81,9 @@ class SumHead(FusionHead):
         return torch.stack([self.fc[m](features[m]) for m in self.modalities]).sum(dim=0)
 
     def unimodal(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        share = torch.stack([self.fc[m].bias for m in self.modalities]).sum(dim=0) / len(self.modalities)
-        return {m: features[m] @ self.fc[m].weight.T + share for m in self.modalities}
+        layers: dict[str, nn.Linear] = {m: self.fc[m] for m in self.modalities}  # type: ignore[misc]
+        share = torch.stack([layers[m].bias for m in self.modalities]).sum(dim=0) / len(self.modalities)
+        return {m: features[m] @ layers[m].weight.T + share for m in self.modalities}
 
 
 class FiLMHead(FusionHead):
@@ -144,15 +145,11 @@ def entropy_weights(logits: Mapping[str, Tensor], present: Mapping[str, Tensor])
     return {m: weights[:, j] for j, m in enumerate(names)}
 
 
-def fixed_weights(
-    weights: Sequence[float], names: Sequence[str], present: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
+def fixed_weights(weights: Sequence[float], names: Sequence[str], present: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Fixed per-modality weights, renormalised per sample over the present modalities."""
     if len(weights) != len(names):
         raise ValueError(f"{len(weights)} fusion weights given for {len(names)} modalities ({', '.join(names)})")
-    table = torch.stack(
-        [present[m].to(torch.float32) * float(w) for m, w in zip(names, weights)], dim=1
-    )  # (B, M)
+    table = torch.stack([present[m].to(torch.float32) * float(w) for m, w in zip(names, weights)], dim=1)  # (B, M)
     total = table.sum(dim=1, keepdim=True)
     table = torch.where(total > 0, table / total.clamp_min(1e-12), table)
     return {m: table[:, j] for j, m in enumerate(names)}

@@ -126,7 +126,7 @@ def summarize(outputs: Outputs, num_classes: int) -> dict[str, object]:
         },
         "unimodal": {},
         "present": {},
-        "count": int(len(label)),
+        "count": len(label),
     }
     unimodal: dict[str, object] = {}
     for m, logits in outputs.unimodal.items():

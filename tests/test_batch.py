@@ -43,6 +43,8 @@ def test_zero_absent_keeps_trailing_shape():
 
 
 def test_batch_to_keeps_dicts():
-    batch = Batch({"a": torch.ones(2, 1)}, {"a": torch.ones(2, dtype=torch.bool)}, torch.zeros(2).long(), torch.arange(2))
+    batch = Batch(
+        {"a": torch.ones(2, 1)}, {"a": torch.ones(2, dtype=torch.bool)}, torch.zeros(2).long(), torch.arange(2)
+    )
     moved = batch.to("cpu")
     assert moved.size == 2 and moved.present["a"].dtype == torch.bool

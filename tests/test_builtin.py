@@ -29,10 +29,12 @@ def test_synthetic_is_deterministic_and_imbalanced():
     config = SyntheticConfig(samples=600, strengths=(2.0, 0.2), shared=1.0)
     a, b = generate(config), generate(config)
     assert all(np.array_equal(a.arrays[m], b.arrays[m]) for m in a.modalities)
+
     # Class separation (between-class over within-class variance) follows the strengths.
     def separation(x, y):
         means = np.stack([x[y == c].mean(0) for c in np.unique(y)])
         return means.var(0).sum() / np.mean([x[y == c].var(0).sum() for c in np.unique(y)])
+
     assert separation(a.arrays["m0"], a.labels) > 10 * separation(a.arrays["m1"], a.labels)
 
 

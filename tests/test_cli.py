@@ -47,7 +47,10 @@ def test_evaluate_with_present_and_missing_rate(tmp_path, capsys):
 
 def test_mfeat_end_to_end(tmp_path):
     out = tmp_path / "mfeat"
-    assert main(["train", "--dataset", "mfeat", "--modalities", "fou,mor", "--epochs", "3", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(["train", "--dataset", "mfeat", "--modalities", "fou,mor", "--epochs", "3", "--out", str(out), "--quiet"])
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["modalities"] == ["fou", "mor"] and metrics["test"]["fused"]["accuracy"] > 0.3
 

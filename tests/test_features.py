@@ -18,8 +18,12 @@ def test_reads_modalities_labels_split_and_presence(tmp_path):
     b = np.ones((n, 2, 3))
     b[1] = np.nan  # absent rows may hold anything
     path = write_npz(
-        tmp_path / "f.npz", a=np.random.rand(n, 5), b=b, label=np.array(["cat", "dog", "eel"] * 10),
-        split=split, present_b=present_b,
+        tmp_path / "f.npz",
+        a=np.random.rand(n, 5),
+        b=b,
+        label=np.array(["cat", "dog", "eel"] * 10),
+        split=split,
+        present_b=present_b,
     )
     dataset, got_split = read_npz(path)
     assert dataset.modalities == ["a", "b"]
@@ -45,8 +49,10 @@ def test_integer_labels_that_are_not_0_to_k_are_remapped(tmp_path):
         ({"a": np.zeros((6, 2)), "label": np.array([np.nan] * 6)}, "'label' row 0 is nan"),
         ({"a": np.zeros((6, 2))}, "no 'label' array"),
         ({"label": labels(6)}, "no modality arrays"),
-        ({"a": np.zeros((6, 2)), "label": labels(6), "split": np.array(["train"] * 5 + ["tset"])},
-         r"'split' row 5 is 'tset'"),
+        (
+            {"a": np.zeros((6, 2)), "label": labels(6), "split": np.array(["train"] * 5 + ["tset"])},
+            r"'split' row 5 is 'tset'",
+        ),
         ({"a": np.array(["x"] * 6), "label": labels(6)}, "non-numeric dtype"),
         ({"a": np.zeros((6, 2)), "label": labels(6), "present_c": np.ones(6, bool)}, "'present_c' names no modality"),
     ],

@@ -24,9 +24,7 @@ def test_stratified_split_rejects_bad_fractions():
 def _dataset(n=40):
     rng = np.random.default_rng(0)
     x = rng.normal(5.0, 3.0, size=(n, 4)).astype(np.float32)
-    return MultimodalDataset(
-        "toy", {"a": x}, {"a": np.ones(n, bool)}, np.arange(n) % 2, ["0", "1"], np.arange(n)
-    )
+    return MultimodalDataset("toy", {"a": x}, {"a": np.ones(n, bool)}, np.arange(n) % 2, ["0", "1"], np.arange(n))
 
 
 def test_standardize_uses_training_statistics_only():

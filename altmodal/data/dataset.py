@@ -135,9 +135,7 @@ class Splits:
         return Splits(train=fn(self.train), val=fn(self.val), test=fn(self.test))
 
 
-def batch_positions(
-    n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int
-) -> list[np.ndarray]:
+def batch_positions(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> list[np.ndarray]:
     """Positions 0..n-1 cut into batches; shuffled by (seed, epoch) alone, so a resumed epoch
     sees exactly the batches the interrupted one saw."""
     if shuffle:

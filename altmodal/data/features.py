@@ -51,9 +51,7 @@ def read_npz(path: str | Path) -> tuple[MultimodalDataset, np.ndarray | None]:
     return arrays_to_dataset(raw, source=str(path))
 
 
-def arrays_to_dataset(
-    raw: dict[str, np.ndarray], source: str
-) -> tuple[MultimodalDataset, np.ndarray | None]:
+def arrays_to_dataset(raw: dict[str, np.ndarray], source: str) -> tuple[MultimodalDataset, np.ndarray | None]:
     """Validate the arrays of a feature file (see the module docstring) and build a dataset."""
     if "label" not in raw:
         raise DataError(f"{source}: no 'label' array (arrays: {', '.join(sorted(raw)) or 'none'})")
@@ -99,7 +97,8 @@ def arrays_to_dataset(
         bad = np.flatnonzero(~np.isin(split, SPLITS))
         if len(bad):
             raise DataError(
-                f"{source}: 'split' row {bad[0]} is {str(split[bad[0]])!r}; each entry must be one of {', '.join(SPLITS)}"
+                f"{source}: 'split' row {bad[0]} is {str(split[bad[0]])!r}; "
+                f"each entry must be one of {', '.join(SPLITS)}"
             )
     dataset = MultimodalDataset(
         name=source, arrays=arrays, present=present, labels=labels, classes=classes, rows=np.arange(n)
@@ -107,9 +106,7 @@ def arrays_to_dataset(
     return dataset, split
 
 
-def encode_labels(
-    label: np.ndarray, class_names: np.ndarray | None, source: str
-) -> tuple[np.ndarray, list[str]]:
+def encode_labels(label: np.ndarray, class_names: np.ndarray | None, source: str) -> tuple[np.ndarray, list[str]]:
     """Map labels to 0..K-1; return them with the class names."""
     if np.issubdtype(label.dtype, np.floating):
         if not np.isfinite(label).all():
@@ -124,9 +121,7 @@ def encode_labels(
         if values[0] >= 0 and class_names is not None:
             names = [str(c) for c in class_names.astype(str)]
             if values[-1] >= len(names):
-                raise DataError(
-                    f"{source}: label {values[-1]} is out of range for the {len(names)} names in 'classes'"
-                )
+                raise DataError(f"{source}: label {values[-1]} is out of range for the {len(names)} names in 'classes'")
             labels, classes = label.astype(np.int64), names
         elif values[0] == 0 and values[-1] == len(values) - 1:
             labels, classes = label.astype(np.int64), [str(v) for v in values]

@@ -24,8 +24,11 @@ class DataConfig:
     data_dir: str | None = option(None, "folder of a prepared media dataset (`altmodal prepare`)")
     modalities: tuple[str, ...] = option((), "modalities to use, comma-separated (default: all)")
     dataset_options: tuple[str, ...] = option(
-        (), "a dataset parameter as key=value (repeat the flag for more)",
-        flag="--dataset-option", repeat=True, metavar="KEY=VALUE",
+        (),
+        "a dataset parameter as key=value (repeat the flag for more)",
+        flag="--dataset-option",
+        repeat=True,
+        metavar="KEY=VALUE",
     )
     val_fraction: float = option(0.15, "validation share of each class when the data has no split")
     test_fraction: float = option(0.25, "test share of each class when the data has no split")

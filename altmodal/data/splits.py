@@ -11,9 +11,7 @@ from altmodal.data.dataset import SPLITS, MultimodalDataset, Splits
 from altmodal.data.features import DataError
 
 
-def stratified_split(
-    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
-) -> np.ndarray:
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """Per-sample split names ('train'/'val'/'test'), stratified by class and drawn from ``seed``.
 
     Every class contributes ``round(n_c * fraction)`` samples to val and to test (at least one
@@ -37,7 +35,7 @@ def stratified_split(
 def _share(n: int, fraction: float) -> int:
     if fraction == 0:
         return 0
-    return max(int(round(n * fraction)), 1 if n >= 3 else 0)
+    return max(round(n * fraction), 1 if n >= 3 else 0)
 
 
 def make_splits(dataset: MultimodalDataset, split: np.ndarray) -> Splits:
@@ -74,9 +72,7 @@ def _with_arrays(view: MultimodalDataset, arrays: Mapping[str, np.ndarray]) -> M
     return dataclasses.replace(view, arrays=dict(arrays))
 
 
-def missing_mask(
-    present: Mapping[str, np.ndarray], rows: np.ndarray, rate: float, seed: int
-) -> dict[str, np.ndarray]:
+def missing_mask(present: Mapping[str, np.ndarray], rows: np.ndarray, rate: float, seed: int) -> dict[str, np.ndarray]:
     """Drop modalities of the samples in ``rows`` at ``rate``, keeping at least one per sample.
 
     The paper's protocol: each present modality of each sample is dropped independently with

@@ -53,9 +53,7 @@ class SyntheticConfig:
         if len(values) == 1:
             return list(values) * self.modalities
         if len(values) != self.modalities:
-            raise DataError(
-                f"synthetic: {name} has {len(values)} values for {self.modalities} modalities"
-            )
+            raise DataError(f"synthetic: {name} has {len(values)} values for {self.modalities} modalities")
         return list(values)
 
 
@@ -115,4 +113,3 @@ def generate(config: SyntheticConfig) -> MultimodalDataset:
         classes=[str(c) for c in range(config.classes)],
         rows=np.arange(n),
     )
-

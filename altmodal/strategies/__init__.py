@@ -10,9 +10,10 @@ from altmodal.data.dataset import Splits
 from altmodal.encoders import EncoderConfig, build_encoder
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy, TrainConfig
 from altmodal.strategies.joint import Joint
+from altmodal.strategies.mla import MLA
 from altmodal.strategies.ume import UME, Unimodal
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Joint, Unimodal, UME)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (MLA, Joint, Unimodal, UME)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -31,7 +31,7 @@ from altmodal.config import option
 from altmodal.data.batch import Batch, zero_absent
 from altmodal.data.dataset import MultimodalDataset, Splits, iterate
 from altmodal.distributed import Dist
-from altmodal.metrics import Outputs, accuracy, subset_name, subsets, summarize
+from altmodal.metrics import Outputs, subset_name, subsets, summarize
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,10 @@ class Strategy(nn.Module):
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.epoch = 0
+        self.batch_index = 0
+        """Position of the current batch in the epoch (set by the loop)."""
+        self.batches_per_epoch = 1
+        self.best_epoch = -1
 
     @property
     def modalities(self) -> list[str]:
@@ -260,12 +264,13 @@ class Strategy(nn.Module):
         accuracy/loss as a history row fragment."""
         self.train()
         self.epoch = epoch
+        self.batches_per_epoch = -(-len(dataset) // self.config.batch_size)
         self.on_epoch_start(epoch)
         total, seen = 0.0, 0
         loss_sums: dict[str, float] = {}
         correct: dict[str, float] = {}
         counts: dict[str, int] = {}
-        for batch in iterate(
+        batches = iterate(
             dataset,
             self.config.batch_size,
             shuffle=True,
@@ -273,7 +278,8 @@ class Strategy(nn.Module):
             epoch=epoch,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
-        ):
+        )
+        for self.batch_index, batch in enumerate(batches):
             out = self.training_step(batch.to(self.device))
             total += float(out.loss) * batch.size
             seen += batch.size
@@ -366,8 +372,3 @@ def _progress(items: Iterable[int], enabled: bool, desc: str) -> Iterable[int]:
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
-
-
-def unimodal_accuracy(out: StepOutput) -> dict[str, float]:
-    """Training accuracy per modality in one step (for tests and logging)."""
-    return {m: accuracy(logits, label) for m, (logits, label) in out.unimodal.items()}

@@ -1,0 +1,212 @@
+"""MLA: alternating unimodal adaptation with a shared head (Zhang, Yoon, Bansal, Yao, CVPR 2024).
+
+Training is a sequence of unimodal steps. A step for modality m encodes m's samples, scores them
+with the ONE head shared by all modalities, takes the cross-entropy, and updates m's encoder and
+the head only: the other encoders get no gradient and, because gradients are set to None, no
+momentum or weight decay either. Head gradient modification (:mod:`altmodal.projection`) keeps
+the head from forgetting what the other modalities taught it. At test time each present
+modality's prediction is scored by its entropy and the predictions are fused with per-sample
+weights (:func:`altmodal.fusion.entropy_weights`).
+
+Granularity: ``cycle="batch"`` (default, as the reference code) runs the steps of every modality
+one after the other on each mini-batch; ``cycle="iteration"`` takes one modality per mini-batch.
+Order: fixed (the modality order given), reversed, or random per cycle. Samples without modality
+m take no part in m's step; when no sample of the (global) batch has m, m's step is skipped.
+
+Differences from the reference code (``--preset reference-code`` reproduces them all):
+- its projection never runs (a parameter-name check that never matches); ours does
+  (``--preset reference-code-as-released`` turns it off to match the published behaviour);
+- it uses the current batch's mean feature, alpha = 0.1 ** (b/B + 1), Frobenius-normalised P and
+  skips the first step; our defaults follow the paper (a running mean as the data mean, a
+  constant alpha, plain OWM);
+- its test-time fusion takes the softmax over the BATCH axis and sums over the batch, one weight
+  per modality per test batch; ours is per sample, so a sample's prediction does not depend on
+  the batch it is in;
+- its shared optimizer applies momentum and weight decay to encoders stepped earlier in the same
+  batch (zeroed, not cleared, gradients): ``leak_optimizer`` reproduces it;
+- its fixed-weight fusion weights: the stored code's default is 0.5/0.5 for two modalities (the
+  specification names 0.55/0.45, our default for ``test_fusion=fixed``) and 0.35/0.25/0.40 for
+  audio/visual/text.
+``heads="separate"`` gives each modality its own head (same alternation and fusion), to measure
+what sharing the head contributes; there is nothing for HGM to protect then, so it is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from altmodal.config import option
+from altmodal.data.batch import Batch
+from altmodal.fusion import batch_entropy_weights, combine, entropy_weights, fixed_weights
+from altmodal.projection import HeadProjector
+from altmodal.strategies.base import DataSpec, StepOutput, Strategy
+
+REFERENCE_CODE: dict[str, Any] = {
+    "h_source": "batch",
+    "alpha_schedule": "reference",
+    "normalize_p": True,
+    "skip_first": True,
+    "test_fusion": "batch-entropy",
+    "leak_optimizer": True,
+}
+
+
+@dataclass(frozen=True)
+class MLAOptions:
+    """MLA's options; ``preset`` sets several at once and explicit settings override it."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {},
+        "reference-code": REFERENCE_CODE,
+        "reference-code-as-released": {**REFERENCE_CODE, "projection": False},
+    }
+
+    preset: Literal["paper", "reference-code", "reference-code-as-released"] = option(
+        "paper",
+        "paper: the paper's equations; reference-code: every behaviour of the published code; "
+        "reference-code-as-released: the same with the projection never applied, as that code runs",
+    )
+    cycle: Literal["batch", "iteration"] = option(
+        "batch", "batch: every modality steps on each mini-batch; iteration: one modality per mini-batch"
+    )
+    order: Literal["fixed", "reversed", "random"] = option("fixed", "modality order within a cycle")
+    heads: Literal["shared", "separate"] = option("shared", "one head shared by all modalities, or one each")
+    projection: bool = option(True, "head gradient modification (HGM) on the shared head")
+    h_source: Literal["running", "batch"] = option(
+        "running", "HGM feature vector: running mean of the modality's features, or the batch mean"
+    )
+    h_momentum: float = option(0.9, "decay of the running mean feature per step")
+    alpha: float = option(0.1, "HGM regulariser alpha (alpha_schedule=constant)")
+    alpha_schedule: Literal["constant", "reference"] = option(
+        "constant", "constant alpha, or the reference code's 0.1**(b/B+1) within each epoch"
+    )
+    normalize_p: bool = option(False, "divide P by its Frobenius norm after each update (reference code)")
+    projection_mode: Literal["replace", "add"] = option(
+        "replace", "replace the head gradient by its projection (OWM), or add the projection to it"
+    )
+    skip_first: bool = option(False, "leave the very first step unprojected (reference code)")
+    leak_optimizer: bool = option(
+        False, "apply momentum and weight decay to encoders stepped earlier in the batch (reference code)"
+    )
+    test_fusion: Literal["entropy", "fixed", "batch-entropy"] = option(
+        "entropy", "entropy: per-sample dynamic fusion; fixed: fusion_weights; batch-entropy: the reference code's"
+    )
+    fusion_weights: tuple[float, ...] = option(
+        (), "fixed fusion weights per modality (default 0.55,0.45 for two; 0.35,0.25,0.40 for three; else equal)"
+    )
+    fusion_space: Literal["logits", "probs"] = option("logits", "fuse logits or probabilities")
+
+
+def default_weights(count: int) -> tuple[float, ...]:
+    if count == 2:
+        return (0.55, 0.45)
+    if count == 3:
+        return (0.35, 0.25, 0.40)
+    return (1.0,) * count
+
+
+class MLA(Strategy):
+    name = "mla"
+    options_class = MLAOptions
+
+    def __init__(self, encoders: Mapping[str, nn.Module], spec: DataSpec, options: MLAOptions, dim: int):
+        super().__init__(encoders, spec, options)
+        if options.heads == "shared":
+            head = nn.Linear(dim, spec.num_classes)
+            self.heads = nn.ModuleDict({"shared": head})
+        else:
+            self.heads = nn.ModuleDict({m: nn.Linear(dim, spec.num_classes) for m in self.modalities})
+        self.projector: HeadProjector | None = None
+        if options.projection and options.heads == "shared":
+            self.projector = HeadProjector(
+                self.head("shared"),
+                self.modalities,
+                h_source=options.h_source,
+                momentum=options.h_momentum,
+                alpha=options.alpha if options.alpha_schedule == "constant" else None,
+                normalize=options.normalize_p,
+                mode=options.projection_mode,
+                skip_first=options.skip_first,
+            )
+        weights = options.fusion_weights or default_weights(len(self.modalities))
+        if len(weights) != len(self.modalities):
+            raise ValueError(
+                f"mla: {len(weights)} fusion weights for {len(self.modalities)} modalities "
+                f"({', '.join(self.modalities)})"
+            )
+        self.fusion_weights = tuple(weights)
+
+    def head(self, modality: str) -> nn.Linear:
+        return self.heads["shared" if "shared" in self.heads else modality]  # type: ignore[return-value]
+
+    # ----- prediction ------------------------------------------------------------------------
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self.head(m)(features[m]) for m in self.modalities}
+
+    def fuse(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        logits = self.unimodal_logits(features)
+        kind = self.options.test_fusion
+        if kind == "entropy":
+            weights = entropy_weights(logits, present)
+        elif kind == "fixed":
+            weights = fixed_weights(self.fusion_weights, self.modalities, present)
+        else:
+            weights = batch_entropy_weights(logits, present)
+        return combine(logits, weights, self.options.fusion_space)
+
+    # ----- training ----------------------------------------------------------------------------
+    def step_order(self) -> list[str]:
+        """The modalities that step on the current mini-batch, in order."""
+        order = list(self.modalities)
+        if self.options.order == "reversed":
+            order.reverse()
+        cycle_index = self.batch_index
+        if self.options.cycle == "iteration":
+            cycle_index = self.batch_index // len(order)
+        if self.options.order == "random":
+            rng = np.random.default_rng([self.config.seed, self.epoch, cycle_index, 17])
+            order = [order[i] for i in rng.permutation(len(order))]
+        if self.options.cycle == "iteration":
+            global_step = self.epoch * self.batches_per_epoch + self.batch_index
+            return [order[global_step % len(order)]]
+        return order
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        total = torch.zeros((), device=self.device)
+        report: dict[str, tuple[Tensor, Tensor]] = {}
+        stepped: list[str] = []
+        for m in self.step_order():
+            rows = batch.present[m]
+            if float(self.dist.sum(rows.sum().float())) == 0:
+                continue  # no sample of the global batch has m
+            sub = batch.select(rows)
+            features = self.encoders[m](sub.inputs[m])  # (n, d)
+            head = self.head(m)
+            logits = head(features)
+            loss = self.cross_entropy(logits, sub.label)
+            params = [*self.encoders[m].parameters(), *head.parameters()]
+            self.optimize(loss, params, edit=self._edit(m, head, features.detach(), stepped))
+            stepped.append(m)
+            total = total + loss.detach()
+            report[m] = (logits.detach(), sub.label)
+        return StepOutput(total, report)
+
+    def _edit(self, modality: str, head: nn.Linear, features: Tensor, stepped: list[str]) -> Any:
+        def edit() -> None:
+            if self.projector is not None:
+                count = self.dist.sum(torch.tensor(float(features.shape[0]), device=features.device))
+                mean = self.dist.sum(features.sum(dim=0)) / count
+                alpha = self.projector.alpha_for(self.batch_index, self.batches_per_epoch)
+                self.projector.step(head.weight, modality, mean, alpha)  # type: ignore[arg-type]
+            if self.options.leak_optimizer:
+                for other in stepped:
+                    for p in self.encoders[other].parameters():
+                        p.grad = torch.zeros_like(p)
+
+        return edit

@@ -1,0 +1,188 @@
+import pytest
+import torch
+
+from altmodal.data.batch import Batch
+from altmodal.data.registry import DataConfig, load_splits
+from altmodal.encoders import EncoderConfig
+from altmodal.experiment import resolve, train_run
+from altmodal.runs import Run
+from altmodal.strategies import build_strategy
+from altmodal.strategies.base import TrainConfig
+from tests.conftest import TINY, tiny_config
+
+ENC = EncoderConfig(dim=8, hidden=(16,))
+
+
+def make_mla(splits, **options):
+    config = resolve({"strategy": "mla", **options})
+    strategy = build_strategy("mla", splits, ENC, config.options)
+    strategy.configure(TrainConfig(lr=0.1, batch_size=16))
+    return strategy
+
+
+def first_batch(splits, n=16):
+    return splits.train.gather(torch.arange(n).numpy())
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def unchanged(before, module):
+    return all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_a_step_updates_only_its_encoder_and_the_head_with_no_optimizer_leak(tiny_splits):
+    mla = make_mla(tiny_splits, cycle="iteration")
+    batch = first_batch(tiny_splits)
+    before = {m: snapshot(mla.encoders[m]) for m in mla.modalities}
+    head_before = snapshot(mla.heads)
+    mla.batch_index = 0  # iteration 0 steps m0 only
+    out = mla.training_step(batch)
+    assert list(out.unimodal) == ["m0"]
+    assert not unchanged(before["m0"], mla.encoders["m0"]) and not unchanged(head_before, mla.heads)
+    assert unchanged(before["m1"], mla.encoders["m1"])
+    state = mla.optimizer.state
+    assert all(p not in state for p in mla.encoders["m1"].parameters())
+    assert all("momentum_buffer" in state[p] for p in mla.encoders["m0"].parameters())
+    mla.batch_index = 1  # iteration 1 steps m1: m0 must not move (no momentum, no decay)
+    m0_before = snapshot(mla.encoders["m0"])
+    mla.training_step(batch)
+    assert unchanged(m0_before, mla.encoders["m0"])
+
+
+def test_leak_option_reproduces_the_reference_optimizer(tiny_splits):
+    mla = make_mla(tiny_splits, leak_optimizer=True)
+    batch = first_batch(tiny_splits)
+    mla.training_step(batch)  # m0 then m1: m0's params see zero grads during m1's step
+    m0_params = list(mla.encoders["m0"].parameters())
+    m0_before = [p.detach().clone() for p in m0_params]
+    momentum = [mla.optimizer.state[p]["momentum_buffer"].clone() for p in m0_params]
+    mla.optimize(
+        torch.zeros((), requires_grad=True) * 0, edit=mla._edit("m1", mla.head("m1"), torch.zeros(1, 8), ["m0"])
+    )
+    moved = any(not torch.equal(a, p) for a, p in zip(m0_before, m0_params))
+    decayed = any(not torch.equal(a, mla.optimizer.state[p]["momentum_buffer"]) for a, p in zip(momentum, m0_params))
+    assert moved and decayed
+
+
+def test_samples_without_a_modality_take_no_part_in_its_step(tiny_splits):
+    mla = make_mla(tiny_splits, projection=False)
+    batch = first_batch(tiny_splits)
+    present = dict(batch.present)
+    present["m1"] = torch.zeros_like(present["m1"])
+    present["m1"][:4] = True
+    masked = batch.with_present(present)
+    out = mla.training_step(masked)
+    assert out.unimodal["m1"][0].shape[0] == 4 and out.unimodal["m0"][0].shape[0] == 16
+    # Without any m1 sample, the m1 step is skipped entirely.
+    mla2 = make_mla(tiny_splits)
+    none = batch.with_present({"m0": batch.present["m0"], "m1": torch.zeros_like(batch.present["m1"])})
+    before = snapshot(mla2.encoders["m1"])
+    out2 = mla2.training_step(none)
+    assert "m1" not in out2.unimodal and unchanged(before, mla2.encoders["m1"])
+
+
+def test_step_orders(tiny_splits):
+    assert make_mla(tiny_splits).step_order() == ["m0", "m1"]
+    assert make_mla(tiny_splits, order="reversed").step_order() == ["m1", "m0"]
+    mla = make_mla(tiny_splits, order="random")
+    orders = set()
+    for b in range(20):
+        mla.batch_index = b
+        orders.add(tuple(mla.step_order()))
+    assert orders == {("m0", "m1"), ("m1", "m0")}
+    it = make_mla(tiny_splits, cycle="iteration")
+    seen = []
+    for b in range(4):
+        it.batch_index = b
+        seen += it.step_order()
+    assert seen == ["m0", "m1", "m0", "m1"]
+
+
+def test_three_modalities_with_different_widths_share_one_head():
+    splits = load_splits(
+        DataConfig(dataset="synthetic", dataset_options=(*TINY, "modalities=3", "widths=4,9,6")), seed=0
+    )
+    mla = make_mla(splits)
+    assert list(mla.heads) == ["shared"] and mla.heads["shared"].in_features == 8
+    out = mla.training_step(first_batch(splits))
+    assert set(out.unimodal) == {"m0", "m1", "m2"}
+    assert mla.fusion_weights == (0.35, 0.25, 0.40)
+
+
+def test_hgm_runs_during_training_and_is_off_when_asked(tiny_splits):
+    mla = make_mla(tiny_splits)
+    mla.training_step(first_batch(tiny_splits))
+    assert not torch.allclose(mla.projector.P, torch.eye(8)) and int(mla.projector.steps) == 2
+    assert make_mla(tiny_splits, projection=False).projector is None
+    assert make_mla(tiny_splits, heads="separate").projector is None
+
+
+def test_presets_set_options_and_explicit_settings_win():
+    ref = resolve({"strategy": "mla", "preset": "reference-code"}).options
+    assert ref["h_source"] == "batch" and ref["alpha_schedule"] == "reference" and ref["normalize_p"]
+    assert ref["test_fusion"] == "batch-entropy" and ref["skip_first"] and ref["projection"]
+    released = resolve({"strategy": "mla", "preset": "reference-code-as-released"}).options
+    assert released["projection"] is False and released["h_source"] == "batch"
+    mixed = resolve({"strategy": "mla", "preset": "reference-code", "test_fusion": "entropy"}).options
+    assert mixed["test_fusion"] == "entropy" and mixed["h_source"] == "batch"
+    assert resolve({"strategy": "mla"}).options["h_source"] == "running"
+
+
+def test_separate_heads_and_fixed_fusion(tiny_splits):
+    mla = make_mla(tiny_splits, heads="separate", test_fusion="fixed", fusion_weights=(0.7, 0.3))
+    assert set(mla.heads) == {"m0", "m1"}
+    batch = first_batch(tiny_splits)
+    features = mla.encode(batch)
+    logits = mla.unimodal_logits(features)
+    assert torch.allclose(mla.fuse(features, batch.present), 0.7 * logits["m0"] + 0.3 * logits["m1"], atol=1e-6)
+
+
+def test_mla_prediction_of_a_sample_does_not_depend_on_its_batch(tiny_splits):
+    mla = make_mla(tiny_splits)
+    mla.training_step(first_batch(tiny_splits))
+    mla.eval()
+    big = first_batch(tiny_splits, 16)
+    small = Batch(
+        {m: x[:5] for m, x in big.inputs.items()},
+        {m: p[:5] for m, p in big.present.items()},
+        big.label[:5],
+        big.index[:5],
+    )
+    with torch.no_grad():
+        a = mla.fuse(mla.encode(big), big.present)[:5]
+        b = mla.fuse(mla.encode(small), small.present)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_projector_state_is_checkpointed_and_resume_is_exact(tmp_path, monkeypatch):
+    config = tiny_config(strategy="mla", epochs=3)
+    whole = train_run(config, tmp_path / "whole")
+    original = Run.on_epoch_end
+    captured = {}
+
+    def stop_after_first(self, strategy, state):
+        original(self, strategy, state)
+        captured["P"] = state["training"]["model"]["projector.P"].clone()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "on_epoch_end", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tmp_path / "cut")
+    assert not torch.allclose(captured["P"], torch.eye(8))
+    monkeypatch.setattr(Run, "on_epoch_end", original)
+    resumed = train_run(config, tmp_path / "cut")
+    assert resumed["test"] == whole["test"]
+    a = torch.load(tmp_path / "whole" / "model.pt")["model"]
+    b = torch.load(tmp_path / "cut" / "model.pt")["model"]
+    assert torch.equal(a["projector.P"], b["projector.P"]) and torch.equal(
+        a["heads.shared.weight"], b["heads.shared.weight"]
+    )
+
+
+def test_mla_beats_lazy_joint_on_the_weak_modality(tmp_path):
+    settings = {"epochs": 15, "dataset_options": (*TINY, "strengths=1.5,0.5")}
+    joint = train_run(tiny_config(strategy="joint", **settings), tmp_path / "joint")
+    mla = train_run(tiny_config(strategy="mla", **settings), tmp_path / "mla")
+    assert mla["test"]["unimodal"]["m1"]["accuracy"] > joint["test"]["unimodal"]["m1"]["accuracy"]
