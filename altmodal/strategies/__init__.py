@@ -11,9 +11,11 @@ from altmodal.encoders import EncoderConfig, build_encoder
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy, TrainConfig
 from altmodal.strategies.joint import Joint
 from altmodal.strategies.mla import MLA
+from altmodal.strategies.ogm_ge import OGMGE
+from altmodal.strategies.qmf import QMF
 from altmodal.strategies.ume import UME, Unimodal
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (MLA, Joint, Unimodal, UME)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -73,10 +73,13 @@ class StepOutput:
         loss: the total loss optimised in the step.
         unimodal: modality -> (logits (n, C), labels (n,)) of that modality's prediction in the
             step, for the per-modality training curves.
+        extras: other per-step numbers worth a history column (their epoch mean is logged),
+            e.g. OGM-GE's modulation coefficients.
     """
 
     loss: Tensor
     unimodal: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    extras: dict[str, float] = field(default_factory=dict)
 
 
 class Callback(Protocol):
@@ -179,6 +182,12 @@ class Strategy(nn.Module):
             edit()
         self.optimizer.step()
 
+    def step_generator(self, tag: int = 0) -> torch.Generator:
+        """A generator seeded by (seed, epoch, batch, tag): the same on every process and after
+        a resume, for randomness inside a step (OGM-GE's noise, MLA's random order)."""
+        state = np.random.SeedSequence([self.config.seed, self.epoch, self.batch_index, tag]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(state))
+
     def mean_loss(self, per_sample: Tensor, rows: Tensor | None = None) -> Tensor:
         """Sum of ``per_sample`` over ``rows`` divided by the GLOBAL count of those rows, so
         that gradients summed over processes equal the single-process mean."""
@@ -270,6 +279,7 @@ class Strategy(nn.Module):
         loss_sums: dict[str, float] = {}
         correct: dict[str, float] = {}
         counts: dict[str, int] = {}
+        extras: dict[str, list[float]] = {}
         batches = iterate(
             dataset,
             self.config.batch_size,
@@ -283,6 +293,8 @@ class Strategy(nn.Module):
             out = self.training_step(batch.to(self.device))
             total += float(out.loss) * batch.size
             seen += batch.size
+            for key, value in out.extras.items():
+                extras.setdefault(key, []).append(value)
             for m, (logits, label) in out.unimodal.items():
                 if len(label) == 0:
                     continue
@@ -295,6 +307,7 @@ class Strategy(nn.Module):
             if counts.get(m):
                 row[f"train_loss_{m}"] = loss_sums[m] / counts[m]
                 row[f"train_accuracy_{m}"] = correct[m] / counts[m]
+        row.update({key: float(np.mean(values)) for key, values in extras.items()})
         return row
 
     @torch.no_grad()

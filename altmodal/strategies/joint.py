@@ -43,12 +43,16 @@ class Joint(Strategy):
         features = self.encode(batch)
         loss = self.cross_entropy(self.head(features), batch.label)
         unimodal = {m: v.detach() for m, v in self.unimodal_logits(features).items()}
-        self.optimize(loss, edit=self.gradient_edit(unimodal, batch))
-        return StepOutput(loss.detach(), present_rows(unimodal, batch))
+        edit, extras = self.gradient_edit(unimodal, batch)
+        self.optimize(loss, edit=edit)
+        return StepOutput(loss.detach(), present_rows(unimodal, batch), extras)
 
-    def gradient_edit(self, unimodal: Mapping[str, Tensor], batch: Batch) -> Callable[[], None] | None:
-        """A function that edits the gradients between backward and step (OGM-GE), or None."""
-        return None
+    def gradient_edit(
+        self, unimodal: Mapping[str, Tensor], batch: Batch
+    ) -> tuple[Callable[[], None] | None, dict[str, float]]:
+        """A function that edits the gradients between backward and step (OGM-GE) or None, and
+        numbers for the history."""
+        return None, {}
 
 
 def present_rows(logits: Mapping[str, Tensor], batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
