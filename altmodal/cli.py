@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from altmodal.config import ConfigError, add_arguments, read_config_file
@@ -29,20 +31,23 @@ def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[st
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(read_config_file(args.config))
-    ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", *skip}
+    ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", "argv", *skip}
     values.update({k: v for k, v in vars(args).items() if k not in ignored})
     return values
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def parser_for_runs(parser: argparse.ArgumentParser, with_strategy: bool = True) -> None:
     """The flags that define a run: strategy, data, encoder, training and strategy options."""
-    parser.add_argument(
-        "--strategy", default=argparse.SUPPRESS, choices=list(STRATEGIES), help="training strategy (default: joint)"
-    )
+    if with_strategy:
+        parser.add_argument(
+            "--strategy", default=argparse.SUPPRESS, choices=list(STRATEGIES), help="training strategy (default: joint)"
+        )
     parser.add_argument("--config", help="TOML or JSON file of settings; explicit flags win")
     add_arguments(parser, DataConfig, "data")
     add_arguments(parser, EncoderConfig, "encoders")
     add_arguments(parser, TrainConfig, "training")
+    if not with_strategy:
+        return
     seen: set[str] = set()
     for name, cls in option_classes().items():
         group = parser.add_argument_group(f"strategy {name}")
@@ -94,6 +99,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from altmodal.benchmark import BenchmarkConfig, cells, modalities_of, run_grid
+    from altmodal.config import build, coerce, fields_of
+    from altmodal.data.registry import DATASETS
+    from altmodal.report import markdown, write_report
+
+    settings = settings_from(args, skip=list(fields_of(BenchmarkConfig)))
+    dataset = str(settings.get("dataset", DataConfig().dataset))
+    info = DATASETS.get(dataset)
+    base = {**(info.benchmark if info else {}), **settings}
+    names = fields_of(BenchmarkConfig)
+    grid_values = {k: coerce(BenchmarkConfig, k, v, "command line") for k, v in vars(args).items() if k in names}
+    bench = build(BenchmarkConfig, grid_values)
+    modalities = modalities_of(base)
+    grid = cells(bench, modalities)
+    out = Path(args.out or f"runs/benchmark-{Path(dataset).stem}")
+    results = run_grid(grid, base, out, missing_rates=bench.missing_rates, jobs=bench.jobs, progress=not args.quiet)
+    command = "altmodal " + shlex.join(args.argv)
+    report = write_report(results, grid, base, modalities, out, command)
+    print(markdown(report["tables"]["main"], "strategy", mark_best=True))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     for info in DATASETS.values():
         defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
@@ -113,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one run and write its folder")
-    add_run_arguments(train)
+    parser_for_runs(train)
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<strategy>-seed<S>-<config hash>)")
     train.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -126,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.set_defaults(handler=cmd_evaluate)
 
+    from altmodal.benchmark import BenchmarkConfig
+
+    bench = sub.add_parser("benchmark", help="run the paper's experiments on a dataset and write a report")
+    parser_for_runs(bench, with_strategy=False)
+    add_arguments(bench, BenchmarkConfig, "grid")
+    bench.add_argument("--out", help="report and runs folder (default: runs/benchmark-<dataset>)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(handler=cmd_benchmark)
+
     datasets = sub.add_parser("datasets", help="list the built-in datasets")
     datasets.set_defaults(handler=cmd_datasets)
     return parser
@@ -133,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     handler: Handler = args.handler
     try:

@@ -58,6 +58,9 @@ class DatasetInfo:
     needs_data_dir: bool = False
     defaults: Mapping[str, object] = field(default_factory=dict)
     """Settings this dataset trains well with (e.g. a learning rate); flags and files win."""
+    benchmark: Mapping[str, object] = field(default_factory=dict)
+    """Settings of ``altmodal benchmark`` on this dataset (views, epochs), chosen to finish in
+    minutes on two CPU cores; flags and files win."""
 
 
 def _load_mfeat(config: DataConfig, options: Mapping[str, str]) -> Loaded:

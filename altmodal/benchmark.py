@@ -1,0 +1,206 @@
+"""The benchmark grid: the paper's experiments on any dataset, one run folder per cell.
+
+Groups of runs (each over every seed):
+
+- ``alone``: every modality trained alone (strategy ``unimodal``): the reference for laziness;
+- ``main``: every strategy on all modalities;
+- ``ablation``: MLA without projection, with fixed fusion, with separate heads, the two
+  reference-code presets, reversed and random modality order, one modality per iteration (and,
+  with ``--ablation full``, each head-projection choice: batch-mean h, the reference alpha
+  schedule, Frobenius normalisation, added projection);
+- ``missing``: every strategy trained and tested with modalities missing at each rate.
+Every finished ``main`` run is also re-evaluated with modalities missing at test time only.
+
+Runs are independent processes' work; finished ones are skipped on a re-run (their folder holds
+``metrics.json``), so an interrupted benchmark resumes where it stopped. The report is written by
+:mod:`altmodal.report`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import logging
+import multiprocessing
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from altmodal.config import option
+from altmodal.experiment import RunConfig, evaluate_run, resolve, train_run
+from altmodal.runs import Run
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRATEGIES = ("joint", "ume", "ogm_ge", "qmf", "mla")
+
+CORE_ABLATION: dict[str, dict[str, Any]] = {
+    "MLA": {},
+    "no projection": {"projection": False},
+    "fixed fusion": {"test_fusion": "fixed"},
+    "separate heads": {"heads": "separate"},
+    "reference-code": {"preset": "reference-code"},
+    "reference-code-as-released": {"preset": "reference-code-as-released"},
+    "order reversed": {"order": "reversed"},
+    "order random": {"order": "random"},
+    "one modality per iteration": {"cycle": "iteration"},
+}
+FULL_ABLATION: dict[str, dict[str, Any]] = {
+    **CORE_ABLATION,
+    "h: batch mean": {"h_source": "batch"},
+    "alpha: reference schedule": {"alpha_schedule": "reference"},
+    "P Frobenius-normalised": {"normalize_p": True},
+    "projection added": {"projection_mode": "add"},
+    "entropy per batch": {"test_fusion": "batch-entropy"},
+}
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What the grid covers."""
+
+    strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "strategies of the main table")
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds (each run of the grid is repeated per seed)")
+    missing_rates: tuple[float, ...] = option(
+        (0.1, 0.3, 0.5, 0.7), "missing rates evaluated at test time on every main run"
+    )
+    train_missing_rates: tuple[float, ...] = option(
+        (0.3, 0.7), "missing rates applied at train AND test (each retrains every strategy; empty: skip)"
+    )
+    ablation: Literal["core", "full", "none"] = option("core", "MLA ablation runs")
+    jobs: int = option(0, "runs in parallel (0: one per CPU core)")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    group: str
+    label: str
+    seed: int
+    settings: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def config(self, base: Mapping[str, Any]) -> RunConfig:
+        return resolve({**base, **self.settings, "seed": self.seed}, f"benchmark cell {self.label!r}")
+
+
+def cells(config: BenchmarkConfig, modalities: Sequence[str]) -> list[Cell]:
+    """Every run of the grid, in the order they are reported."""
+    out: list[Cell] = []
+    for seed in config.seeds:
+        for m in modalities:
+            out.append(Cell("alone", m, seed, {"strategy": "unimodal", "modalities": (m,)}))
+        for name in config.strategies:
+            out.append(Cell("main", name, seed, {"strategy": name}))
+        if "mla" in config.strategies and config.ablation != "none":
+            variants = FULL_ABLATION if config.ablation == "full" else CORE_ABLATION
+            for label, options in variants.items():
+                out.append(Cell("ablation", label, seed, {"strategy": "mla", **options}))
+        for rate in config.train_missing_rates:
+            for name in config.strategies:
+                settings = {"strategy": name, "train_missing_rate": rate, "test_missing_rate": rate}
+                out.append(Cell("missing", f"{name}@{rate:g}", seed, settings))
+    return out
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def run_path(root: Path, cell: Cell, config: RunConfig) -> Path:
+    """Folder of a run; identical configs share it (the digest), so duplicates run once."""
+    return root / "runs" / f"{slug(config.strategy)}-seed{cell.seed}-{config.digest()}"
+
+
+def run_cell(config_dict: dict[str, Any], path: str, rates: Sequence[float], threads: int) -> dict[str, Any]:
+    """Train (or skip) one run and its test-time missing-modality evaluations (cached)."""
+    import torch
+
+    from altmodal.config import flatten
+
+    torch.set_num_threads(max(threads, 1))
+    config = resolve(flatten(config_dict), path)
+    metrics = train_run(config, path)
+    run = Run(path)
+    cached = run.read_json("missing.json") if run.has("missing.json") else {}
+    for rate in rates:
+        key = f"{rate:g}"
+        if key not in cached:
+            cached[key] = evaluate_run(path, missing_rate=rate)["test"]["fused"]
+    if rates:
+        run.write_json("missing.json", cached)
+    return {"metrics": metrics, "missing": cached}
+
+
+def run_grid(
+    grid: Sequence[Cell],
+    base: Mapping[str, Any],
+    root: Path,
+    *,
+    missing_rates: Sequence[float] = (),
+    jobs: int = 0,
+    progress: bool = True,
+) -> dict[Cell, dict[str, Any]]:
+    """Run every cell (skipping finished ones) with ``jobs`` processes; results per cell."""
+    configs = {cell: cell.config(base) for cell in grid}
+    paths = {cell: run_path(root, cell, configs[cell]) for cell in grid}
+    unique: dict[Path, Cell] = {}
+    for cell in grid:
+        unique.setdefault(paths[cell], cell)
+    cores = os.cpu_count() or 1
+    jobs = min(jobs or cores, len(unique)) or 1
+    threads = max(cores // jobs, 1)
+    results: dict[Path, dict[str, Any]] = {}
+    bar = _bar(len(unique), progress)
+    tasks = [
+        (configs[c].to_dict(), str(p), missing_rates if c.group == "main" else (), threads) for p, c in unique.items()
+    ]
+    if jobs == 1:
+        for task, path in zip(tasks, unique):
+            _describe(bar, unique[path])
+            results[path] = run_cell(*task)
+            bar.update(1)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            pending = {pool.submit(run_cell, *task): path for task, path in zip(tasks, unique)}
+            try:
+                for done in futures.as_completed(pending):
+                    path = pending[done]
+                    results[path] = done.result()
+                    _describe(bar, unique[path])
+                    bar.update(1)
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+    bar.close()
+    return {cell: results[paths[cell]] for cell in grid}
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="benchmark", unit="run", disable=not enabled, dynamic_ncols=True)
+
+
+def _describe(bar: Any, cell: Cell) -> None:
+    bar.set_postfix_str(f"{cell.group}: {cell.label} seed {cell.seed}")
+
+
+def modalities_of(base: Mapping[str, Any]) -> list[str]:
+    """The modalities the grid's runs use (the dataset's, or the ones selected)."""
+    from altmodal.data.registry import load, select_modalities
+
+    config = resolve(dict(base))
+    return select_modalities(load(config.data).dataset, config.data.modalities).modalities
+
+
+def labels(grid: Iterable[Cell], group: str) -> list[str]:
+    seen: list[str] = []
+    for cell in grid:
+        if cell.group == group and cell.label not in seen:
+            seen.append(cell.label)
+    return seen
