@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from altmodal.config import ConfigError, add_arguments, read_config_file
 from altmodal.data.features import DataError
 from altmodal.data.registry import DATASETS, DataConfig
+from altmodal.distributed import init_from_env, shutdown
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import RunConfig, evaluate_run, option_classes, resolve, train_run
 from altmodal.strategies import STRATEGIES, TrainConfig
@@ -31,7 +33,7 @@ def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[st
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(read_config_file(args.config))
-    ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", "argv", *skip}
+    ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", "argv", "nproc", *skip}
     values.update({k: v for k, v in vars(args).items() if k not in ignored})
     return values
 
@@ -72,9 +74,45 @@ class _OnlyNew:
 def cmd_train(args: argparse.Namespace) -> int:
     config = resolve(settings_from(args), "command line")
     out = args.out or config.default_out()
-    metrics = train_run(config, out, progress=not args.quiet, overwrite=args.overwrite)
-    print_summary(config, str(out), metrics)
+    if args.nproc > 1:
+        return launch(args.nproc, [a for a in strip_nproc(args.argv)] + ["--out", str(out)])
+    dist = init_from_env(config.train.device)
+    try:
+        metrics = train_run(config, out, dist=dist, progress=not args.quiet, overwrite=args.overwrite)
+    finally:
+        shutdown()
+    if dist.is_main:
+        print_summary(config, str(out), metrics)
     return 0
+
+
+def strip_nproc(argv: Sequence[str]) -> list[str]:
+    """The command line without its --nproc option."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run this command in ``nproc`` processes with torchrun (torch.distributed.run)."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "altmodal",
+        *argv,
+    ]
+    return subprocess.call(command)
 
 
 def print_summary(config: RunConfig, out: str, metrics: Mapping[str, Any]) -> None:
@@ -125,13 +163,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     for info in DATASETS.values():
-        defaults = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
-        print(f"{info.name:<12} {info.description}" + (f" [defaults: {defaults}]" if defaults else ""))
+        notes = [", ".join(f"{k}={_show(v)}" for k, v in d.items()) for d in (info.defaults, info.benchmark)]
+        extra = (f" [defaults: {notes[0]}]" if notes[0] else "") + (f" [benchmark: {notes[1]}]" if notes[1] else "")
+        print(f"{info.name:<12} {info.description}{extra}")
     print(
         f"{'<file>.npz':<12} a feature file: one array per modality, 'label', optional 'split' "
         "and 'present_<modality>' (see altmodal.data.features)"
     )
     return 0
+
+
+def _show(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<strategy>-seed<S>-<config hash>)")
     train.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train data-parallel in this many processes (torchrun; gloo on CPU, NCCL on GPUs)",
+    )
     train.set_defaults(handler=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="re-evaluate a finished run")

@@ -52,12 +52,12 @@ class Dist:
         """The global number of True entries of a (B,) mask, at least 1 (as a float tensor)."""
         return self.sum(mask.sum().to(torch.float64)).clamp_min(1).to(torch.float32)
 
-    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
-        """Average the gradients of ``params`` over ranks in one flat all-reduce.
+    def reduce_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Combine the gradients of ``params`` over ranks in one flat all-reduce.
 
         A parameter without a gradient on this rank contributes zeros; all ranks name the same
-        parameters, so they agree on the layout. Losses are already normalised by global counts,
-        so the reduction is a SUM.
+        parameters, so they agree on the layout. Losses are normalised by GLOBAL counts, so the
+        reduction is a sum and yields the gradient of the global batch's mean loss.
         """
         if not self.active:
             return
@@ -70,6 +70,15 @@ class Dist:
             n = p.numel()
             p.grad = flat[offset : offset + n].view_as(p).to(p.device)
             offset += n
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's parameters and buffers."""
+        if not self.active:
+            return
+        for tensor in [*module.parameters(), *module.buffers()]:
+            data = tensor.data.to(self.device)
+            dist.broadcast(data, src=0)
+            tensor.data.copy_(data.to(tensor.device))
 
     def gather(self, value: Tensor) -> Tensor:
         """Concatenate ``value`` (first axis may differ per rank) from every rank, rank order."""

@@ -132,6 +132,82 @@ def analysis_table(results: Results, strategies: Sequence[str], section: str, ke
     return {"columns": columns, "rows": rows}
 
 
+def cell_mean(t: Table, row: str, column: str) -> float:
+    """The mean of one cell (NaN when the row, column or values are missing)."""
+    for r in t["rows"]:
+        if r["label"] == row and r["cells"].get(column):
+            return mean_std(r["cells"][column])[0]
+    return math.nan
+
+
+def claims(tables: Mapping[str, Table], modalities: Sequence[str]) -> list[dict[str, Any]]:
+    """The paper's claims (method.md section 2.4), each checked against the tables.
+
+    Returns one entry per claim that the grid can answer: the claim, the evidence (numbers) and
+    whether it held.
+    """
+    out: list[dict[str, Any]] = []
+    strategies = [r["label"] for r in tables["main"]["rows"] if r["label"] != "each modality alone"]
+
+    def add(claim: str, evidence: str, held: bool) -> None:
+        out.append({"claim": claim, "evidence": evidence, "held": bool(held)})
+
+    lazy = tables["laziness"]
+    if "joint" in strategies:
+        ratios = {m: cell_mean(lazy, "joint", m) for m in modalities}
+        add(
+            "joint training is lazy (a modality's accuracy inside the joint model is below 0.9 of its accuracy alone)",
+            _pairs(ratios),
+            min(ratios.values()) < 0.9,
+        )
+    if "mla" not in strategies:
+        return out
+    ratios = {m: cell_mean(lazy, "mla", m) for m in modalities}
+    add("MLA removes laziness (every ratio at least 0.95)", _pairs(ratios), min(ratios.values()) >= 0.95)
+    fused = {s: cell_mean(tables["main"], s, "fused accuracy") for s in strategies}
+    best_other = max((v, s) for s, v in fused.items() if s != "mla") if len(fused) > 1 else (math.nan, "")
+    add("MLA beats the baselines (fused accuracy)", _pairs(fused), fused["mla"] >= best_other[0])
+    missing = tables["missing_test"]
+    if len(missing["columns"]) > 1:
+        top = missing["columns"][-1]
+        drops = {s: cell_mean(missing, s, "0") - cell_mean(missing, s, top) for s in strategies}
+        add(
+            f"MLA degrades least when modalities go missing (accuracy lost from rate 0 to {top}, test only)",
+            _pairs(drops),
+            drops["mla"] <= min(drops.values()),
+        )
+    ablation = tables.get("ablation")
+    if ablation is not None:
+        mla = cell_mean(ablation, "MLA", "fused accuracy")
+        for variant, what in (("no projection", "head gradient modification"), ("fixed fusion", "dynamic fusion")):
+            other = cell_mean(ablation, variant, "fused accuracy")
+            if not math.isnan(other):
+                add(
+                    f"{what} helps (MLA vs {variant}, fused accuracy)",
+                    f"MLA {mla:.3f}, {variant} {other:.3f}",
+                    mla > other,
+                )
+    gaps = tables["modality_gap"]
+    if "joint" in strategies and gaps["columns"]:
+        pair = gaps["columns"][0]
+        g = {s: cell_mean(gaps, s, pair) for s in ("mla", "joint")}
+        add(f"MLA's modality gap is larger than joint training's ({pair})", _pairs(g), g["mla"] > g["joint"])
+    accuracy = {m: cell_mean(tables["main"], "mla", f"{m} (unimodal)") for m in modalities}
+    entropy = {m: cell_mean(tables["mean_entropy"], "mla", m) for m in modalities}
+    weak, strong = min(accuracy, key=accuracy.__getitem__), max(accuracy, key=accuracy.__getitem__)
+    if weak != strong:
+        add(
+            f"the inferior modality's predictions are more uncertain (MLA: {weak} is weaker than {strong})",
+            "mean entropy " + _pairs(entropy),
+            entropy[weak] > entropy[strong],
+        )
+    return out
+
+
+def _pairs(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in values.items())
+
+
 def fmt(vals: Sequence[float], bold: bool = False) -> str:
     if not vals:
         return "–"
@@ -203,7 +279,7 @@ def figures(tables: Mapping[str, Table], curve_data: Mapping[str, Any], out: Pat
     except ImportError:
         return []
     written = []
-    panels = [(k, t) for k, t in (("missing_test", tables["missing_test"]), ("missing_train_test", tables["missing_train_test"])) if len(t["columns"]) > 1]
+    panels = [(k, tables[k]) for k in ("missing_test", "missing_train_test") if len(tables[k]["columns"]) > 1]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
         for ax, (key, t) in zip(axes[0], panels):
@@ -256,7 +332,13 @@ def write_report(
         write_table_csv(out / f"{name}.csv", t, "strategy")
     text = render(tables, grid, base, modalities, command, pictures)
     atomic_write(out / "report.md", lambda fh: fh.write(text.encode()))
-    report = {"command": command, "settings": dict(base), "modalities": list(modalities), "tables": tables}
+    report = {
+        "command": command,
+        "settings": dict(base),
+        "modalities": list(modalities),
+        "tables": tables,
+        "claims": claims(tables, modalities),
+    }
     write_json(out / "report.json", report)
     return report
 
@@ -304,6 +386,10 @@ def render(
     ]
     if "curves.png" in pictures:
         sections.append("Training curves per modality (first seed):\n\n![training curves](curves.png)")
+    checked = claims(tables, modalities)
+    if checked:
+        lines = [f"- {'held' if c['held'] else 'did NOT hold'}: {c['claim']}; {c['evidence']}" for c in checked]
+        sections += ["## 6. The paper's claims, checked on these runs", "\n".join(lines)]
     if not pictures:
-        sections.append("Figures need matplotlib: `pip install \"altmodal[plots]\"`.")
+        sections.append('Figures need matplotlib: `pip install "altmodal[plots]"`.')
     return "\n\n".join(sections) + "\n"

@@ -92,6 +92,7 @@ register(
         "(fou 76, fac 216, kar 64, pix 240, zer 47, mor 6); shipped with the package",
         _load_mfeat,
         defaults={"lr": 0.01},
+        benchmark={"modalities": ("fou", "mor")},
     )
 )
 register(

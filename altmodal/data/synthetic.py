@@ -37,8 +37,8 @@ class SyntheticConfig:
     widths: tuple[int, ...] = (32,)
     """Feature width per modality (one value is used for all)."""
     strengths: tuple[float, ...] = ()
-    """Signal strength per modality (default: 1.0 for m0, 0.4 for the others: m0 dominates)."""
-    shared: float = 0.5
+    """Signal strength per modality (default: 2.0 for m0, 0.6 for the others: m0 dominates)."""
+    shared: float = 0.8
     """Fraction of samples whose class signal is in every modality; the rest hold it in one."""
     private: tuple[float, ...] = ()
     """Probability that a non-shared sample holds its signal in each modality (default uniform)."""
@@ -85,7 +85,7 @@ def generate(config: SyntheticConfig) -> MultimodalDataset:
     rng = np.random.default_rng([seed, 7])
     names = [f"m{i}" for i in range(config.modalities)]
     widths = config.per_modality(config.widths, "widths")
-    strengths = config.per_modality(config.strengths or (1.0,) + (0.4,) * (config.modalities - 1), "strengths")
+    strengths = config.per_modality(config.strengths or (2.0,) + (0.6,) * (config.modalities - 1), "strengths")
     private = np.asarray(config.private or [1.0] * config.modalities, dtype=float)
     if len(private) != config.modalities or (private < 0).any() or private.sum() <= 0:
         raise DataError(f"synthetic: private must hold {config.modalities} non-negative weights")

@@ -155,6 +155,7 @@ class Strategy(nn.Module):
         if dist is not None:
             self.dist = dist
         self.to(self.dist.device)
+        self.dist.broadcast_module(self)
         params = [p for p in self.parameters() if p.requires_grad]
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
@@ -172,12 +173,12 @@ class Strategy(nn.Module):
         params: Iterable[nn.Parameter] | None = None,
         edit: Callable[[], None] | None = None,
     ) -> None:
-        """One optimizer step on ``loss``: clear gradients, backward, average them over
+        """One optimizer step on ``loss``: clear gradients, backward, combine them over
         processes (only ``params``, default all), let ``edit`` modify them, step."""
         assert self.optimizer is not None, "call configure() first"
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.dist.average_gradients(self.parameters() if params is None else params)
+        self.dist.reduce_gradients(self.parameters() if params is None else params)
         if edit is not None:
             edit()
         self.optimizer.step()

@@ -1,0 +1,24 @@
+"""Functions run inside spawned processes by the distributed tests (importable by the children)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch.distributed as dist
+
+from altmodal.distributed import Dist, shutdown
+from altmodal.experiment import resolve, train_run
+
+
+def train_every_strategy(rank: int, world: int, store: str, out: str, settings_json: str, names: list[str]) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        context = Dist(rank=rank, world_size=world)
+        settings = json.loads(settings_json)
+        for name in names:
+            extra = {"modalities": ["m0"]} if name == "unimodal" else {}
+            train_run(resolve({**settings, **extra, "strategy": name}), os.path.join(out, name), dist=context)
+    finally:
+        shutdown()

@@ -1,0 +1,113 @@
+import json
+import re
+
+import pytest
+
+from altmodal.benchmark import BenchmarkConfig, cells, run_grid, run_path
+from altmodal.cli import main
+from altmodal.metrics import mean_std
+from tests.conftest import TINY
+
+ARGS = ["--dataset", "synthetic", "--epochs", "2", "--hidden", "16", "--dim", "8", "--seeds", "0,1"]
+ARGS += [arg for item in TINY for arg in ("--dataset-option", item)]
+ARGS += ["--missing-rates", "0.5", "--train-missing-rates", "0.5", "--jobs", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["benchmark", "--out", str(out), *ARGS]) == 0
+    return out
+
+
+def test_every_report_section_and_file_is_there(bench):
+    text = (bench / "report.md").read_text()
+    for heading in (
+        "## 1. Main table",
+        "## 2. Laziness",
+        "## 3. Missing modalities",
+        "## 4. Ablation",
+        "## 5. Analyses",
+        "## 6. The paper's claims",
+    ):
+        assert heading in text
+    for name in (
+        "main",
+        "laziness",
+        "missing_test",
+        "missing_train_test",
+        "present_subsets",
+        "ablation",
+        "modality_gap",
+        "entropy_auroc",
+        "mean_entropy",
+    ):
+        assert (bench / f"{name}.csv").is_file()
+    assert (bench / "missing.png").stat().st_size > 1000 and (bench / "curves.png").stat().st_size > 1000
+    report = json.loads((bench / "report.json").read_text())
+    assert {c["claim"].split(" ")[0] for c in report["claims"]} >= {"joint", "MLA"}
+
+
+def test_report_numbers_equal_the_runs_metrics(bench):
+    grid = cells(BenchmarkConfig(seeds=(0, 1), missing_rates=(0.5,), train_missing_rates=(0.5,)), ["m0", "m1"])
+    base = json.loads((bench / "report.json").read_text())["settings"]
+    accuracies = []
+    for cell in grid:
+        if cell.group == "main" and cell.label == "mla":
+            metrics = json.loads((run_path(bench, cell, cell.config(base)) / "metrics.json").read_text())
+            accuracies.append(metrics["test"]["fused"]["accuracy"])
+    mean, std = mean_std(accuracies)
+    row = next(line for line in (bench / "report.md").read_text().splitlines() if line.startswith("| mla |"))
+    assert re.search(rf"\| (\*\*)?{mean:.3f} ± {std:.3f}(\*\*)? \|", row)
+
+
+def test_rerun_skips_finished_runs(bench, monkeypatch):
+    import altmodal.benchmark as benchmark
+
+    calls = []
+    original = benchmark.train_run
+
+    def counting(config, path, **kwargs):
+        calls.append(path)
+        return original(config, path, **kwargs)
+
+    monkeypatch.setattr(benchmark, "train_run", counting)
+    stamps = {p: p.stat().st_mtime_ns for p in bench.glob("runs/*/metrics.json")}
+    assert main(["benchmark", "--out", str(bench), *ARGS]) == 0
+    assert calls  # each run was looked at ...
+    assert {p: p.stat().st_mtime_ns for p in bench.glob("runs/*/metrics.json")} == stamps  # ... none retrained
+
+
+def test_interrupted_grid_keeps_finished_runs(tmp_path, monkeypatch):
+    import altmodal.benchmark as benchmark
+
+    small = BenchmarkConfig(strategies=("joint", "mla"), seeds=(0,), train_missing_rates=(), ablation="none")
+    grid = cells(small, ["m0", "m1"])
+    base = {"dataset": "synthetic", "dataset_options": TINY, "epochs": 1, "hidden": (16,), "dim": 8}
+    original = benchmark.train_run
+    done = []
+
+    def stop_on_third(config, path, **kwargs):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(path)
+        return original(config, path, **kwargs)
+
+    monkeypatch.setattr(benchmark, "train_run", stop_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(grid, base, tmp_path, jobs=1, progress=False)
+    finished = sorted(p.parent.name for p in tmp_path.glob("runs/*/metrics.json"))
+    assert len(finished) == 2
+    monkeypatch.setattr(benchmark, "train_run", original)
+    results = run_grid(grid, base, tmp_path, jobs=1, progress=False)
+    assert len(results) == len(grid)
+
+
+def test_parallel_grid_matches_serial(tmp_path):
+    small = BenchmarkConfig(strategies=("mla",), seeds=(0,), train_missing_rates=(), ablation="none")
+    grid = cells(small, ["m0", "m1"])
+    base = {"dataset": "synthetic", "dataset_options": TINY, "epochs": 1, "hidden": (16,), "dim": 8}
+    serial = run_grid(grid, base, tmp_path / "serial", jobs=1, progress=False)
+    parallel = run_grid(grid, base, tmp_path / "parallel", jobs=2, progress=False)
+    for cell in grid:
+        assert serial[cell]["metrics"]["test"] == parallel[cell]["metrics"]["test"]

@@ -1,0 +1,114 @@
+"""Data-parallel training on CPU with gloo and two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from altmodal.strategies import STRATEGIES
+from tests import ddp_workers
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
+
+BASE = ["--dataset", "synthetic", "--hidden", "16", "--dim", "8", "--batch-size", "32", "--quiet"]
+BASE += [arg for item in TINY for arg in ("--dataset-option", item)]
+
+
+def altmodal(*args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "altmodal", *args], env=env, capture_output=True, text=True, **kwargs)
+
+
+def test_two_processes_match_one_process(tmp_path):
+    args = ["train", "--strategy", "mla", "--epochs", "3", *BASE]
+    one = altmodal(*args, "--out", str(tmp_path / "one"))
+    two = altmodal(*args, "--nproc", "2", "--out", str(tmp_path / "two"))
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a = torch.load(tmp_path / "one" / "model.pt")["model"]
+    b = torch.load(tmp_path / "two" / "model.pt")["model"]
+    assert (a["projector.P"] - b["projector.P"]).abs().max() < 1e-5
+    assert (a["heads.shared.weight"] - b["heads.shared.weight"]).abs().max() < 1e-5
+    assert not torch.allclose(a["projector.P"], torch.eye(8))
+    ma = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert ma["test"]["fused"] == mb["test"]["fused"] and ma["test"]["unimodal"] == mb["test"]["unimodal"]
+    assert ma["test"]["count"] == mb["test"]["count"] == 75  # the whole split, gathered
+
+
+def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
+    settings = {
+        "dataset": "synthetic",
+        "dataset_options": list(TINY),
+        "epochs": 1,
+        "hidden": [16],
+        "dim": 8,
+        "batch_size": 32,
+    }
+    names = list(STRATEGIES)
+    mp.spawn(
+        ddp_workers.train_every_strategy,
+        args=(2, str(tmp_path / "store"), str(tmp_path), json.dumps(settings), names),
+        nprocs=2,
+        join=True,
+    )
+    for name in names:
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["test"]["count"] == 75 and 0 <= metrics["test"]["fused"]["accuracy"] <= 1
+
+
+def test_qmf_histories_stay_identical_across_processes(tmp_path):
+    settings = {
+        "dataset": "synthetic",
+        "dataset_options": list(TINY),
+        "epochs": 2,
+        "hidden": [16],
+        "dim": 8,
+        "batch_size": 32,
+    }
+    mp.spawn(
+        ddp_workers.train_every_strategy,
+        args=(2, str(tmp_path / "store"), str(tmp_path), json.dumps(settings), ["qmf"]),
+        nprocs=2,
+        join=True,
+    )
+    state = torch.load(tmp_path / "qmf" / "model.pt")["model"]
+    assert int(state["seen"].sum()) == 2 * 180  # every training sample, both modalities
+
+
+def test_killed_distributed_run_resumes_to_the_same_metrics(tmp_path):
+    args = ["train", "--strategy", "mla", "--epochs", "15", "--nproc", "2", *BASE]
+    whole = altmodal(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    cut = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "altmodal", *args, "--out", str(cut)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not _epochs_done(cut) >= 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "metrics.json").exists() and (cut / "checkpoint.pt").exists()
+    resumed = altmodal(*args, "--out", str(cut))
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+
+
+def _epochs_done(run):
+    path = run / "history.csv"
+    return len(path.read_text().splitlines()) - 1 if path.exists() else 0
