@@ -18,33 +18,20 @@ arrays of the cache (format: :mod:`altmodal.data.corpora.cache`), so training ne
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from altmodal.data.corpora import CORPORA
-from altmodal.data.corpora.cache import (
-    FORMAT,
-    GROUP,
-    KEYS,
-    LABELS,
-    META,
-    PRESENT,
-    PROGRESS,
-    SPLIT,
-    TOKENIZER,
-    VERSION,
-    read_meta,
-)
+from altmodal.data.corpora.cache import META, read_meta
 from altmodal.data.corpora.common import ModalitySpec, Plan
+from altmodal.data.corpora.writer import fingerprint, finish, resume, save_progress, start
 from altmodal.data.features import DataError
 from altmodal.data.media import MediaError, MissingExtra
 from altmodal.data.registry import parse_options
@@ -100,21 +87,21 @@ def prepare(
     started = time.perf_counter()
     plan = CORPORA[dataset].plan(root, dict(options or {}), out if previous is not None else None)
     _check_plan(plan, root)
-    fingerprint = _fingerprint(plan)
-    if previous is not None and previous.get("fingerprint") != fingerprint:
+    digest = fingerprint(plan)
+    if previous is not None and previous.get("fingerprint") != digest:
         raise DataError(
             f"{out}: holds a {dataset} cache prepared from other files or settings "
             f"(then: {json.dumps(previous.get('settings'))}); choose another --out or delete it"
         )
     if previous is not None and previous.get("status") == "complete":
         return _summary_of(previous, out, done_before=int(previous["num_samples"]))
-    state = _resume(out, plan) if previous is not None else None
+    state = resume(out, plan) if previous is not None else None
     if state is None:
-        state = _start(out, plan, fingerprint)
+        state = start(out, plan, digest)
     arrays, done, present, skipped = state
     done_before = int(done.sum())
     _decode(plan, arrays, done, present, skipped, out, strict, progress, checkpoint_every)
-    meta = _finish(out, plan, fingerprint, present, skipped, time.perf_counter() - started)
+    meta = finish(out, plan, digest, present, skipped, time.perf_counter() - started)
     return _summary_of(meta, out, done_before=done_before)
 
 
@@ -136,69 +123,6 @@ def _first_duplicate(keys: list[str]) -> str:
             return key
         seen.add(key)
     return ""
-
-
-def _fingerprint(plan: Plan) -> str:
-    """A digest of what the cache holds: modalities, classes and every sample's key, label, split."""
-    described = {
-        "dataset": plan.dataset,
-        "classes": plan.classes,
-        "modalities": [asdict(m) for m in plan.modalities],
-        "extra": {k: list(v.shape) for k, v in plan.extra_arrays.items()},
-        "items": [[i.key, i.label, i.split, i.group] for i in plan.items],
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-State = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict[str, str]]]
-
-
-def _start(out: Path, plan: Plan, fingerprint: str) -> State:
-    """``meta.json`` (in progress) first, then fresh arrays, per-sample files, extras, tokenizer
-    and an empty progress record (a run stopped before that record starts again)."""
-    out.mkdir(parents=True, exist_ok=True)
-    _write_meta(out, _meta(plan, fingerprint, "in_progress"))
-    (out / PROGRESS).unlink(missing_ok=True)
-    n = len(plan.items)
-    np.save(out / LABELS, np.array([plan.classes.index(i.label) for i in plan.items], dtype=np.int64))
-    np.save(out / KEYS, np.array([i.key for i in plan.items]))
-    np.save(out / SPLIT, np.array([i.split for i in plan.items]))
-    np.save(out / GROUP, np.array([i.group for i in plan.items]))
-    for name, array in plan.extra_arrays.items():
-        np.save(out / f"{name}.npy", array)
-    if plan.tokenizer is not None:
-        plan.tokenizer.save(str(out / TOKENIZER))
-    arrays: dict[str, np.ndarray] = {
-        m.name: np.lib.format.open_memmap(
-            out / f"{m.name}.npy", mode="w+", dtype=np.dtype(m.dtype), shape=(n, *m.shape)
-        )
-        for m in plan.modalities
-    }
-    done = np.zeros(n, dtype=bool)
-    present = np.zeros((n, len(plan.modalities)), dtype=bool)
-    _save_progress(out, arrays, done, present, [])
-    return arrays, done, present, []
-
-
-def _resume(out: Path, plan: Plan) -> State | None:
-    """The arrays and progress of an unfinished cache, or None when they cannot be trusted."""
-    try:
-        with np.load(out / PROGRESS) as saved:
-            done, present = saved["done"].astype(bool), saved["present"].astype(bool)
-            skipped = json.loads(str(saved["skipped"]))
-        arrays: dict[str, np.ndarray] = {
-            m.name: np.load(out / f"{m.name}.npy", mmap_mode="r+") for m in plan.modalities
-        }
-    except (OSError, ValueError, KeyError) as err:
-        log.warning("%s: the unfinished cache cannot be resumed (%s); starting again", out, err)
-        return None
-    n = len(plan.items)
-    shapes_ok = all(arrays[m.name].shape == (n, *m.shape) for m in plan.modalities)
-    if not shapes_ok or done.shape != (n,) or present.shape != (n, len(plan.modalities)):
-        log.warning("%s: the unfinished cache has other shapes; starting again", out)
-        return None
-    log.info("%s: resuming after %d of %d samples", out, int(done.sum()), n)
-    return arrays, done, present, list(skipped)
 
 
 def _decode(
@@ -246,10 +170,10 @@ def _decode(
             bar.update(1)
             since += 1
             if since >= checkpoint_every:
-                _save_progress(out, arrays, done, present, skipped)
+                save_progress(out, arrays, done, present, skipped)
                 since = 0
     finally:
-        _save_progress(out, arrays, done, present, skipped)
+        save_progress(out, arrays, done, present, skipped)
         bar.close()
 
 
@@ -261,62 +185,6 @@ def _checked(value: np.ndarray, spec: ModalitySpec, path: str) -> np.ndarray:
     if np.issubdtype(cast.dtype, np.floating) and not np.isfinite(cast).all():
         raise MediaError(path, f"decoded values are not finite in {spec.dtype}")
     return cast
-
-
-def _save_progress(
-    out: Path, arrays: dict[str, np.ndarray], done: np.ndarray, present: np.ndarray, skipped: list[dict[str, str]]
-) -> None:
-    for array in arrays.values():
-        if isinstance(array, np.memmap):
-            array.flush()
-    tmp = out / (PROGRESS + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, done=done, present=present, skipped=np.array(json.dumps(skipped)))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, out / PROGRESS)
-
-
-def _meta(plan: Plan, fingerprint: str, status: str) -> dict[str, Any]:
-    splits: dict[str, int] = {}
-    for item in plan.items:
-        splits[item.split or "all"] = splits.get(item.split or "all", 0) + 1
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "dataset": plan.dataset,
-        "status": status,
-        "fingerprint": fingerprint,
-        "settings": plan.settings,
-        "classes": plan.classes,
-        "num_samples": len(plan.items),
-        "modalities": {m.name: {**asdict(m), "file": f"{m.name}.npy", "shape": list(m.shape)} for m in plan.modalities},
-        "splits": splits,
-        "extra_arrays": sorted(plan.extra_arrays),
-        "notes": plan.notes,
-        "skipped": [],
-        "dropped": [],
-    }
-
-
-def _finish(
-    out: Path, plan: Plan, fingerprint: str, present: np.ndarray, skipped: list[dict[str, str]], seconds: float
-) -> dict[str, Any]:
-    tmp = out / (PRESENT + ".tmp.npy")
-    np.save(tmp, present)
-    os.replace(tmp, out / PRESENT)
-    meta = _meta(plan, fingerprint, "complete")
-    meta["skipped"] = skipped
-    meta["dropped"] = [plan.items[i].key for i in np.flatnonzero(~present.any(axis=1))]
-    meta["seconds"] = round(seconds, 3)
-    _write_meta(out, meta)
-    return meta
-
-
-def _write_meta(out: Path, meta: Mapping[str, Any]) -> None:
-    tmp = out / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / META)
 
 
 def _summary_of(meta: Mapping[str, Any], out: Path, done_before: int) -> Summary:
