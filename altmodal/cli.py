@@ -23,6 +23,7 @@ from altmodal.data.registry import DATASETS, DataConfig
 from altmodal.distributed import init_from_env, shutdown
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import RunConfig, evaluate_run, option_classes, resolve, train_run
+from altmodal.prepare import add_prepare_command
 from altmodal.strategies import STRATEGIES, TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="list the built-in datasets")
     datasets.set_defaults(handler=cmd_datasets)
+    add_prepare_command(sub)
     return parser
 
 

@@ -181,3 +181,6 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         val=splits.val.with_transforms(loaded.eval_transforms),
         test=splits.test.with_transforms(loaded.eval_transforms),
     )
+
+
+import altmodal.data.corpora  # noqa: E402, F401  (registers the media corpora)

@@ -1,18 +1,34 @@
 """Encoders: one per modality, each mapping a modality's input to a (B, dim) feature.
 
 Builder functions, no registry magic: :func:`build_encoder` picks the encoder for a modality from
-its kind (``mlp`` for feature vectors; the media encoders for audio, frames and tokens).
+its kind, a string the dataset sets on ``MultimodalDataset.kinds``:
+
+- ``mlp``: feature vectors (any trailing shape is flattened); the default;
+- ``resnet18-audio``: (T, F) filterbanks, :class:`~altmodal.encoders.resnet.AudioResNet`;
+- ``resnet18-visual``: (T, C, H, W) frames, :class:`~altmodal.encoders.resnet.VisualResNet`;
+- ``text:<vocab size>``: (L,) token ids, :class:`~altmodal.encoders.text.TextEncoder`.
+
+Local pretrained weights load per modality (``--weights audio=PATH``, strict): the file holds a
+state dict of the encoder, of its backbone alone (e.g. a ResNet18 without its ``fc``), or a
+saved altmodal model (``model.pt``/checkpoint: the ``encoders.<modality>.`` entries are used).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
 from altmodal.config import option
 from altmodal.encoders.mlp import MLPEncoder
+from altmodal.encoders.resnet import AudioResNet, VisualResNet
+from altmodal.encoders.text import TextEncoder
+
+KINDS = ("mlp", "resnet18-audio", "resnet18-visual", "text:<vocab size>")
 
 
 @dataclass(frozen=True)
@@ -22,10 +38,105 @@ class EncoderConfig:
     dim: int = option(128, "feature width d shared by all modalities (the head's input)")
     hidden: tuple[int, ...] = option((256,), "hidden layer widths of the MLP encoders")
     dropout: float = option(0.0, "dropout in the MLP encoders")
+    resnet_width: int = option(64, "first-stage width of the ResNet18 encoders (64 = paper; 8-16 for CPU runs)")
+    text_width: int = option(128, "model width of the text encoder")
+    text_layers: int = option(2, "transformer layers of the text encoder")
+    text_heads: int = option(4, "attention heads of the text encoder")
+    weights: tuple[str, ...] = option(
+        (),
+        "local pretrained weights of one modality's encoder as modality=path (repeat the flag for more)",
+        flag="--weights",
+        repeat=True,
+        metavar="MODALITY=PATH",
+    )
 
 
-def build_encoder(kind: str, in_shape: Sequence[int], config: EncoderConfig) -> nn.Module:
-    """The encoder of one modality; it has an ``out_dim`` attribute equal to ``config.dim``."""
+def build_encoder(kind: str, in_shape: Sequence[int], config: EncoderConfig, modality: str | None = None) -> nn.Module:
+    """The encoder of one modality; it has an ``out_dim`` attribute equal to ``config.dim``.
+
+    Args:
+        kind: the encoder kind (see the module docstring).
+        in_shape: the shape of one sample.
+        config: sizes and weights.
+        modality: the modality's name; with it, weights named for it in ``config.weights`` load.
+
+    Raises:
+        ValueError: an unknown kind, a shape the kind cannot take, or weights that do not fit.
+    """
+    encoder: nn.Module
     if kind == "mlp":
-        return MLPEncoder(in_shape, config.hidden, config.dim, config.dropout)
-    raise ValueError(f"unknown encoder kind {kind!r}; kinds: mlp")
+        encoder = MLPEncoder(in_shape, config.hidden, config.dim, config.dropout)
+    elif kind == "resnet18-audio":
+        encoder = AudioResNet(in_shape, config.dim, config.resnet_width)
+    elif kind == "resnet18-visual":
+        encoder = VisualResNet(in_shape, config.dim, config.resnet_width)
+    elif kind.startswith("text:"):
+        vocab = kind.partition(":")[2]
+        if not vocab.isdigit() or int(vocab) < 1:
+            raise ValueError(f"encoder kind {kind!r}: the vocabulary size after 'text:' must be a positive integer")
+        encoder = TextEncoder(
+            in_shape, int(vocab), config.dim, config.text_width, config.text_layers, config.text_heads
+        )
+    else:
+        raise ValueError(f"unknown encoder kind {kind!r}; kinds: {', '.join(KINDS)}")
+    path = weights_by_modality(config.weights).get(modality or "")
+    if path is not None:
+        load_weights(encoder, path, str(modality), kind)
+    return encoder
+
+
+def weights_by_modality(entries: Sequence[str]) -> dict[str, Path]:
+    """``modality=path`` entries as a dict; raises ValueError naming a malformed entry."""
+    out: dict[str, Path] = {}
+    for entry in entries:
+        modality, sep, path = entry.partition("=")
+        if not sep or not modality.strip() or not path.strip():
+            raise ValueError(f"--weights {entry!r} is not of the form modality=path")
+        out[modality.strip()] = Path(path.strip())
+    return out
+
+
+def load_weights(encoder: nn.Module, path: str | Path, modality: str, kind: str = "") -> None:
+    """Load a state dict strictly into ``encoder`` (or its ``backbone``); see the module docstring.
+
+    Raises:
+        ValueError: the file is missing or unreadable, or its entries do not match the encoder
+            (the message names the file and the first missing, unexpected or mis-shaped entries).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such weights file (given for modality {modality!r})")
+    try:
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise ValueError(f"{path}: not a readable torch weights file ({err})") from err
+    for key in ("model", "state_dict"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: holds no state dict of tensors")
+    prefix = f"encoders.{modality}."
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    target = encoder
+    backbone = getattr(encoder, "backbone", None)
+    if isinstance(backbone, nn.Module) and not any(k.startswith(("backbone.", "proj.")) for k in state):
+        target = backbone
+    expected = target.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(state[k].shape)}, the encoder needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise ValueError(
+            f"{path}: weights do not fit the {modality!r} encoder ({kind or type(encoder).__name__}, "
+            f"{'backbone' if target is not encoder else 'whole encoder'}): {shown}"
+        )
+    target.load_state_dict(dict(state), strict=True)
+
+
+__all__ = ["KINDS", "EncoderConfig", "build_encoder", "load_weights", "weights_by_modality"]

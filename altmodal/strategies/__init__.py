@@ -33,7 +33,7 @@ def build_strategy(
     """A strategy with one encoder per modality of ``splits`` (of the kind the dataset names)."""
     cls = strategy_class(name)
     train = splits.train
-    encoders = {m: build_encoder(train.kinds.get(m, "mlp"), train.input_shape(m), encoder) for m in train.modalities}
+    encoders = {m: build_encoder(train.kinds.get(m, "mlp"), train.input_shape(m), encoder, m) for m in train.modalities}
     spec = DataSpec(tuple(train.modalities), train.num_classes, len(train.labels))
     built = build(cls.options_class, options) if cls.options_class is not None else None
     return cls(encoders, spec, built, encoder.dim)  # type: ignore[call-arg]
