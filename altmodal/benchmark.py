@@ -19,6 +19,7 @@ Runs are independent processes' work; finished ones are skipped on a re-run (the
 from __future__ import annotations
 
 import concurrent.futures as futures
+import json
 import logging
 import multiprocessing
 import os
@@ -61,7 +62,11 @@ FULL_ABLATION: dict[str, dict[str, Any]] = {
 class BenchmarkConfig:
     """What the grid covers."""
 
-    strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "strategies of the main table")
+    strategies: tuple[str, ...] = option(
+        DEFAULT_STRATEGIES,
+        "strategies of the main table; a strategy with options is written name:key=value:key=value "
+        "(e.g. joint:fusion=film)",
+    )
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds (each run of the grid is repeated per seed)")
     missing_rates: tuple[float, ...] = option(
         (0.1, 0.3, 0.5, 0.7), "missing rates evaluated at test time on every main run"
@@ -93,16 +98,32 @@ def cells(config: BenchmarkConfig, modalities: Sequence[str]) -> list[Cell]:
         for m in modalities:
             out.append(Cell("alone", m, seed, {"strategy": "unimodal", "modalities": (m,)}))
         for name in config.strategies:
-            out.append(Cell("main", name, seed, {"strategy": name}))
+            out.append(Cell("main", name, seed, strategy_settings(name)))
         if "mla" in config.strategies and config.ablation != "none":
             variants = FULL_ABLATION if config.ablation == "full" else CORE_ABLATION
             for label, options in variants.items():
                 out.append(Cell("ablation", label, seed, {"strategy": "mla", **options}))
         for rate in config.train_missing_rates:
             for name in config.strategies:
-                settings = {"strategy": name, "train_missing_rate": rate, "test_missing_rate": rate}
+                settings = {**strategy_settings(name), "train_missing_rate": rate, "test_missing_rate": rate}
                 out.append(Cell("missing", f"{name}@{rate:g}", seed, settings))
     return out
+
+
+def strategy_settings(spec: str) -> dict[str, Any]:
+    """``name:key=value:...`` -> {"strategy": name, key: value, ...} (values parsed as JSON where
+    they can be: numbers, true/false)."""
+    name, *pairs = spec.split(":")
+    settings: dict[str, Any] = {"strategy": name}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ValueError(f"strategy {spec!r}: {pair!r} is not of the form key=value")
+        try:
+            settings[key.replace("-", "_")] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[key.replace("-", "_")] = text
+    return settings
 
 
 def slug(text: str) -> str:

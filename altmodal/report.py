@@ -48,6 +48,7 @@ def table(results: Results, group: str, columns: Mapping[str, Sequence[str]], ro
 def accuracy_columns(modalities: Sequence[str]) -> dict[str, list[str]]:
     columns = {"fused accuracy": ["test", "fused", "accuracy"], "macro-F1": ["test", "fused", "macro_f1"]}
     columns.update({f"{m} (unimodal)": ["test", "unimodal", m, "accuracy"] for m in modalities})
+    columns["s/epoch"] = ["seconds_per_epoch"]
     return columns
 
 
@@ -55,7 +56,9 @@ def build_tables(results: Results, grid: Sequence[Cell], modalities: Sequence[st
     strategies = labels(grid, "main")
     tables: dict[str, Table] = {}
     main = table(results, "main", accuracy_columns(modalities), strategies)
-    alone = {f"{m} (unimodal)": values(results, "alone", m, ["test", "fused", "accuracy"]) for m in modalities}
+    alone: dict[str, list[float]] = {
+        f"{m} (unimodal)": values(results, "alone", m, ["test", "fused", "accuracy"]) for m in modalities
+    }
     main["rows"].append({"label": "each modality alone", "cells": alone})
     tables["main"] = main
     tables["laziness"] = laziness(results, strategies, modalities)
@@ -132,6 +135,11 @@ def analysis_table(results: Results, strategies: Sequence[str], section: str, ke
     return {"columns": columns, "rows": rows}
 
 
+def cell_values(t: Table, row: str, column: str) -> list[float]:
+    """The per-seed values of one cell ([] when absent)."""
+    return next((list(r["cells"].get(column, [])) for r in t["rows"] if r["label"] == row), [])
+
+
 def cell_mean(t: Table, row: str, column: str) -> float:
     """The mean of one cell (NaN when the row, column or values are missing)."""
     for r in t["rows"]:
@@ -165,8 +173,14 @@ def claims(tables: Mapping[str, Table], modalities: Sequence[str]) -> list[dict[
     ratios = {m: cell_mean(lazy, "mla", m) for m in modalities}
     add("MLA removes laziness (every ratio at least 0.95)", _pairs(ratios), min(ratios.values()) >= 0.95)
     fused = {s: cell_mean(tables["main"], s, "fused accuracy") for s in strategies}
-    best_other = max((v, s) for s, v in fused.items() if s != "mla") if len(fused) > 1 else (math.nan, "")
-    add("MLA beats the baselines (fused accuracy)", _pairs(fused), fused["mla"] >= best_other[0])
+    others = [s for s in strategies if s != "mla"]
+    if others:
+        rival = max(others, key=fused.__getitem__)
+        add(
+            "MLA beats the baselines (fused accuracy)",
+            _pairs(fused) + "; " + _versus(tables["main"], "mla", rival, "fused accuracy"),
+            fused["mla"] >= fused[rival],
+        )
     missing = tables["missing_test"]
     if len(missing["columns"]) > 1:
         top = missing["columns"][-1]
@@ -184,7 +198,7 @@ def claims(tables: Mapping[str, Table], modalities: Sequence[str]) -> list[dict[
             if not math.isnan(other):
                 add(
                     f"{what} helps (MLA vs {variant}, fused accuracy)",
-                    f"MLA {mla:.3f}, {variant} {other:.3f}",
+                    _versus(ablation, "MLA", variant, "fused accuracy"),
                     mla > other,
                 )
     gaps = tables["modality_gap"]
@@ -204,6 +218,15 @@ def claims(tables: Mapping[str, Table], modalities: Sequence[str]) -> list[dict[
     return out
 
 
+def _versus(t: Table, a: str, b: str, column: str) -> str:
+    """'a m ± s vs b m ± s (difference d: beyond / within one standard deviation)'."""
+    va, vb = (cell_values(t, x, column) for x in (a, b))
+    (ma, sa), (mb, sb) = mean_std(va), mean_std(vb)
+    diff = ma - mb
+    noise = "within" if abs(diff) <= max(sa, sb) else "beyond"
+    return f"{a} {fmt(va)} vs {b} {fmt(vb)} (difference {diff:+.3f}, {noise} one standard deviation)"
+
+
 def _pairs(values: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in values.items())
 
@@ -219,7 +242,7 @@ def fmt(vals: Sequence[float], bold: bool = False) -> str:
 def markdown(t: Table, first: str, mark_best: bool = False) -> str:
     best: dict[str, float] = {}
     if mark_best:
-        for col in t["columns"]:
+        for col in [c for c in t["columns"] if c != "s/epoch"]:
             means = [mean_std(r["cells"].get(col, []))[0] for r in t["rows"] if r["cells"].get(col)]
             if means:
                 best[col] = max(means)
