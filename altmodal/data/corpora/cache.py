@@ -25,7 +25,7 @@ are never used for selection. Samples listed in ``dropped`` are left out.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from altmodal.data.corpora.common import Options
 from altmodal.data.dataset import MultimodalDataset, Transform
 from altmodal.data.features import DataError
 from altmodal.data.media.image import ImageTransform
-from altmodal.data.registry import Loaded
+from altmodal.data.registry import DataConfig, Loaded
 from altmodal.data.splits import stratified_split
 
 FORMAT = "altmodal-media-cache"
@@ -250,3 +250,15 @@ def load_listed(
     if "val" not in set(split.tolist()):
         split = carve_validation(split, cache.labels, val_fraction, seed)
     return cache, split, options
+
+
+def listed_loader(name: str, *, speakers: bool = False) -> Callable[[DataConfig, Mapping[str, str]], Loaded]:
+    """The ``load`` function of a corpus whose cache keeps its published split (plus a validation
+    share carved from train; with ``speakers``, optionally a speaker-disjoint split)."""
+
+    def load(config: DataConfig, options: Mapping[str, str]) -> Loaded:
+        cache, split, parsed = load_listed(name, config.data_dir, options, config.val_fraction, speakers=speakers)
+        return to_loaded(name, cache, split, parsed)
+
+    load.__doc__ = f"The prepared {name} cache in ``config.data_dir`` with its split."
+    return load

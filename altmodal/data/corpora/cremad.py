@@ -35,9 +35,8 @@ from altmodal.data.corpora.builders import (
     fbank_config,
     visual_spec,
 )
-from altmodal.data.corpora.cache import LOAD_OPTIONS, load_listed, to_loaded
+from altmodal.data.corpora.cache import LOAD_OPTIONS, listed_loader
 from altmodal.data.corpora.common import Corpus, Item, Options, Plan, list_dir, listed_rows, read_classes, stem
-from altmodal.data.registry import DataConfig, Loaded
 
 NAME = "cremad"
 OPTIONS = {**LIST_OPTIONS, **AUDIO_OPTIONS, **VISUAL_OPTIONS}
@@ -71,10 +70,7 @@ def plan(root: Path, raw: Mapping[str, str], previous: Path | None = None) -> Pl
     return Plan(NAME, classes, [audio_spec(fbank), visual_spec(size, count, fps=1.0)], items, settings, notes)
 
 
-def load(config: DataConfig, options: Mapping[str, str]) -> Loaded:
-    """The prepared cache in ``config.data_dir`` with the customary or a speaker-disjoint split."""
-    cache, split, parsed = load_listed(NAME, config.data_dir, options, config.val_fraction, speakers=True)
-    return to_loaded(NAME, cache, split, parsed)
+load = listed_loader(NAME, speakers=True)
 
 
 CORPUS: Corpus = Corpus(

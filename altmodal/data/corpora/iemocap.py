@@ -36,10 +36,9 @@ from altmodal.data.corpora.builders import (
     text_spec,
     visual_spec,
 )
-from altmodal.data.corpora.cache import LOAD_OPTIONS, load_listed, to_loaded
+from altmodal.data.corpora.cache import LOAD_OPTIONS, listed_loader
 from altmodal.data.corpora.common import Corpus, Item, Options, Plan, list_dir, read_classes, stem
 from altmodal.data.features import DataError
-from altmodal.data.registry import DataConfig, Loaded
 from altmodal.data.splits import stratified_split
 
 NAME = "iemocap"
@@ -115,10 +114,7 @@ def plan(root: Path, raw: Mapping[str, str], previous: Path | None = None) -> Pl
     return Plan(NAME, list(classes), modalities, items, settings, notes, tokenizer=tokenizer)
 
 
-def load(config: DataConfig, options: Mapping[str, str]) -> Loaded:
-    """The prepared cache in ``config.data_dir`` with its 60/20/20 split."""
-    cache, split, parsed = load_listed(NAME, config.data_dir, options, config.val_fraction)
-    return to_loaded(NAME, cache, split, parsed)
+load = listed_loader(NAME)
 
 
 CORPUS: Corpus = Corpus(

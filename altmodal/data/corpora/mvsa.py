@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from altmodal.data.corpora.cache import LOAD_OPTIONS, load_listed, to_loaded
+from altmodal.data.corpora.cache import LOAD_OPTIONS, listed_loader
 from altmodal.data.corpora.common import Corpus, Plan, stem
 from altmodal.data.corpora.imagetext import OPTIONS, plan_image_text
-from altmodal.data.registry import DataConfig, Loaded
 
 NAME = "mvsa"
 
@@ -38,10 +37,7 @@ def plan(root: Path, raw: Mapping[str, str], previous: Path | None = None) -> Pl
     )
 
 
-def load(config: DataConfig, options: Mapping[str, str]) -> Loaded:
-    """The prepared cache in ``config.data_dir`` with the published split (+ validation share)."""
-    cache, split, parsed = load_listed(NAME, config.data_dir, options, config.val_fraction)
-    return to_loaded(NAME, cache, split, parsed)
+load = listed_loader(NAME)
 
 
 CORPUS: Corpus = Corpus(
