@@ -142,7 +142,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from altmodal.benchmark import BenchmarkConfig, cells, modalities_of, run_grid
     from altmodal.config import build, coerce, fields_of
     from altmodal.data.registry import DATASETS
-    from altmodal.report import markdown, write_report
+    from altmodal.report import write_report
+    from altmodal.tables import markdown
 
     settings = settings_from(args, skip=list(fields_of(BenchmarkConfig)))
     dataset = str(settings.get("dataset", DataConfig().dataset))
