@@ -10,6 +10,9 @@ Losses are normalised by the GLOBAL number of samples in a step (see :meth:`Dist
 averaged gradient equals the single-process gradient of the same global batch, and a 2-process
 run follows a 1-process run with the same global batch to float tolerance.
 
+BatchNorm layers normalise with their rank's share of each batch; their running statistics are
+averaged over ranks after every epoch, so all ranks (and the saved model) agree.
+
 A single process is the same code with ``world_size == 1``: every collective is the identity.
 """
 
@@ -79,6 +82,17 @@ class Dist:
             data = tensor.data.to(self.device)
             dist.broadcast(data, src=0)
             tensor.data.copy_(data.to(tensor.device))
+
+    def average_norm_statistics(self, module: torch.nn.Module) -> None:
+        """Average BatchNorm running means and variances over ranks (each rank saw only its
+        share of the batches), so every rank, and the saved model, holds the same statistics."""
+        if not self.active:
+            return
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+                for stats in (layer.running_mean, layer.running_var):
+                    if stats is not None:
+                        stats.copy_(self.sum(stats).to(stats.device) / self.world_size)
 
     def gather(self, value: Tensor) -> Tensor:
         """Concatenate ``value`` (first axis may differ per rank) from every rank, rank order."""

@@ -22,3 +22,17 @@ def train_every_strategy(rank: int, world: int, store: str, out: str, settings_j
             train_run(resolve({**settings, **extra, "strategy": name}), os.path.join(out, name), dist=context)
     finally:
         shutdown()
+
+
+def average_batchnorm(rank: int, world: int, store: str, out: str) -> None:
+    import torch
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        layer = torch.nn.BatchNorm1d(3)
+        layer.running_mean.fill_(float(rank))
+        layer.running_var.fill_(1.0 + 2 * rank)
+        Dist(rank=rank, world_size=world).average_norm_statistics(torch.nn.Sequential(layer))
+        torch.save({"mean": layer.running_mean, "var": layer.running_var}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        shutdown()

@@ -112,3 +112,11 @@ def test_killed_distributed_run_resumes_to_the_same_metrics(tmp_path):
 def _epochs_done(run):
     path = run / "history.csv"
     return len(path.read_text().splitlines()) - 1 if path.exists() else 0
+
+
+def test_batchnorm_statistics_are_averaged_over_ranks(tmp_path):
+    mp.spawn(ddp_workers.average_batchnorm, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        stats = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.allclose(stats["mean"], torch.full((3,), 0.5))
+        assert torch.allclose(stats["var"], torch.full((3,), 2.0))

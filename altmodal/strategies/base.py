@@ -245,6 +245,7 @@ class Strategy(nn.Module):
         for epoch in bar:
             started = time.perf_counter()
             train_row = self.train_epoch(splits.train, epoch)
+            self.dist.average_norm_statistics(self)
             val = summarize(self.collect(splits.val, all_subsets=False), self.num_classes)
             row = {"epoch": float(epoch), "lr": self.optimizer.param_groups[0]["lr"], **train_row}  # type: ignore[union-attr]
             row.update(_validation_row(val))
