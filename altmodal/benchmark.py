@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from altmodal.config import option
-from altmodal.experiment import RunConfig, evaluate_run, resolve, train_run
+from altmodal.config import option, require
+from altmodal.experiment import RunConfig, evaluate_run, layer, resolve, train_run
 from altmodal.runs import Run
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,14 @@ class BenchmarkConfig:
     ablation: Literal["core", "full", "none"] = option("core", "MLA ablation runs")
     jobs: int = option(0, "runs in parallel (0: one per CPU core)")
 
+    def __post_init__(self) -> None:
+        require(len(self.seeds) > 0, "seeds", self.seeds, "at least one seed")
+        require(len(self.strategies) > 0, "strategies", self.strategies, "at least one strategy")
+        require(self.jobs >= 0, "jobs", self.jobs, "non-negative")
+        for name in ("missing_rates", "train_missing_rates"):
+            rates = getattr(self, name)
+            require(all(0 < r < 1 for r in rates), name, rates, "rates in (0, 1)")
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -88,7 +96,7 @@ class Cell:
     settings: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def config(self, base: Mapping[str, Any]) -> RunConfig:
-        return resolve({**base, **self.settings, "seed": self.seed}, f"benchmark cell {self.label!r}")
+        return resolve(layer(base, {**self.settings, "seed": self.seed}), f"benchmark cell {self.label!r}")
 
 
 def cells(config: BenchmarkConfig, modalities: Sequence[str]) -> list[Cell]:

@@ -22,7 +22,7 @@ from altmodal.data.features import DataError
 from altmodal.data.registry import DATASETS, DataConfig
 from altmodal.distributed import init_from_env, shutdown
 from altmodal.encoders import EncoderConfig
-from altmodal.experiment import RunConfig, evaluate_run, option_classes, resolve, train_run
+from altmodal.experiment import RunConfig, evaluate_run, layer, option_classes, resolve, train_run
 from altmodal.prepare import add_prepare_command
 from altmodal.strategies import STRATEGIES, TrainConfig
 
@@ -31,12 +31,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
     """Config-file settings overlaid with the flags given explicitly on the command line."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(read_config_file(args.config))
+    from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
     ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", "argv", "nproc", *skip}
-    values.update({k: v for k, v in vars(args).items() if k not in ignored})
-    return values
+    return layer(from_file, {k: v for k, v in vars(args).items() if k not in ignored})
 
 
 def parser_for_runs(parser: argparse.ArgumentParser, with_strategy: bool = True) -> None:
@@ -75,6 +72,8 @@ class _OnlyNew:
 def cmd_train(args: argparse.Namespace) -> int:
     config = resolve(settings_from(args), "command line")
     out = args.out or config.default_out()
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1 (got {args.nproc})")
     if args.nproc > 1:
         return launch(args.nproc, [a for a in strip_nproc(args.argv)] + ["--out", str(out)])
     dist = init_from_env(config.train.device)

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -29,6 +29,12 @@ class ConfigError(ValueError):
 def option(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with help text (tuples and other immutables as defaults)."""
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def require(ok: bool, name: str, value: Any, what: str) -> None:
+    """Raise a ConfigError naming the setting's flag unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{flag(name)} must be {what} (got {value!r})")
 
 
 def fields_of(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
@@ -164,7 +170,3 @@ def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples as lists)."""
     return json.loads(json.dumps(dataclasses.asdict(obj)))
-
-
-def known_names(classes: Iterable[type]) -> set[str]:
-    return {name for cls in classes for name in fields_of(cls)}

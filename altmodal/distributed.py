@@ -108,13 +108,6 @@ class Dist:
         dist.all_gather(parts, padded)
         return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)]).to(value.device)
 
-    def broadcast_object(self, obj: object) -> object:
-        if not self.active:
-            return obj
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
@@ -124,9 +117,16 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; otherwise the named device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested, but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested, but only {torch.cuda.device_count()} CUDA devices exist")
     return device
 
 

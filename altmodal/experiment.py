@@ -5,6 +5,7 @@ Used by ``altmodal train`` / ``altmodal evaluate`` and by the benchmark grid.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import torch
 from altmodal.config import ConfigError, build, coerce, fields_of, flatten, to_dict
 from altmodal.data.registry import DataConfig, dataset_defaults, load_splits
 from altmodal.data.splits import missing_mask
-from altmodal.distributed import Dist
+from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import EncoderConfig
 from altmodal.metrics import analyses, subset_name, summarize
 from altmodal.runs import Run
@@ -28,6 +29,7 @@ from altmodal.strategies import STRATEGIES, Strategy, TrainConfig, build_strateg
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_KEYS = {"epoch", "training", "history", "best", "rng"}
 SECTIONS: dict[str, type] = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig}
 DEFAULT_STRATEGY = "joint"
 
@@ -105,6 +107,24 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
     return RunConfig(strategy=name, options=options, **sections)
 
 
+def layer(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings ``overrides`` (explicit flags, a benchmark cell) laid over ``base`` (a config
+    file, the benchmark's common settings).
+
+    A preset named in ``overrides`` outranks the strategy options of ``base`` (a run's
+    config.json lists every option, which would otherwise hide the preset); options in ``base``
+    that belong to another strategy than the one chosen are dropped.
+    """
+    name = str(overrides.get("strategy", base.get("strategy", DEFAULT_STRATEGY)))
+    cls = strategy_class(name)
+    own = set(fields_of(cls.options_class)) if cls.options_class is not None else set()
+    values = {k: v for k, v in base.items() if k in own or k not in strategy_option_names()}
+    if "preset" in overrides and cls.options_class is not None:
+        values.update(getattr(cls.options_class, "PRESETS", {}).get(str(overrides["preset"]), {}))
+    values.update(overrides)
+    return values
+
+
 def load_run_config(run: Run) -> RunConfig:
     return resolve(flatten(run.read_json("config.json")), str(run.file("config.json")))
 
@@ -123,7 +143,7 @@ def train_run(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume, or skip if finished) the run in ``out``; return its metrics."""
-    dist = dist or Dist()
+    dist = dist or Dist(device=resolve_device(config.train.device))
     run = Run(out, main=dist.is_main)
     if run.has("config.json") and not overwrite:
         previous = run.read_json("config.json")
@@ -139,8 +159,10 @@ def train_run(
     run.write_json("config.json", config.to_dict())
     seed_everything(config.train.seed)
     splits = load_splits(config.data, config.train.seed)
-    strategy = _build_strategy(splits, config)
+    strategy = build_strategy(config.strategy, splits, config.encoder, config.options)
     resume = run.load("checkpoint.pt") if run.has("checkpoint.pt") else None
+    if resume is not None and not (isinstance(resume, Mapping) and CHECKPOINT_KEYS <= set(resume)):
+        raise ValueError(f"{run.file('checkpoint.pt')}: not an altmodal checkpoint; delete it to start afresh")
     if resume is not None:
         log.info("%s: resuming after epoch %d", run.path, resume["epoch"])
     started = time.perf_counter()
@@ -155,8 +177,15 @@ def train_run(
     return metrics
 
 
-def _build_strategy(splits: Any, config: RunConfig) -> Strategy:
-    return build_strategy(config.strategy, splits, config.encoder, config.options)
+def restore(strategy: Strategy, saved: Any, path: Path) -> None:
+    """Load a saved model into ``strategy``; a file of another shape or kind is a clear error."""
+    if not isinstance(saved, Mapping) or "model" not in saved:
+        raise ValueError(f"{path}: not an altmodal model file (no 'model' entry)")
+    try:
+        strategy.load_state_dict(saved["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"{path}: does not fit the model its config.json describes ({first})") from err
 
 
 def final_metrics(
@@ -189,14 +218,20 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Re-evaluate a finished run's best model on a split, optionally with only ``present``
     modalities or with modalities dropped at ``missing_rate`` (the paper's protocol)."""
+    if not 0 <= missing_rate < 1:
+        raise ConfigError(f"missing rate {missing_rate} must be in [0, 1)")
     run = Run(path)
     config = load_run_config(run)
     seed_everything(config.train.seed)
     splits = load_splits(config.data, config.train.seed)
-    strategy = _build_strategy(splits, config)
-    strategy.configure(config.train, dist)
-    strategy.load_state_dict(run.load("model.pt", map_location=strategy.device)["model"])
-    dataset = splits[split]
+    # model.pt holds every parameter: pretrained weight files are not needed (nor read) again.
+    encoder = dataclasses.replace(config.encoder, weights=())
+    strategy = build_strategy(config.strategy, splits, encoder, config.options)
+    strategy.configure(config.train, dist or Dist(device=resolve_device(config.train.device)))
+    saved = run.load("model.pt", map_location=strategy.device)
+    restore(strategy, saved, run.file("model.pt"))
+    # Evaluation never augments, whichever split is evaluated.
+    dataset = splits[split].with_transforms(splits.test.transforms)
     if present:
         unknown = [m for m in present if m not in strategy.modalities]
         if unknown:

@@ -60,8 +60,8 @@ def accuracy(logits: Tensor, label: Tensor) -> float:
 
 
 def macro_f1(logits: Tensor, label: Tensor, num_classes: int) -> float:
-    """Unweighted mean over classes of F1 (a class absent from labels and predictions scores 0
-    only if it was predicted; classes never seen nor predicted are left out)."""
+    """Unweighted mean over classes of F1. A class that is predicted but never the label scores
+    0; a class that is neither the label nor predicted is left out of the mean."""
     pred = logits.argmax(dim=1)
     scores = []
     for c in range(num_classes):
@@ -91,18 +91,11 @@ def auroc(score: Tensor, positive: Tensor) -> float:
 
 
 def _average_ranks(values: Tensor) -> Tensor:
-    order = torch.argsort(values, stable=True)
-    sorted_values = values[order]
-    ranks = torch.empty_like(values)
-    i = 0
-    n = len(values)
-    while i < n:
-        j = i
-        while j + 1 < n and sorted_values[j + 1] == sorted_values[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    """1-based ranks of ``values``, ties sharing the mean of their ranks."""
+    ordered = torch.sort(values).values
+    first = torch.searchsorted(ordered, values, right=False)
+    last = torch.searchsorted(ordered, values, right=True)
+    return (first + last + 1).double() / 2
 
 
 def modality_gap(a: Tensor, b: Tensor) -> float:
@@ -115,18 +108,20 @@ def modality_gap(a: Tensor, b: Tensor) -> float:
 def summarize(outputs: Outputs, num_classes: int) -> dict[str, object]:
     """The metrics block of a split: fused, unimodal, present subsets.
 
-    Unimodal accuracy counts the samples that have the modality; a present subset counts the
-    samples that have every modality of the subset.
+    Fused metrics count the samples that have at least one modality (``count``); unimodal
+    accuracy counts the samples that have the modality; a present subset counts the samples that
+    have every modality of the subset.
     """
     label = outputs.label
+    scored = torch.stack(list(outputs.present.values())).any(dim=0)  # samples with any modality
     result: dict[str, object] = {
         "fused": {
-            "accuracy": accuracy(outputs.fused, label),
-            "macro_f1": macro_f1(outputs.fused, label, num_classes),
+            "accuracy": accuracy(outputs.fused[scored], label[scored]),
+            "macro_f1": macro_f1(outputs.fused[scored], label[scored], num_classes),
         },
         "unimodal": {},
         "present": {},
-        "count": len(label),
+        "count": int(scored.sum()),
     }
     unimodal: dict[str, object] = {}
     for m, logits in outputs.unimodal.items():

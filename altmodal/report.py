@@ -141,7 +141,10 @@ def render(
     if "missing.png" in pictures:
         sections.append("![missing modalities](missing.png)")
     if "ablation" in tables:
-        sections += ["## 4. Ablation (MLA)", markdown(tables["ablation"], "variant", mark_best=True)]
+        sections += [
+            "## 4. Ablation (MLA)\nChoose between variants on the validation column; the test columns report.",
+            markdown(tables["ablation"], "variant", mark_best=True),
+        ]
     sections += [
         "## 5. Analyses",
         "Modality gap (distance between the centroids of two modalities' L2-normalised features, test split):",

@@ -107,8 +107,9 @@ class Run:
             return torch.load(path, map_location=map_location, weights_only=False)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: not found") from None
-        except (RuntimeError, EOFError, OSError) as err:
-            raise ValueError(f"{path}: cannot be read ({err}); delete it to start afresh") from err
+        except Exception as err:  # torch.load raises many types (unpickling, zip, EOF) for a bad file
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path}: cannot be read ({first}); delete it to start afresh") from err
 
     def has(self, name: str) -> bool:
         return self.file(name).is_file()

@@ -57,7 +57,7 @@ def build_tables(results: Results, grid: Sequence[Cell], modalities: Sequence[st
     tables: dict[str, Table] = {}
     main = table(results, "main", accuracy_columns(modalities), strategies)
     alone: dict[str, list[float]] = {
-        f"{m} (unimodal)": values(results, "alone", m, ["test", "fused", "accuracy"]) for m in modalities
+        f"{m} (unimodal)": values(results, "alone", m, ["test", "unimodal", m, "accuracy"]) for m in modalities
     }
     main["rows"].append({"label": "each modality alone", "cells": alone})
     tables["main"] = main
@@ -70,7 +70,8 @@ def build_tables(results: Results, grid: Sequence[Cell], modalities: Sequence[st
         results, "main", {name: ["test", "present", name, "accuracy"] for name in subsets}, strategies
     )
     if labels(grid, "ablation"):
-        tables["ablation"] = table(results, "ablation", accuracy_columns(modalities), labels(grid, "ablation"))
+        columns = {"val fused accuracy": ["val", "fused", "accuracy"], **accuracy_columns(modalities)}
+        tables["ablation"] = table(results, "ablation", columns, labels(grid, "ablation"))
     tables["modality_gap"] = analysis_table(results, strategies, "modality_gap", None)
     tables["entropy_auroc"] = analysis_table(results, strategies, "entropy", "auroc_neg_entropy_correct")
     tables["mean_entropy"] = analysis_table(results, strategies, "entropy", "mean_entropy")
@@ -84,7 +85,7 @@ def laziness(results: Results, strategies: Sequence[str], modalities: Sequence[s
         cells = {}
         for m in modalities:
             inside = values(results, "main", label, ["test", "unimodal", m, "accuracy"])
-            alone = values(results, "alone", m, ["test", "fused", "accuracy"])
+            alone = values(results, "alone", m, ["test", "unimodal", m, "accuracy"])
             cells[m] = [a / b for a, b in zip(inside, alone) if b > 0]
         rows.append({"label": label, "cells": cells})
     return {"columns": list(modalities), "rows": rows}

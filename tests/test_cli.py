@@ -119,3 +119,58 @@ def test_datasets_lists_the_built_ins(capsys):
     assert main(["datasets"]) == 0
     listing = capsys.readouterr().out
     assert "mfeat" in listing and "synthetic" in listing
+
+
+def test_a_preset_flag_outranks_the_options_of_a_config_file(tmp_path):
+    from altmodal.cli import build_parser, settings_from
+    from altmodal.experiment import RunConfig
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(RunConfig(strategy="mla", options=resolve({"strategy": "mla"}).options).to_dict()))
+    args = build_parser().parse_args(["train", "--config", str(path), "--preset", "reference-code", "--alpha", "0.2"])
+    options = resolve(settings_from(args)).options
+    assert options["preset"] == "reference-code" and options["h_source"] == "batch"
+    assert options["test_fusion"] == "batch-entropy" and options["alpha"] == 0.2
+    # The same file with another strategy: its MLA options are dropped, not an error.
+    args = build_parser().parse_args(["train", "--config", str(path), "--strategy", "joint"])
+    assert resolve(settings_from(args)).strategy == "joint"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1 (got 0)"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--dim", "0"], "--dim must be at least 1"),
+        (["--device", "tpu"], "device 'tpu'; use auto, cpu, cuda or cuda:N"),
+        (["--test-missing-rate", "1.5"], "--test-missing-rate must be in [0, 1)"),
+        (["--strategy", "qmf", "--qmf-temperature", "0"], "--qmf-temperature must be positive"),
+        (["--strategy", "mla", "--h-momentum", "2"], "--h-momentum must be in [0, 1)"),
+        (["--strategy", "mla", "--fusion-weights", "0,0"], "--fusion-weights must be non-negative"),
+        (["--strategy", "ogm_ge", "--ogm-start", "5", "--ogm-end", "2"], "--ogm-end must be at least --ogm-start"),
+        (["--nproc", "0"], "--nproc must be at least 1"),
+    ],
+)
+def test_bad_numbers_are_refused_before_training(tmp_path, capsys, argv, message):
+    assert main(["train", "--out", str(tmp_path / "r"), *FAST, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r" / "history.csv").exists()
+
+
+def test_unreadable_checkpoint_and_model_files_are_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--out", str(out), *FAST])
+    (out / "model.pt").write_text("not a model")
+    assert main(["evaluate", "--run", str(out)]) == 2
+    assert "model.pt: cannot be read" in capsys.readouterr().err
+    (out / "metrics.json").unlink()
+    (out / "checkpoint.pt").write_bytes(b"\x80\x04garbage")
+    assert main(["train", "--out", str(out), *FAST]) == 2
+    assert "checkpoint.pt: cannot be read" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_with_a_clear_message(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r"), *FAST, "--lr", "1e12"]) == 2
+    assert "training diverged in epoch" in capsys.readouterr().err

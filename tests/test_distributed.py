@@ -41,6 +41,12 @@ def test_two_processes_match_one_process(tmp_path):
     mb = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert ma["test"]["fused"] == mb["test"]["fused"] and ma["test"]["unimodal"] == mb["test"]["unimodal"]
     assert ma["test"]["count"] == mb["test"]["count"] == 75  # the whole split, gathered
+    history = [(tmp_path / run / "history.csv").read_text().splitlines() for run in ("one", "two")]
+    columns = history[0][0].split(",")
+    for row_one, row_two in zip(history[0][1:], history[1][1:]):
+        a, b = dict(zip(columns, row_one.split(","))), dict(zip(columns, row_two.split(",")))
+        for key in ("train_loss", "train_loss_m0", "train_accuracy_m1", "val_accuracy"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5)
 
 
 def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):

@@ -76,15 +76,23 @@ def test_missing_and_corrupt_files(tmp_path):
         read_npz(tmp_path / "none.npz")
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(DataError, match=r"corrupt.npz: not a readable .npz file"):
+    with pytest.raises(DataError, match=r"corrupt.npz: not an .npz file"):
         read_npz(corrupt)
 
 
 def test_an_empty_split_is_an_error(tmp_path):
-    split = np.array(["train"] * 5 + ["test"])
+    split = np.array(["train"] * 5 + ["val"])
     path = write_npz(tmp_path / "f.npz", a=np.random.rand(6, 2), label=labels(6), split=split)
-    with pytest.raises(DataError, match="split 'val' has no samples"):
+    with pytest.raises(DataError, match="split 'test' has no samples"):
         load_splits(DataConfig(dataset=str(path)), seed=0)
+
+
+def test_a_split_without_validation_gets_one_carved_from_train(tmp_path):
+    split = np.array(["train"] * 24 + ["test"] * 6)
+    path = write_npz(tmp_path / "f.npz", a=np.random.rand(30, 2), label=labels(), split=split)
+    splits = load_splits(DataConfig(dataset=str(path), val_fraction=0.25), seed=0)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (18, 6, 6)
+    assert set(splits.val.rows) < set(range(24)) and set(splits.test.rows) == set(range(24, 30))
 
 
 def test_unknown_modality_lists_the_valid_ones(tmp_path):
@@ -96,3 +104,40 @@ def test_unknown_modality_lists_the_valid_ones(tmp_path):
 def test_unknown_dataset_lists_the_built_in_ones():
     with pytest.raises(DataError, match="unknown dataset 'nope'; built-in datasets: mfeat, synthetic"):
         load_splits(DataConfig(dataset="nope"), seed=0)
+
+
+def test_samples_with_no_modality_are_left_out_with_a_warning(tmp_path, caplog):
+    n = 30
+    present = np.ones(n, dtype=bool)
+    present[[3, 7]] = False
+    path = write_npz(
+        tmp_path / "f.npz",
+        a=np.random.rand(n, 2),
+        b=np.random.rand(n, 2),
+        label=labels(),
+        present_a=present,
+        present_b=present,
+    )
+    with caplog.at_level("WARNING"):
+        splits = load_splits(DataConfig(dataset=str(path)), seed=0)
+    rows = np.concatenate([splits.train.rows, splits.val.rows, splits.test.rows])
+    assert 3 not in rows and 7 not in rows and len(rows) == n - 2
+    assert "2 samples have none of the modalities a, b (first: row 3)" in caplog.text
+
+
+def test_complex_and_text_files_are_refused(tmp_path):
+    path = write_npz(tmp_path / "c.npz", a=np.ones((6, 2), dtype=complex), label=labels(6))
+    with pytest.raises(DataError, match="array 'a' has complex dtype"):
+        read_npz(path)
+    text = tmp_path / "t.npz"
+    text.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"t.npz: not an .npz file \(a zip archive of .npy arrays\)"):
+        read_npz(text)
+
+
+def test_a_truncated_npz_is_reported(tmp_path):
+    path = write_npz(tmp_path / "f.npz", a=np.random.rand(30, 2), label=labels())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] + data[-200:])  # damaged members, zip directory intact
+    with pytest.raises(DataError, match=r"f.npz: not a readable .npz file"):
+        read_npz(path)

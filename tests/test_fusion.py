@@ -111,3 +111,12 @@ def test_film_and_gated_with_two_modalities_match_the_reference_form():
     assert torch.allclose(gated(f), expected)
     with pytest.raises(ValueError, match="film fusion needs at least two modalities"):
         FiLMHead(["a"], 4, 3)
+
+
+def test_auroc_by_hand_with_ties():
+    from altmodal.metrics import auroc
+
+    score = torch.tensor([0.9, 0.8, 0.8, 0.1])
+    positive = torch.tensor([True, False, True, False])
+    # pairs (pos, neg): (0.9,0.8)=1, (0.9,0.1)=1, (0.8,0.8)=0.5, (0.8,0.1)=1 -> 3.5 / 4
+    assert auroc(score, positive) == pytest.approx(0.875)

@@ -186,3 +186,17 @@ def test_mla_beats_lazy_joint_on_the_weak_modality(tmp_path):
     joint = train_run(tiny_config(strategy="joint", **settings), tmp_path / "joint")
     mla = train_run(tiny_config(strategy="mla", **settings), tmp_path / "mla")
     assert mla["test"]["unimodal"]["m1"]["accuracy"] > joint["test"]["unimodal"]["m1"]["accuracy"]
+
+
+def test_random_order_with_one_modality_per_iteration_visits_each_modality_once_per_cycle():
+    splits = load_splits(DataConfig(dataset="synthetic", dataset_options=(*TINY, "modalities=3")), seed=0)
+    mla = make_mla(splits, cycle="iteration", order="random")
+    mla.batches_per_epoch = 4  # not a multiple of 3: cycles run across epochs
+    steps = []
+    for epoch in range(3):
+        for b in range(4):
+            mla.epoch, mla.batch_index = epoch, b
+            steps += mla.step_order()
+    cycles = [steps[i : i + 3] for i in range(0, 12, 3)]
+    assert all(sorted(c) == ["m0", "m1", "m2"] for c in cycles)
+    assert len({tuple(c) for c in cycles}) > 1

@@ -123,3 +123,17 @@ def test_ume_averages_the_present_modalities():
 def test_unimodal_needs_exactly_one_modality(tiny_splits):
     with pytest.raises(ValueError, match="strategy unimodal trains one modality; got 2"):
         build_strategy("unimodal", tiny_splits, EncoderConfig(dim=8), {})
+
+
+def test_absent_rows_never_reach_an_encoder(tiny_splits):
+    config = resolve({"strategy": "joint"})
+    joint = build_strategy("joint", tiny_splits, EncoderConfig(dim=8, hidden=(16,)), config.options)
+    joint.configure(TrainConfig(batch_size=32))
+    seen = []
+    joint.encoders["m1"].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    batch = tiny_splits.train.gather(torch.arange(10).numpy())
+    present = dict(batch.present)
+    present["m1"] = torch.tensor([True, False] * 5)
+    features = joint.encode(batch.with_present(present))
+    assert seen == [5] and features["m1"].shape == (10, 8)
+    assert (features["m1"][1::2] == 0).all() and features["m1"][0::2].abs().sum() > 0

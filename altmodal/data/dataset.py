@@ -87,9 +87,6 @@ class MultimodalDataset:
     def with_transforms(self, transforms: Mapping[str, Transform]) -> MultimodalDataset:
         return dataclasses.replace(self, transforms=dict(transforms))
 
-    def labels_of_view(self) -> np.ndarray:
-        return self.labels[self.rows]
-
     def gather(self, positions: np.ndarray, generator: torch.Generator | None = None) -> Batch:
         """The batch of the view's samples at ``positions`` (indices into ``rows``)."""
         idx = self.rows[positions]

@@ -43,6 +43,8 @@ def read_npz(path: str | Path) -> tuple[MultimodalDataset, np.ndarray | None]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such feature file")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz file (a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             raw = {key: npz[key] for key in npz.files}
@@ -75,8 +77,12 @@ def arrays_to_dataset(raw: dict[str, np.ndarray], source: str) -> tuple[Multimod
     arrays: dict[str, np.ndarray] = {}
     for m in modalities:
         array = raw[m]
+        if np.issubdtype(array.dtype, np.complexfloating):
+            raise DataError(f"{source}: array {m!r} has complex dtype {array.dtype}; store real features")
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
             raise DataError(f"{source}: array {m!r} has non-numeric dtype {array.dtype}")
+        if array.ndim > 1 and 0 in array.shape[1:]:
+            raise DataError(f"{source}: array {m!r} has no features per sample (shape {array.shape})")
         mask = raw.get(PRESENT_PREFIX + m)
         if mask is None:
             mask = np.ones(n, dtype=bool)

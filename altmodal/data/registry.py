@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from altmodal.config import option
+from altmodal.config import option, require
 from altmodal.data.dataset import MultimodalDataset, Splits, Transform
 from altmodal.data.features import DataError, read_npz
 from altmodal.data.mfeat import load_mfeat
 from altmodal.data.splits import make_splits, missing_mask, standardize, stratified_split
 from altmodal.data.synthetic import generate, synthetic_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,11 @@ class DataConfig:
     standardize: bool = option(True, "standardise feature data with training-split statistics")
     train_missing_rate: float = option(0.0, "drop modalities of training samples at this rate (>=1 kept)")
     test_missing_rate: float = option(0.0, "drop modalities of val/test samples at this rate (>=1 kept)")
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction", "train_missing_rate", "test_missing_rate"):
+            value = getattr(self, name)
+            require(0 <= value < 1, name, value, "in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,41 @@ def select_modalities(dataset: MultimodalDataset, wanted: Sequence[str]) -> Mult
     return dataset.with_modalities(wanted)
 
 
+def carve_validation(dataset: MultimodalDataset, split: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A split with a stratified validation share of the training samples (for data whose own
+    split has only train and test: the test split never selects a model)."""
+    train = np.flatnonzero(split == "train")
+    inner = stratified_split(dataset.labels[train], fraction, 0.0, seed)
+    out = split.astype("<U5").copy()
+    out[train[inner == "val"]] = "val"
+    log.info("%s: no 'val' samples; %d of the training samples validate", dataset.name, int((inner == "val").sum()))
+    return out
+
+
+def without_empty_samples(splits: Splits) -> Splits:
+    """The splits without samples that have none of the modalities (logged once, with a count
+    and the first row; an error when nothing is left)."""
+    train = splits.train
+    stacked = np.stack([np.asarray(train.present[m], dtype=bool) for m in train.modalities])
+    empty = np.logical_not(stacked.any(axis=0))
+    rows = np.concatenate([splits[s].rows for s in ("train", "val", "test")])
+    if not empty[rows].any():
+        return splits
+    lost = np.sort(rows[empty[rows]])
+    log.warning(
+        "%s: %d samples have none of the modalities %s (first: row %d); they are left out",
+        train.name,
+        len(lost),
+        ", ".join(train.modalities),
+        int(lost[0]),
+    )
+    kept = splits.map(lambda view: view.view(view.rows[~empty[view.rows]]))
+    for name in ("train", "val", "test"):
+        if len(kept[name]) == 0:
+            raise DataError(f"{train.name}: no sample of split {name!r} has any of the modalities")
+    return kept
+
+
 def load_splits(config: DataConfig, seed: int) -> Splits:
     """Train/val/test views: modalities selected, split, standardised, missing masks applied.
 
@@ -166,6 +209,8 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     split = loaded.split
     if split is None:
         split = stratified_split(dataset.labels, config.val_fraction, config.test_fraction, seed)
+    elif not (split == "val").any():
+        split = carve_validation(dataset, split, config.val_fraction, seed)
     splits = make_splits(dataset, split)
     if loaded.features and config.standardize:
         splits = standardize(splits)
@@ -175,7 +220,7 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     if config.test_missing_rate > 0:
         rows = np.concatenate([splits.val.rows, splits.test.rows])
         present = missing_mask(present, rows, config.test_missing_rate, seed + 1)
-    splits = splits.map(lambda view: view.with_present(present))
+    splits = without_empty_samples(splits.map(lambda view: view.with_present(present)))
     return Splits(
         train=splits.train.with_transforms(loaded.train_transforms),
         val=splits.val.with_transforms(loaded.eval_transforms),

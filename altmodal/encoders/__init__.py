@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from altmodal.config import option
+from altmodal.config import option, require
 from altmodal.encoders.mlp import MLPEncoder
 from altmodal.encoders.resnet import AudioResNet, VisualResNet
 from altmodal.encoders.text import TextEncoder
@@ -49,6 +49,20 @@ class EncoderConfig:
         repeat=True,
         metavar="MODALITY=PATH",
     )
+
+    def __post_init__(self) -> None:
+        require(self.dim >= 1, "dim", self.dim, "at least 1")
+        require(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "widths of at least 1")
+        require(0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
+        require(self.resnet_width >= 1, "resnet_width", self.resnet_width, "at least 1")
+        require(self.text_layers >= 1, "text_layers", self.text_layers, "at least 1")
+        require(self.text_heads >= 1, "text_heads", self.text_heads, "at least 1")
+        require(
+            self.text_width >= 1 and self.text_width % self.text_heads == 0,
+            "text_width",
+            self.text_width,
+            f"a positive multiple of --text-heads ({self.text_heads})",
+        )
 
 
 def build_encoder(kind: str, in_shape: Sequence[int], config: EncoderConfig, modality: str | None = None) -> nn.Module:

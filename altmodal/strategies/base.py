@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from altmodal.config import option
+from altmodal.config import option, require
 from altmodal.data.batch import Batch, zero_absent
 from altmodal.data.dataset import MultimodalDataset, Splits, iterate
 from altmodal.distributed import Dist
@@ -53,6 +54,16 @@ class TrainConfig:
     seed: int = option(0, "seed of the split, the initialisation, the batch order and the masks")
     device: str = option("auto", "device: auto, cpu, cuda or cuda:N")
     eval_batch_size: int = option(256, "batch size for evaluation")
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", self.epochs, "at least 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
+        require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "at least 1")
+        require(self.lr > 0, "lr", self.lr, "positive")
+        require(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "non-negative")
+        require(self.lr_step >= 1, "lr_step", self.lr_step, "at least 1")
+        require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -123,8 +134,21 @@ class Strategy(nn.Module):
 
     # ----- the model -------------------------------------------------------------------------
     def encode(self, batch: Batch) -> dict[str, Tensor]:
-        """modality -> (B, D) features; rows of absent samples are zeros."""
-        return {m: zero_absent(self.encoders[m](batch.inputs[m]), batch.present[m]) for m in self.modalities}
+        """modality -> (B, D) features; rows of absent samples are zeros.
+
+        Only the present rows go through an encoder, so absent (zero-filled) inputs never reach
+        its normalisation statistics.
+        """
+        out: dict[str, Tensor] = {}
+        for m in self.modalities:
+            rows, x, encoder = batch.present[m], batch.inputs[m], self.encoders[m]
+            if bool(rows.all()):
+                out[m] = encoder(x)
+                continue
+            index = rows.nonzero().squeeze(1)
+            features = torch.zeros(x.shape[0], int(encoder.out_dim), device=x.device)  # type: ignore[arg-type]
+            out[m] = features.index_put((index,), encoder(x[index])) if len(index) else features
+        return out
 
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """modality -> (B, C) that modality's own logits inside the model."""
@@ -185,7 +209,7 @@ class Strategy(nn.Module):
 
     def step_generator(self, tag: int = 0) -> torch.Generator:
         """A generator seeded by (seed, epoch, batch, tag): the same on every process and after
-        a resume, for randomness inside a step (OGM-GE's noise, MLA's random order)."""
+        a resume, for randomness inside a step (OGM-GE's noise)."""
         state = np.random.SeedSequence([self.config.seed, self.epoch, self.batch_index, tag]).generate_state(1)[0]
         return torch.Generator().manual_seed(int(state))
 
@@ -236,7 +260,13 @@ class Strategy(nn.Module):
         best: dict[str, Any] = {"epoch": -1, "score": -1.0, "model": copy.deepcopy(self.state_dict())}
         start = 0
         if resume is not None:
-            self.load_training_state(resume["training"])
+            try:
+                self.load_training_state(resume["training"])
+            except (RuntimeError, KeyError, ValueError) as err:
+                first = str(err).strip().splitlines()[0]
+                raise ValueError(
+                    f"the checkpoint does not fit this model ({first}); delete it to start afresh"
+                ) from err
             history = list(resume["history"])
             best = dict(resume["best"])
             start = int(resume["epoch"]) + 1
@@ -245,6 +275,10 @@ class Strategy(nn.Module):
         for epoch in bar:
             started = time.perf_counter()
             train_row = self.train_epoch(splits.train, epoch)
+            if not math.isfinite(train_row["train_loss"]):
+                raise ValueError(
+                    f"training diverged in epoch {epoch + 1}: the loss is {train_row['train_loss']}; try a lower --lr"
+                )
             self.dist.average_norm_statistics(self)
             val = summarize(self.collect(splits.val, all_subsets=False), self.num_classes)
             row = {"epoch": float(epoch), "lr": self.optimizer.param_groups[0]["lr"], **train_row}  # type: ignore[union-attr]
@@ -277,10 +311,9 @@ class Strategy(nn.Module):
         self.epoch = epoch
         self.batches_per_epoch = -(-len(dataset) // self.config.batch_size)
         self.on_epoch_start(epoch)
-        total, seen = 0.0, 0
-        loss_sums: dict[str, float] = {}
-        correct: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        n, size = len(dataset), self.config.batch_size
+        total = 0.0
+        sums = torch.zeros(3, len(self.modalities), dtype=torch.float64)  # loss, correct, count
         extras: dict[str, list[float]] = {}
         batches = iterate(
             dataset,
@@ -293,22 +326,24 @@ class Strategy(nn.Module):
         )
         for self.batch_index, batch in enumerate(batches):
             out = self.training_step(batch.to(self.device))
-            total += float(out.loss) * batch.size
-            seen += batch.size
+            # out.loss is this process's share of the global batch's mean loss.
+            total += float(out.loss) * min(size, n - self.batch_index * size)
             for key, value in out.extras.items():
                 extras.setdefault(key, []).append(value)
-            for m, (logits, label) in out.unimodal.items():
-                if len(label) == 0:
-                    continue
-                loss_sums[m] = loss_sums.get(m, 0.0) + float(F.cross_entropy(logits, label, reduction="sum"))
-                correct[m] = correct.get(m, 0.0) + float((logits.argmax(1) == label).sum())
-                counts[m] = counts.get(m, 0) + len(label)
+            for j, m in enumerate(self.modalities):
+                if m in out.unimodal and len(out.unimodal[m][1]):
+                    logits, label = out.unimodal[m]
+                    sums[0, j] += float(F.cross_entropy(logits, label, reduction="sum"))
+                    sums[1, j] += float((logits.argmax(1) == label).sum())
+                    sums[2, j] += len(label)
         self.on_epoch_end(epoch)
-        row = {"train_loss": total / max(seen, 1)}
-        for m in self.modalities:
-            if counts.get(m):
-                row[f"train_loss_{m}"] = loss_sums[m] / counts[m]
-                row[f"train_accuracy_{m}"] = correct[m] / counts[m]
+        total = float(self.dist.sum(torch.tensor(total, dtype=torch.float64)))
+        sums = self.dist.sum(sums).cpu()
+        row = {"train_loss": total / max(n, 1)}
+        for j, m in enumerate(self.modalities):
+            if sums[2, j] > 0:
+                row[f"train_loss_{m}"] = float(sums[0, j] / sums[2, j])
+                row[f"train_accuracy_{m}"] = float(sums[1, j] / sums[2, j])
         row.update({key: float(np.mean(values)) for key, values in extras.items()})
         return row
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from altmodal.config import option
+from altmodal.config import option, require
 from altmodal.data.batch import Batch
 from altmodal.fusion import batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.projection import HeadProjector
@@ -101,6 +101,17 @@ class MLAOptions:
         (), "fixed fusion weights per modality (default 0.55,0.45 for two; 0.35,0.25,0.40 for three; else equal)"
     )
     fusion_space: Literal["logits", "probs"] = option("logits", "fuse logits or probabilities")
+
+    def __post_init__(self) -> None:
+        require(0 <= self.h_momentum < 1, "h_momentum", self.h_momentum, "in [0, 1)")
+        require(self.alpha > 0, "alpha", self.alpha, "positive")
+        weights = self.fusion_weights
+        require(
+            all(w >= 0 for w in weights) and (not weights or sum(weights) > 0),
+            "fusion_weights",
+            weights,
+            "non-negative with a positive sum",
+        )
 
 
 def default_weights(count: int) -> tuple[float, ...]:
@@ -166,15 +177,16 @@ class MLA(Strategy):
         order = list(self.modalities)
         if self.options.order == "reversed":
             order.reverse()
-        cycle_index = self.batch_index
-        if self.options.cycle == "iteration":
-            cycle_index = self.batch_index // len(order)
+        if self.options.cycle == "iteration":  # a cycle is M consecutive steps, across epochs
+            step = self.epoch * self.batches_per_epoch + self.batch_index
+            cycle: tuple[int, ...] = (step // len(order),)
+        else:  # a cycle is one mini-batch
+            cycle = (self.epoch, self.batch_index)
         if self.options.order == "random":
-            rng = np.random.default_rng([self.config.seed, self.epoch, cycle_index, 17])
+            rng = np.random.default_rng([self.config.seed, *cycle, 17])
             order = [order[i] for i in rng.permutation(len(order))]
         if self.options.cycle == "iteration":
-            global_step = self.epoch * self.batches_per_epoch + self.batch_index
-            return [order[global_step % len(order)]]
+            return [order[step % len(order)]]
         return order
 
     def training_step(self, batch: Batch) -> StepOutput:

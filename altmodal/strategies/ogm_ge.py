@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from altmodal.config import option
+from altmodal.config import option, require
 from altmodal.data.batch import Batch
 from altmodal.strategies.joint import Joint, JointOptions
 
@@ -34,6 +34,12 @@ class OGMOptions(JointOptions):
     ogm_start: int = option(0, "first epoch of modulation")
     ogm_end: int = option(50, "last epoch of modulation (inclusive)")
     ogm_noise: bool = option(True, "GE: add Gaussian noise with the gradient's std (off: plain OGM)")
+
+    def __post_init__(self) -> None:
+        require(self.ogm_alpha >= 0, "ogm_alpha", self.ogm_alpha, "non-negative")
+        require(
+            0 <= self.ogm_start <= self.ogm_end, "ogm_end", self.ogm_end, f"at least --ogm-start ({self.ogm_start})"
+        )
 
 
 def ogm_coefficients(scores: Tensor, alpha: float) -> Tensor:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from altmodal.config import option
+from altmodal.config import option, require
 from altmodal.data.batch import Batch
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 from altmodal.strategies.joint import present_rows
@@ -40,6 +40,10 @@ class QMFOptions:
     qmf_temperature: float = option(10.0, "energy temperature T of the confidence logsumexp(o)/T")
     qmf_lambda: float = option(0.1, "weight of the ranking regulariser")
     qmf_fused_loss: bool = option(True, "add the cross-entropy of the fused logits to the loss")
+
+    def __post_init__(self) -> None:
+        require(self.qmf_temperature > 0, "qmf_temperature", self.qmf_temperature, "positive")
+        require(self.qmf_lambda >= 0, "qmf_lambda", self.qmf_lambda, "non-negative")
 
 
 def confidence(logits: Tensor, temperature: float) -> Tensor:

@@ -2,9 +2,10 @@
 Learning", ICML 2023) and single-modality training.
 
 Every modality has its own encoder and its own linear head and is trained on its own loss; the
-losses are summed into one backward, which trains each branch exactly as if it were alone
-(disjoint parameters, so no gradient crosses branches). At test the logits of the present
-modalities are averaged. ``unimodal`` is the same with exactly one modality.
+losses are summed into one backward, so each branch gets exactly the gradients it would get alone
+(disjoint parameters: no gradient crosses branches). The branches share the batch order and the
+model selection (the epoch with the best fused validation accuracy). At test the logits of the
+present modalities are averaged. ``unimodal`` is the same with exactly one modality.
 """
 
 from __future__ import annotations
