@@ -1,0 +1,24 @@
+"""The README's Python examples run as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_python_blocks_of_the_readme_run(tmp_path, monkeypatch, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), {})
+    printed = capsys.readouterr().out
+    assert "fou" in printed and "audio+video" in printed
+    assert (tmp_path / "runs" / "from-python" / "metrics.json").is_file()
+
+
+def test_the_ci_runs_the_readme_test_command():
+    ci = (README.parent / ".ci" / "run").read_text()
+    first_block = README.read_text().split("```")[1]
+    commands = [line for line in first_block.splitlines() if line.rstrip().endswith("# tests")]
+    assert len(commands) == 1 and "pytest" in commands[0] and "# tests" in ci
