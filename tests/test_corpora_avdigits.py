@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from altmodal.data.corpora.avdigits import pair_images
-from altmodal.data.corpora.cache import open_cache
+from altmodal.data.corpora.cache import SPEAKER_OPTIONS, open_cache, speaker_split
+from altmodal.data.corpora.common import Options
+from altmodal.data.features import DataError
 from altmodal.data.media.audio import FbankConfig, audio_fbank
 from altmodal.data.registry import DATASETS, DataConfig, load_splits
 from altmodal.prepare import prepare
@@ -86,6 +88,23 @@ def test_speaker_split_holds_out_whole_speakers(cache):
     assert not test_speakers & set(opened.group[np.concatenate([splits.train.rows, splits.val.rows])])
     named = DataConfig(dataset="avdigits", data_dir=str(out), dataset_options=("split=speaker", "test_speakers=theo"))
     assert set(opened.group[load_splits(named, 0).test.rows]) == {"theo"}
+
+
+def test_validation_can_hold_out_whole_speakers_too():
+    groups = np.repeat(np.array(["ann", "bob", "cat", "dan"]), 10)
+    labels = np.tile(np.arange(5), 8)
+    options = Options("t", {"test_speakers": "1", "val_speakers": "1"}, list(SPEAKER_OPTIONS))
+    split = speaker_split(groups, labels, options, 0, 0.2, "t", "1")
+    held = {name: set(groups[split == name]) for name in ("train", "val", "test")}
+    assert len(held["val"]) == 1 and len(held["test"]) == 1 and len(held["train"]) == 2
+    assert not held["val"] & held["train"] and not held["test"] & (held["train"] | held["val"])
+    stratified = speaker_split(
+        groups, labels, Options("t", {"test_speakers": "1"}, list(SPEAKER_OPTIONS)), 0, 0.2, "t", "1"
+    )
+    assert held["test"] == set(groups[stratified == "test"]) and (stratified == "val").sum() == 5  # 1 per class
+    bad = Options("t", {"test_speakers": "1", "val_speakers": "3"}, list(SPEAKER_OPTIONS))
+    with pytest.raises(DataError, match="val_speakers='3' must be a count or share of the 3 speakers"):
+        speaker_split(groups, labels, bad, 0, 0.2, "t", "1")
 
 
 def test_registered_defaults_are_small_cpu_settings():

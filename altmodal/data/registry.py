@@ -13,7 +13,7 @@ from altmodal.config import option, require
 from altmodal.data.dataset import MultimodalDataset, Splits, Transform
 from altmodal.data.features import DataError, read_npz
 from altmodal.data.mfeat import load_mfeat
-from altmodal.data.splits import make_splits, missing_mask, standardize, stratified_split
+from altmodal.data.splits import carve_validation, make_splits, missing_mask, standardize, stratified_split
 from altmodal.data.synthetic import generate, synthetic_config
 
 log = logging.getLogger(__name__)
@@ -164,17 +164,6 @@ def select_modalities(dataset: MultimodalDataset, wanted: Sequence[str]) -> Mult
     return dataset.with_modalities(wanted)
 
 
-def carve_validation(dataset: MultimodalDataset, split: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A split with a stratified validation share of the training samples (for data whose own
-    split has only train and test: the test split never selects a model)."""
-    train = np.flatnonzero(split == "train")
-    inner = stratified_split(dataset.labels[train], fraction, 0.0, seed)
-    out = split.astype("<U5").copy()
-    out[train[inner == "val"]] = "val"
-    log.info("%s: no 'val' samples; %d of the training samples validate", dataset.name, int((inner == "val").sum()))
-    return out
-
-
 def without_empty_samples(splits: Splits) -> Splits:
     """The splits without samples that have none of the modalities (logged once, with a count
     and the first row; an error when nothing is left)."""
@@ -210,7 +199,8 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     if split is None:
         split = stratified_split(dataset.labels, config.val_fraction, config.test_fraction, seed)
     elif not (split == "val").any():
-        split = carve_validation(dataset, split, config.val_fraction, seed)
+        split = carve_validation(split, dataset.labels, config.val_fraction, seed)
+        log.info("%s: no 'val' samples; a stratified share of the training samples validates", dataset.name)
     splits = make_splits(dataset, split)
     if loaded.features and config.standardize:
         splits = standardize(splits)

@@ -32,6 +32,17 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
     return split
 
 
+def carve_validation(split: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A copy of ``split`` in which a stratified ``fraction`` of the ``train`` rows is ``val``
+    (for data whose own split has only train and test: the test split never selects a model)."""
+    out = split.astype("<U8").copy()
+    train = np.flatnonzero(out == "train")
+    if fraction > 0 and len(train):
+        inner = stratified_split(labels[train], fraction, 0.0, seed)
+        out[train[inner == "val"]] = "val"
+    return out
+
+
 def _share(n: int, fraction: float) -> int:
     if fraction == 0:
         return 0

@@ -17,7 +17,8 @@ pool cached once as 28 px uint8 images (``image_size`` option; ``pool_visual.npy
 Loaded: the split first -- ``split=customary`` (recording index 0-4 test, 5-49 train; the FSDD
 convention) or ``split=speaker`` (``test_speakers`` held out: a count drawn with ``split_seed``
 or names, default 2; audio is then the weak modality) -- with a stratified validation share of
-the training recordings. Then the pairing (``pair_seed``): each digit's MNIST images are
+the training recordings, or with ``val_speakers`` whole speakers held out for validation too
+(model selection then also sees unseen voices). Then the pairing (``pair_seed``): each digit's MNIST images are
 shuffled and halved; training and validation recordings draw their images from the first half,
 test recordings from the second, without replacement (a half holds 431-563 images, more than the
 recordings of one digit in any split), so no image is shared between train, validation and test.
@@ -39,10 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from altmodal.data.corpora.builders import AUDIO_OPTIONS, audio_source, audio_spec, fbank_config, visual_spec
-from altmodal.data.corpora.cache import LOAD_OPTIONS, carve_validation, held_out_groups, open_cache, to_loaded
+from altmodal.data.corpora.cache import LOAD_OPTIONS, SPEAKER_OPTIONS, open_cache, speaker_split, to_loaded
 from altmodal.data.corpora.common import Corpus, Item, Options, Plan
 from altmodal.data.features import DataError
 from altmodal.data.registry import DataConfig, Loaded
+from altmodal.data.splits import carve_validation
 
 NAME = "avdigits"
 RECORDING = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
@@ -56,7 +58,7 @@ OPTIONS = {
 LOAD = {
     **LOAD_OPTIONS,
     "split": "customary (index 0-4 test) or speaker (held-out speakers)",
-    "test_speakers": "speakers held out by split=speaker: a count or names (default 2)",
+    **SPEAKER_OPTIONS,
     "pair_seed": "seed of the audio-image pairing (default 0)",
 }
 
@@ -142,11 +144,10 @@ def load(config: DataConfig, options: Mapping[str, str]) -> Loaded:
     parsed = Options(NAME, options, list(LOAD))
     seed = parsed.integer("split_seed", 0, minimum=0)
     cache = open_cache(config.data_dir, NAME)
-    split = cache.split
     if parsed.choice("split", "customary", ("customary", "speaker")) == "speaker":
-        held = held_out_groups(cache.group, parsed.text("test_speakers", "2"), seed, NAME)
-        split = np.where(np.isin(cache.group, held), "test", "train")
-    split = carve_validation(split, cache.labels, config.val_fraction, seed)
+        split = speaker_split(cache.group, cache.labels, parsed, seed, config.val_fraction, NAME, "2")
+    else:
+        split = carve_validation(cache.split, cache.labels, config.val_fraction, seed)
     pool_label = np.asarray(cache.extra("pool_label"))
     pool = cache.extra("pool_visual")
     pair = pair_images(cache.labels, split, pool_label, parsed.integer("pair_seed", 0, minimum=0))

@@ -37,7 +37,7 @@ from altmodal.data.dataset import MultimodalDataset, Transform
 from altmodal.data.features import DataError
 from altmodal.data.media.image import ImageTransform
 from altmodal.data.registry import DataConfig, Loaded
-from altmodal.data.splits import stratified_split
+from altmodal.data.splits import carve_validation
 
 FORMAT = "altmodal-media-cache"
 VERSION = 1
@@ -137,17 +137,7 @@ def open_cache(path: str | Path | None, dataset: str) -> Cache:
     )
 
 
-def carve_validation(split: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A copy of ``split`` in which a stratified ``fraction`` of the ``train`` rows is ``val``."""
-    out = split.astype("<U8").copy()
-    train = np.flatnonzero(out == "train")
-    if fraction > 0 and len(train):
-        inner = stratified_split(labels[train], fraction, 0.0, seed)
-        out[train[inner == "val"]] = "val"
-    return out
-
-
-def held_out_groups(groups: np.ndarray, spec: str, seed: int, where: str) -> list[str]:
+def held_out_groups(groups: np.ndarray, spec: str, seed: int, where: str, option: str = "test_speakers") -> list[str]:
     """The groups (speakers) to hold out: comma-separated names, else a count or a share
     (``0.1``) of the speakers drawn with ``seed`` (names win: CREMA-D's actor ids are numbers)."""
     names = sorted(set(groups.tolist()) - {""})
@@ -164,9 +154,38 @@ def held_out_groups(groups: np.ndarray, spec: str, seed: int, where: str) -> lis
         chosen = np.random.default_rng([seed, 7]).permutation(len(names))[:count]
         return sorted(names[i] for i in chosen)
     raise DataError(
-        f"{where}: test_speakers={spec!r} must be a count or share of the {len(names)} speakers (1 to "
+        f"{where}: {option}={spec!r} must be a count or share of the {len(names)} speakers (1 to "
         f"{len(names) - 1}) or name some of them ({', '.join(names[:12])}{', ...' if len(names) > 12 else ''})"
     )
+
+
+SPEAKER_OPTIONS = {
+    "test_speakers": "speakers held out for test by split=speaker: a count, a share (0.1) or names",
+    "val_speakers": "with split=speaker, speakers held out for validation too (a count, share or names; "
+    "default: a stratified share of the training samples, whose speakers are seen in training)",
+}
+
+
+def speaker_split(
+    groups: np.ndarray,
+    labels: np.ndarray,
+    options: Options,
+    seed: int,
+    val_fraction: float,
+    where: str,
+    default_test: str,
+) -> np.ndarray:
+    """Per-sample split names with whole speakers held out for test and, when ``val_speakers`` is
+    given, other whole speakers for validation (else a stratified share of the training samples)."""
+    test = held_out_groups(groups, options.text("test_speakers", default_test), seed, where)
+    split = np.where(np.isin(groups, test), "test", "train").astype("<U8")
+    val_spec = options.text("val_speakers", "")
+    if not val_spec:
+        return carve_validation(split, labels, val_fraction, seed)
+    remaining = np.where(split == "train", groups, "")
+    val = held_out_groups(remaining, val_spec, seed + 1, where, "val_speakers")
+    split[np.isin(groups, val) & (split == "train")] = "val"
+    return split
 
 
 def image_transforms(
@@ -239,14 +258,13 @@ def load_listed(
     Returns:
         The cache, the per-sample split names and the parsed options.
     """
-    known = [*LOAD_OPTIONS, *extra] + (["split", "test_speakers"] if speakers else [])
+    known = [*LOAD_OPTIONS, *extra] + (["split", *SPEAKER_OPTIONS] if speakers else [])
     options = Options(name, raw_options, known)
     seed = options.integer("split_seed", 0, minimum=0)
     cache = open_cache(data_dir, name)
     split = cache.split
     if speakers and options.choice("split", "list", ("list", "speaker")) == "speaker":
-        held = held_out_groups(cache.group, options.text("test_speakers", "0.1"), seed, name)
-        split = np.where(np.isin(cache.group, held), "test", "train")
+        split = speaker_split(cache.group, cache.labels, options, seed, val_fraction, name, "0.1")
     if "val" not in set(split.tolist()):
         split = carve_validation(split, cache.labels, val_fraction, seed)
     return cache, split, options

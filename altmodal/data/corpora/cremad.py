@@ -17,7 +17,8 @@ Cached: ``audio`` (1024, 128) filterbanks, ``visual`` (3, 3, 224, 224) frames (s
 options). The actor id (the first four characters of the clip name) is kept, so training can use
 the customary split (``--dataset-option split=list``, the paper's; it mixes actors between train
 and test) or a speaker-disjoint one (``split=speaker``; ``test_speakers`` = a count, a share such
-as 0.1 -- the default, 9 of 91 actors -- or actor ids separated by commas).
+as 0.1 -- the default, 9 of 91 actors -- or actor ids separated by commas; ``val_speakers``
+holds out actors for validation too).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ load = listed_loader(NAME, speakers=True)
 CORPUS: Corpus = Corpus(
     NAME,
     "CREMA-D: audio + video (3 frames), 6 emotions, 7,442 clips of 91 actors; prepare it first; "
-    "options: split=list|speaker, test_speakers, " + ", ".join(LOAD_OPTIONS),
+    "options: split=list|speaker, test_speakers, val_speakers, " + ", ".join(LOAD_OPTIONS),
     plan,
     load,
     OPTIONS,
