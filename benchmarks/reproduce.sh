@@ -27,6 +27,9 @@ altmodal benchmark --dataset synthetic --out runs/benchmark-synthetic
 altmodal prepare avdigits --root ../shared/data --out runs/cache-avdigits
 altmodal benchmark --dataset avdigits --data-dir runs/cache-avdigits --dataset-option split=speaker \
   --strategies joint,ume,mla --ablation none --train-missing-rates "" --out runs/benchmark-avdigits-speaker
+altmodal benchmark --dataset avdigits --data-dir runs/cache-avdigits --dataset-option split=speaker \
+  --dataset-option val_speakers=1 --strategies joint,ume,mla --ablation none --train-missing-rates "" \
+  --missing-rates "" --out runs/benchmark-avdigits-speaker-valspk
 
 # Data-parallel equality: 1 vs 2 processes, same global batch (prints max |dP| and max |dW|).
 python benchmarks/ddp_equality.py
