@@ -45,7 +45,7 @@ def parser_for_runs(parser: argparse.ArgumentParser, with_strategy: bool = True)
     parser.add_argument("--config", help="TOML or JSON file of settings; explicit flags win")
     add_arguments(parser, DataConfig, "data")
     add_arguments(parser, EncoderConfig, "encoders")
-    add_arguments(parser, TrainConfig, "training")
+    add_arguments(parser, TrainConfig, "training", exclude=() if with_strategy else ("seed",))
     if not with_strategy:
         return
     seen: set[str] = set()

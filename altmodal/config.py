@@ -47,11 +47,14 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, title: str | None = None) -> None:
-    """Add one flag per field of ``cls``; flags default to SUPPRESS so only explicit ones appear."""
+def add_arguments(
+    parser: argparse.ArgumentParser | Any, cls: type, title: str | None = None, exclude: tuple[str, ...] = ()
+) -> None:
+    """Add one flag per field of ``cls`` (but ``exclude``); flags default to SUPPRESS so only
+    explicit ones appear."""
     group = parser.add_argument_group(title) if title else parser
     for name, (f, kind) in fields_of(cls).items():
-        if f.metadata.get("cli") is False:
+        if f.metadata.get("cli") is False or name in exclude:
             continue
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(f)}
         base = _unwrap_optional(kind)
