@@ -59,7 +59,8 @@ def test_leak_option_reproduces_the_reference_optimizer(tiny_splits):
     m0_before = [p.detach().clone() for p in m0_params]
     momentum = [mla.optimizer.state[p]["momentum_buffer"].clone() for p in m0_params]
     mla.optimize(
-        torch.zeros((), requires_grad=True) * 0, edit=mla._edit("m1", mla.head("m1"), torch.zeros(1, 8), ["m0"])
+        torch.zeros((), requires_grad=True) * 0,
+        edit=mla._edit("m1", mla.head("m1"), torch.zeros(1, 8), torch.tensor(1.0), ["m0"]),
     )
     moved = any(not torch.equal(a, p) for a, p in zip(m0_before, m0_params))
     decayed = any(not torch.equal(a, mla.optimizer.state[p]["momentum_buffer"]) for a, p in zip(momentum, m0_params))

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from altmodal.config import option, require
@@ -195,24 +196,28 @@ class MLA(Strategy):
         stepped: list[str] = []
         for m in self.step_order():
             rows = batch.present[m]
-            if float(self.dist.sum(rows.sum().float())) == 0:
-                continue  # no sample of the global batch has m
+            count = self.dist.sum(rows.sum().float())  # samples with m in the global batch
+            if float(count) == 0:
+                continue
             sub = batch.select(rows)
             features = self.encoders[m](sub.inputs[m])  # (n, d)
             head = self.head(m)
             logits = head(features)
-            loss = self.cross_entropy(logits, sub.label)
+            loss = F.cross_entropy(logits, sub.label, reduction="sum") / count
             params = [*self.encoders[m].parameters(), *head.parameters()]
-            self.optimize(loss, params, edit=self._edit(m, head, features.detach(), stepped))
+            self.optimize(loss, params, edit=self._edit(m, head, features.detach(), count, stepped))
             stepped.append(m)
             total = total + loss.detach()
             report[m] = (logits.detach(), sub.label)
         return StepOutput(total, report)
 
-    def _edit(self, modality: str, head: nn.Linear, features: Tensor, stepped: list[str]) -> Any:
+    def _edit(self, modality: str, head: nn.Linear, features: Tensor, count: Tensor, stepped: list[str]) -> Any:
+        """The gradient edit of m's step: project the head gradient with the global mean of the
+        step's ``count`` features; with ``leak_optimizer``, hand zero gradients to the encoders
+        stepped earlier in the batch."""
+
         def edit() -> None:
             if self.projector is not None:
-                count = self.dist.sum(torch.tensor(float(features.shape[0]), device=features.device))
                 mean = self.dist.sum(features.sum(dim=0)) / count
                 alpha = self.projector.alpha_for(self.batch_index, self.batches_per_epoch)
                 self.projector.step(head.weight, modality, mean, alpha)  # type: ignore[arg-type]
