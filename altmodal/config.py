@@ -26,6 +26,12 @@ class ConfigError(ValueError):
     """A config file or flag value that cannot be used; the message names it."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def option(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with help text (tuples and other immutables as defaults)."""
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})

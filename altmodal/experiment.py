@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from altmodal.config import ConfigError, build, coerce, fields_of, flatten, to_dict
+from altmodal.config import ConfigError, build, coerce, fields_of, first_line, flatten, to_dict
 from altmodal.data.registry import DataConfig, dataset_defaults, load_splits
 from altmodal.data.splits import missing_mask
 from altmodal.distributed import Dist, resolve_device
@@ -73,6 +73,12 @@ def strategy_option_names() -> set[str]:
     return {name for cls in option_classes().values() for name in fields_of(cls)}
 
 
+def preset_settings(cls: type[Strategy], preset: object) -> Mapping[str, Any]:
+    """The options a strategy's named preset sets (empty for no such preset)."""
+    presets: Mapping[str, Mapping[str, Any]] = getattr(cls.options_class, "PRESETS", {})
+    return presets.get(str(preset), {})
+
+
 def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
     """A RunConfig from flat settings (config file entries overlaid with explicit flags).
 
@@ -99,8 +105,7 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
     }
     options: dict[str, Any] = {}
     if cls.options_class is not None:
-        presets: Mapping[str, Mapping[str, Any]] = getattr(cls.options_class, "PRESETS", {})
-        merged = dict(presets.get(str(values.get("preset", "")), {}))
+        merged = dict(preset_settings(cls, values.get("preset", "")))
         merged.update({k: v for k, v in values.items() if k in own})
         checked = {k: coerce(cls.options_class, k, v, source) for k, v in merged.items()}
         options = to_dict(build(cls.options_class, checked))
@@ -120,7 +125,7 @@ def layer(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     own = set(fields_of(cls.options_class)) if cls.options_class is not None else set()
     values = {k: v for k, v in base.items() if k in own or k not in strategy_option_names()}
     if "preset" in overrides and cls.options_class is not None:
-        values.update(getattr(cls.options_class, "PRESETS", {}).get(str(overrides["preset"]), {}))
+        values.update(preset_settings(cls, overrides["preset"]))
     values.update(overrides)
     return values
 
@@ -184,8 +189,7 @@ def restore(strategy: Strategy, saved: Any, path: Path) -> None:
     try:
         strategy.load_state_dict(saved["model"])
     except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path}: does not fit the model its config.json describes ({first})") from err
+        raise ValueError(f"{path}: does not fit the model its config.json describes ({first_line(err)})") from err
 
 
 def final_metrics(

@@ -24,6 +24,8 @@ from typing import IO, Any
 
 import torch
 
+from altmodal.config import first_line
+
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file, then rename it into place."""
@@ -108,8 +110,7 @@ class Run:
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: not found") from None
         except Exception as err:  # torch.load raises many types (unpickling, zip, EOF) for a bad file
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{path}: cannot be read ({first}); delete it to start afresh") from err
+            raise ValueError(f"{path}: cannot be read ({first_line(err)}); delete it to start afresh") from err
 
     def has(self, name: str) -> bool:
         return self.file(name).is_file()

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from altmodal.config import option, require
+from altmodal.config import first_line, option, require
 from altmodal.data.batch import Batch, zero_absent
 from altmodal.data.dataset import MultimodalDataset, Splits, iterate
 from altmodal.distributed import Dist
@@ -263,9 +263,8 @@ class Strategy(nn.Module):
             try:
                 self.load_training_state(resume["training"])
             except (RuntimeError, KeyError, ValueError) as err:
-                first = str(err).strip().splitlines()[0]
                 raise ValueError(
-                    f"the checkpoint does not fit this model ({first}); delete it to start afresh"
+                    f"the checkpoint does not fit this model ({first_line(err)}); delete it to start afresh"
                 ) from err
             history = list(resume["history"])
             best = dict(resume["best"])
