@@ -101,6 +101,7 @@ class HeadProjector(nn.Module):
         weight = head.weight
         dim = weight.shape[1]
         self.modalities = list(modalities)
+        self.position = {m: j for j, m in enumerate(self.modalities)}
         self.h_source = h_source
         self.momentum = momentum
         self.alpha = alpha
@@ -113,16 +114,16 @@ class HeadProjector(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=weight.device))
 
     def feature(self, modality: str, batch_mean: Tensor) -> Tensor:
-        """The vector h for this step: the batch mean, or the updated running mean."""
+        """The vector h for this step: the batch mean, or the updated running mean (which
+        starts at the first batch mean; decided on the device, without reading it back)."""
         if self.h_source == "batch":
             return batch_mean
-        j = self.modalities.index(modality)
-        if int(self.seen[j]) == 0:
-            self.means[j] = batch_mean
-        else:
-            self.means[j] = self.momentum * self.means[j] + (1 - self.momentum) * batch_mean
-        self.seen[j] += 1
-        return self.means[j]
+        j = self.position[modality]
+        mean, seen = self.means[j], self.seen[j]
+        running = self.momentum * mean + (1 - self.momentum) * batch_mean
+        mean.copy_(torch.where(seen > 0, running, batch_mean))
+        seen.add_(1)
+        return mean
 
     @torch.no_grad()
     def step(self, weight: nn.Parameter, modality: str, batch_mean: Tensor, alpha: float) -> None:
@@ -136,16 +137,18 @@ class HeadProjector(nn.Module):
             alpha: the update's regulariser for this step.
         """
         h = self.feature(modality, batch_mean.to(self.P.dtype))
-        first = int(self.steps) == 0
-        self.steps += 1
-        if self.skip_first and first:
-            return
         P = owm_update(self.P, h, alpha)
         if self.normalize:
             P = P / torch.linalg.matrix_norm(P)
+        first = self.steps == 0
+        if self.skip_first:  # the very first step keeps P and the gradient (decided on the device)
+            P = torch.where(first, self.P, P)
+        self.steps.add_(1)
         self.P.copy_(P)
-        if weight.grad is not None:
-            weight.grad.copy_(project(weight.grad, self.P.to(weight.grad.dtype), self.mode))
+        grad = weight.grad
+        if grad is not None:
+            projected = project(grad, P.to(grad.dtype), self.mode)
+            grad.copy_(torch.where(first, grad, projected) if self.skip_first else projected)
 
     def alpha_for(self, batch_index: int, batches_per_epoch: int) -> float:
         if self.alpha is None:

@@ -8,7 +8,7 @@ looking at the mask first.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -24,12 +24,18 @@ class Batch:
         present: modality -> (B,) bool tensor, True where the sample has that modality.
         label: (B,) int64 class indices.
         index: (B,) int64 positions of the samples in their dataset (stable across epochs).
+        counts: modality -> number of samples that have it in the GLOBAL batch (the shares of
+            all processes together), known on the host; None when only this batch is known.
+        host_present: the presence masks on the CPU. :meth:`to` keeps them, so that choosing
+            the rows a step uses (and skipping a step without any) never waits for the device.
     """
 
     inputs: dict[str, Tensor]
     present: dict[str, Tensor]
     label: Tensor
     index: Tensor
+    counts: Mapping[str, int] | None = None
+    host_present: Mapping[str, Tensor] | None = None
 
     @property
     def size(self) -> int:
@@ -40,20 +46,72 @@ class Batch:
         return list(self.inputs)
 
     def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device`` (copies are asynchronous from pinned memory); the host
+        presence masks stay on the CPU."""
+        device = torch.device(device)
+        if self.label.device == device:
+            return self if self.host_present is not None else replace(self, host_present=self.host_masks())
         return Batch(
             inputs={m: x.to(device, non_blocking=True) for m, x in self.inputs.items()},
             present={m: p.to(device, non_blocking=True) for m, p in self.present.items()},
             label=self.label.to(device, non_blocking=True),
             index=self.index.to(device, non_blocking=True),
+            counts=self.counts,
+            host_present=self.host_masks(),
         )
 
-    def select(self, rows: Tensor) -> Batch:
-        """The sub-batch of the rows where ``rows`` (a (B,) bool mask) is True."""
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory, for asynchronous copies to a GPU."""
         return Batch(
-            inputs={m: x[rows] for m, x in self.inputs.items()},
-            present={m: p[rows] for m, p in self.present.items()},
-            label=self.label[rows],
-            index=self.index[rows],
+            inputs={m: x.pin_memory() for m, x in self.inputs.items()},
+            present={m: p.pin_memory() for m, p in self.present.items()},
+            label=self.label.pin_memory(),
+            index=self.index.pin_memory(),
+            counts=self.counts,
+            host_present=self.host_masks(),
+        )
+
+    def host_masks(self) -> dict[str, Tensor]:
+        """modality -> (B,) presence mask on the CPU (read from the device only for a batch that
+        was built there)."""
+        if self.host_present is not None:
+            return dict(self.host_present)
+        return {m: p.cpu() for m, p in self.present.items()}
+
+    def rows(self, modality: str) -> Tensor:
+        """(B,) CPU mask of the samples that have ``modality``."""
+        return self.host_present[modality] if self.host_present is not None else self.present[modality].cpu()
+
+    def count(self, modality: str) -> int:
+        """Samples with ``modality`` in the global batch if known (``counts``), else in this one."""
+        if self.counts is not None:
+            return int(self.counts[modality])
+        return int(self.rows(modality).sum())
+
+    def index_of(self, modality: str) -> Tensor | None:
+        """(n,) indices, on the batch's device, of the samples that have ``modality``; None when
+        all have it. Found on the host, so no step waits for the device."""
+        rows = self.rows(modality)
+        if bool(rows.all()):
+            return None
+        return rows.nonzero().squeeze(1).to(self.label.device, non_blocking=True)
+
+    def select(self, rows: Tensor) -> Batch:
+        """The sub-batch of the rows where ``rows`` (a (B,) bool mask, best on the CPU) is True.
+
+        The row indices are found on the host and copied to the batch's device, so selecting
+        rows of a batch on a GPU does not wait for it."""
+        host = rows.cpu()
+        if bool(host.all()):
+            return self
+        index = host.nonzero().squeeze(1)
+        picked = index.to(self.label.device, non_blocking=True)
+        return Batch(
+            inputs={m: x.index_select(0, picked) for m, x in self.inputs.items()},
+            present={m: p.index_select(0, picked) for m, p in self.present.items()},
+            label=self.label.index_select(0, picked),
+            index=self.index.index_select(0, picked),
+            host_present={m: p[index] for m, p in self.host_masks().items()},
         )
 
     def with_present(self, present: Mapping[str, Tensor]) -> Batch:
@@ -107,7 +165,8 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> Batch:
         present[m] = torch.tensor([_has(s, m) for s in samples], dtype=torch.bool)
     label = torch.tensor([int(s["label"]) for s in samples], dtype=torch.long)
     index = torch.tensor([int(s.get("index", i)) for i, s in enumerate(samples)], dtype=torch.long)
-    return Batch(inputs=inputs, present=present, label=label, index=index)
+    counts = {m: int(p.sum()) for m, p in present.items()}
+    return Batch(inputs=inputs, present=present, label=label, index=index, counts=counts, host_present=present)
 
 
 def _has(sample: Mapping[str, Any], modality: str) -> bool:

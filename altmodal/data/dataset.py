@@ -87,24 +87,46 @@ class MultimodalDataset:
     def with_transforms(self, transforms: Mapping[str, Transform]) -> MultimodalDataset:
         return dataclasses.replace(self, transforms=dict(transforms))
 
-    def gather(self, positions: np.ndarray, generator: torch.Generator | None = None) -> Batch:
-        """The batch of the view's samples at ``positions`` (indices into ``rows``)."""
+    def gather(
+        self, positions: np.ndarray, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> Batch:
+        """The batch of the view's samples at ``positions`` (indices into ``rows``).
+
+        The arrays are read on the CPU; with a CUDA ``device`` they travel there through pinned
+        memory (as stored: uint8 pixels move as bytes) and the transforms run on that device,
+        drawing their random numbers from ``generator`` on the CPU, so a seed gives the same
+        draws on every device.
+        """
         idx = self.rows[positions]
         order = np.argsort(idx, kind="stable")  # memory maps read faster in ascending order
         sorted_idx = idx[order]
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        device = device if device is not None else torch.device("cpu")
+        host = {m: torch.from_numpy(np.asarray(self.present[m])[idx].astype(bool)) for m in self.arrays}
         inputs: dict[str, Tensor] = {}
         present: dict[str, Tensor] = {}
         for m, array in self.arrays.items():
-            x = torch.from_numpy(np.asarray(array[sorted_idx])[inverse]).float()
+            x = to_device(torch.from_numpy(np.asarray(array[sorted_idx])[inverse]), device).float()
             if m in self.transforms:
                 x = self.transforms[m](x, gen)
-            present[m] = torch.from_numpy(np.asarray(self.present[m])[idx].astype(bool))
+            present[m] = to_device(host[m], device)
             inputs[m] = zero_absent(x, present[m])
-        label = torch.from_numpy(self.labels[idx].astype(np.int64))
-        return Batch(inputs=inputs, present=present, label=label, index=torch.from_numpy(idx))
+        return Batch(
+            inputs=inputs,
+            present=present,
+            label=to_device(torch.from_numpy(self.labels[idx].astype(np.int64)), device),
+            index=to_device(torch.from_numpy(idx), device),
+            host_present=host,
+        )
+
+
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` (on the CPU) on ``device``: through pinned memory, without waiting, to a GPU."""
+    if device.type == "cpu":
+        return x
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -142,6 +164,45 @@ def batch_positions(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch:
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+class EpochBatches(torch.utils.data.Dataset[Batch]):
+    """The batches of one pass over a dataset, each built on demand and by its number alone.
+
+    Batch ``b`` holds the positions of the b-th slice of the (seed, epoch) order (this rank's
+    share of them), augments with a generator seeded by (seed, epoch, b, rank) and knows how
+    many samples of the whole global batch have each modality. Nothing depends on which batches
+    were built before, or where: a background thread or worker processes give the same batches.
+    """
+
+    def __init__(
+        self,
+        dataset: MultimodalDataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ):
+        self.dataset = dataset
+        self.batches = batch_positions(len(dataset), batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> Batch:
+        positions = self.batches[b]
+        state = np.random.SeedSequence([self.seed, self.epoch, b, self.rank]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(state))
+        batch = self.dataset.gather(positions[self.rank :: self.world_size], generator, self.device)
+        rows = self.dataset.rows[positions]
+        counts = {m: int(np.count_nonzero(np.asarray(p)[rows])) for m, p in self.dataset.present.items()}
+        return dataclasses.replace(batch, counts=counts)
+
+
 def iterate(
     dataset: MultimodalDataset,
     batch_size: int,
@@ -152,10 +213,10 @@ def iterate(
     rank: int = 0,
     world_size: int = 1,
 ) -> Iterator[Batch]:
-    """Batches of ``dataset``; with ``world_size`` > 1 each rank gets its share of every global
-    batch (rows ``rank::world_size``), so all ranks run the same number of steps."""
-    batches = batch_positions(len(dataset), batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
-    for b, positions in enumerate(batches):
-        state = np.random.SeedSequence([seed, epoch, b, rank]).generate_state(1)[0]
-        generator = torch.Generator().manual_seed(int(state))
-        yield dataset.gather(positions[rank::world_size], generator)
+    """Batches of ``dataset`` on the CPU; with ``world_size`` > 1 each rank gets its share of
+    every global batch (rows ``rank::world_size``), so all ranks run the same number of steps."""
+    batches = EpochBatches(
+        dataset, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size
+    )
+    for b in range(len(batches)):
+        yield batches[b]

@@ -25,7 +25,7 @@ from torch import nn
 
 from altmodal.config import option, require
 from altmodal.encoders.mlp import MLPEncoder
-from altmodal.encoders.resnet import AudioResNet, VisualResNet
+from altmodal.encoders.resnet import AudioResNet, VisualResNet, channels_last
 from altmodal.encoders.text import TextEncoder
 
 KINDS = ("mlp", "resnet18-audio", "resnet18-visual", "text:<vocab size>")
@@ -153,4 +153,4 @@ def load_weights(encoder: nn.Module, path: str | Path, modality: str, kind: str 
     target.load_state_dict(dict(state), strict=True)
 
 
-__all__ = ["KINDS", "EncoderConfig", "build_encoder", "load_weights", "weights_by_modality"]
+__all__ = ["KINDS", "EncoderConfig", "build_encoder", "channels_last", "load_weights", "weights_by_modality"]

@@ -49,12 +49,17 @@ class Joint(Strategy):
 
     def gradient_edit(
         self, unimodal: Mapping[str, Tensor], batch: Batch
-    ) -> tuple[Callable[[], None] | None, dict[str, float]]:
+    ) -> tuple[Callable[[], None] | None, dict[str, Tensor]]:
         """A function that edits the gradients between backward and step (OGM-GE) or None, and
         numbers for the history."""
         return None, {}
 
 
 def present_rows(logits: Mapping[str, Tensor], batch: Batch) -> dict[str, tuple[Tensor, Tensor]]:
-    """modality -> (logits, labels) of the samples that have the modality."""
-    return {m: (v[batch.present[m]], batch.label[batch.present[m]]) for m, v in logits.items()}
+    """modality -> (logits, labels) of the samples that have the modality (rows chosen on the
+    host, so the step does not wait for the device)."""
+    out: dict[str, tuple[Tensor, Tensor]] = {}
+    for m, v in logits.items():
+        index = batch.index_of(m)
+        out[m] = (v, batch.label) if index is None else (v.index_select(0, index), batch.label.index_select(0, index))
+    return out

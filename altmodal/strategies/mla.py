@@ -191,34 +191,40 @@ class MLA(Strategy):
         return order
 
     def training_step(self, batch: Batch) -> StepOutput:
+        """One unimodal step per modality in :meth:`step_order`. Which samples take part, and
+        whether a modality has any in the global batch, is read from the batch's host-side
+        presence masks and counts: nothing in the step waits for the device."""
         total = torch.zeros((), device=self.device)
         report: dict[str, tuple[Tensor, Tensor]] = {}
         stepped: list[str] = []
         for m in self.step_order():
-            rows = batch.present[m]
-            count = self.dist.sum(rows.sum().float())  # samples with m in the global batch
-            if float(count) == 0:
+            count = self.global_count(batch, m)  # samples with m in the global batch
+            if count == 0:
                 continue
-            sub = batch.select(rows)
+            sub = batch.select(batch.rows(m))
             features = self.encoders[m](sub.inputs[m])  # (n, d)
             head = self.head(m)
             logits = head(features)
             loss = F.cross_entropy(logits, sub.label, reduction="sum") / count
             params = [*self.encoders[m].parameters(), *head.parameters()]
+            if self.options.leak_optimizer:
+                params += [p for other in stepped for p in self.encoders[other].parameters()]
             self.optimize(loss, params, edit=self._edit(m, head, features.detach(), count, stepped))
             stepped.append(m)
             total = total + loss.detach()
             report[m] = (logits.detach(), sub.label)
         return StepOutput(total, report)
 
-    def _edit(self, modality: str, head: nn.Linear, features: Tensor, count: Tensor, stepped: list[str]) -> Any:
+    def _edit(
+        self, modality: str, head: nn.Linear, features: Tensor, count: int | Tensor, stepped: list[str]
+    ) -> Any:
         """The gradient edit of m's step: project the head gradient with the global mean of the
-        step's ``count`` features; with ``leak_optimizer``, hand zero gradients to the encoders
-        stepped earlier in the batch."""
+        step's ``count`` features (in float32, whatever the forward's precision); with
+        ``leak_optimizer``, hand zero gradients to the encoders stepped earlier in the batch."""
 
         def edit() -> None:
             if self.projector is not None:
-                mean = self.dist.sum(features.sum(dim=0)) / count
+                mean = self.dist.sum(features.float().sum(dim=0)) / count
                 alpha = self.projector.alpha_for(self.batch_index, self.batches_per_epoch)
                 self.projector.step(head.weight, modality, mean, alpha)  # type: ignore[arg-type]
             if self.options.leak_optimizer:

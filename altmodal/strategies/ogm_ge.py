@@ -53,12 +53,13 @@ def ogm_coefficients(scores: Tensor, alpha: float) -> Tensor:
     return torch.where(ratio > 1, 1 - torch.tanh(alpha * ratio), torch.ones_like(ratio))
 
 
-def modulate(grad: Tensor, coefficient: float, noise: bool, generator: torch.Generator | None) -> Tensor:
-    """``grad * k`` plus, with GE, N(0, std(grad)) noise (std of the unscaled gradient)."""
+def modulate(grad: Tensor, coefficient: Tensor | float, noise: bool, generator: torch.Generator | None) -> Tensor:
+    """``grad * k`` plus, with GE, N(0, std(grad)) noise (std of the unscaled gradient), drawn
+    on the gradient's device (``generator`` lives there); nothing is read back to the host."""
     out = grad * coefficient
     if noise and grad.numel() > 1:
-        std = float(grad.std()) + 1e-8
-        out = out + torch.randn(grad.shape, generator=generator, dtype=grad.dtype).to(grad.device) * std
+        std = grad.std().to(torch.float64) + 1e-8
+        out = out + torch.randn(grad.shape, generator=generator, dtype=grad.dtype, device=grad.device) * std
     return out
 
 
@@ -68,7 +69,7 @@ class OGMGE(Joint):
 
     def gradient_edit(
         self, unimodal: Mapping[str, Tensor], batch: Batch
-    ) -> tuple[Callable[[], None] | None, dict[str, float]]:
+    ) -> tuple[Callable[[], None] | None, dict[str, Tensor]]:
         opts = self.options
         if not opts.ogm_start <= self.epoch <= opts.ogm_end:
             return None, {}
@@ -77,13 +78,13 @@ class OGMGE(Joint):
             rows = batch.present[m]
             prob = torch.softmax(unimodal[m].float(), dim=1).gather(1, batch.label[:, None]).squeeze(1)
             scores.append(self.dist.sum((prob * rows).sum()) / self.dist.count(rows))
-        coefficients = ogm_coefficients(torch.stack(scores), opts.ogm_alpha).tolist()
+        coefficients = ogm_coefficients(torch.stack(scores), opts.ogm_alpha)  # (M,), left on the device
         generator = self.step_generator()
 
         def edit() -> None:
-            for m, k in zip(self.modalities, coefficients):
+            for j, m in enumerate(self.modalities):
                 for p in self.encoders[m].parameters():
                     if p.grad is not None and p.grad.dim() >= 2:
-                        p.grad = modulate(p.grad, k, opts.ogm_noise, generator)
+                        p.grad = modulate(p.grad, coefficients[j], opts.ogm_noise, generator)
 
-        return edit, {f"ogm_coeff_{m}": k for m, k in zip(self.modalities, coefficients)}
+        return edit, {f"ogm_coeff_{m}": coefficients[j] for j, m in enumerate(self.modalities)}

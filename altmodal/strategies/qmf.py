@@ -21,6 +21,7 @@ identical.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,11 +53,10 @@ def confidence(logits: Tensor, temperature: float) -> Tensor:
 
 
 def normalise_history(history: Tensor, seen: Tensor) -> Tensor:
-    """Min-max normalise accumulated losses over the samples seen so far (others stay 0)."""
-    if not seen.any():
-        return torch.zeros_like(history)
-    values = history[seen]
-    low, high = values.min(), values.max()
+    """Min-max normalise accumulated losses over the samples seen so far (others stay 0; all
+    are 0 before any is seen). Computed on the device without reading it back."""
+    low = torch.where(seen, history, math.inf).min()
+    high = torch.where(seen, history, -math.inf).max()
     span = (high - low).clamp_min(1e-12)
     return torch.where(seen, (history - low) / span, torch.zeros_like(history))
 
@@ -121,7 +121,7 @@ class QMF(Strategy):
 
     def _record(self, j: int, index: Tensor, losses: Tensor, rows: Tensor) -> None:
         """Add the batch's per-sample losses to modality j's history (all processes' samples)."""
-        index, losses, rows = (self.dist.gather(t) for t in (index, losses, rows))
-        index, losses = index[rows], losses[rows].to(self.history.dtype)
-        self.history[j].index_add_(0, index.to(self.history.device), losses.to(self.history.device))
-        self.seen[j, index] = True
+        index, losses, rows = (self.dist.gather(t).to(self.history.device) for t in (index, losses, rows))
+        losses = torch.where(rows, losses.to(self.history.dtype), 0.0)  # absent rows add nothing
+        self.history[j].index_add_(0, index, losses)
+        self.seen[j, index] |= rows

@@ -163,7 +163,9 @@ def random_resized_crop(
     theta[:, 0, 2] = (2 * left + w) / width - 1
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
-    grid = F.affine_grid(theta.to(images.dtype), [n, images.shape[1], size, size], align_corners=False)
+    # the draws are made on the CPU (the generator's device); the resampling runs where the images are
+    theta = theta.to(images.device, images.dtype, non_blocking=True)
+    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -179,6 +181,6 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], i
     channels = images.shape[1]
     if len(mean) != channels:
         raise ValueError(f"{len(mean)} normalisation means for images with {channels} channels")
-    m = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1).to(images.device, non_blocking=True)
+    s = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1).to(images.device, non_blocking=True)
     return (images / input_range - m) / s
