@@ -126,7 +126,9 @@ def to_device(x: Tensor, device: torch.device) -> Tensor:
     """``x`` (on the CPU) on ``device``: through pinned memory, without waiting, to a GPU."""
     if device.type == "cpu":
         return x
-    return x.pin_memory().to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def channels_last(module: nn.Module) -> bool:
     found = False
     for sub in module.modules():
         if isinstance(sub, ResNet18):
-            sub.to(memory_format=torch.channels_last)
+            sub.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             sub.channels_last = True
             found = True
     return found

@@ -252,7 +252,7 @@ class Strategy(nn.Module):
             channels_last(self)
         self.dist.broadcast_module(self)
         params = [p for p in self.parameters() if p.requires_grad]
-        kernel = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        kernel: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
                 params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **kernel
@@ -308,10 +308,11 @@ class Strategy(nn.Module):
             p.grad = None
 
     def step_generator(self, tag: int = 0) -> torch.Generator:
-        """A generator on the training device seeded by (seed, epoch, batch, tag): the same on
-        every process and after a resume, for randomness inside a step (OGM-GE's noise)."""
+        """A generator seeded by (seed, epoch, batch, tag), on the GPU when training there: the
+        same on every process and after a resume, for randomness inside a step (OGM-GE's noise)."""
         state = np.random.SeedSequence([self.config.seed, self.epoch, self.batch_index, tag]).generate_state(1)[0]
-        return torch.Generator(self.device).manual_seed(int(state))
+        generator = torch.Generator(self.device) if self.device.type == "cuda" else torch.Generator()
+        return generator.manual_seed(int(state))
 
     def global_count(self, batch: Batch, modality: str) -> int:
         """Samples with ``modality`` in the global batch, known on the host (from the batch's

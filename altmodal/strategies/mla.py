@@ -215,9 +215,7 @@ class MLA(Strategy):
             report[m] = (logits.detach(), sub.label)
         return StepOutput(total, report)
 
-    def _edit(
-        self, modality: str, head: nn.Linear, features: Tensor, count: int | Tensor, stepped: list[str]
-    ) -> Any:
+    def _edit(self, modality: str, head: nn.Linear, features: Tensor, count: int | Tensor, stepped: list[str]) -> Any:
         """The gradient edit of m's step: project the head gradient with the global mean of the
         step's ``count`` features (in float32, whatever the forward's precision); with
         ``leak_optimizer``, hand zero gradients to the encoders stepped earlier in the batch."""
