@@ -35,10 +35,12 @@ import torch
 from torch import Tensor, nn
 
 
-def owm_update(P: Tensor, h: Tensor, alpha: float) -> Tensor:
-    """One OWM update of the (d, d) projector ``P`` with the feature vector ``h`` (d,)."""
+def owm_update(P: Tensor, h: Tensor, alpha: float, *, inplace: bool = False) -> Tensor:
+    """One OWM update of the (d, d) projector ``P`` with the feature vector ``h`` (d,); with
+    ``inplace`` P itself is updated (the same numbers, two tensor operations fewer)."""
     k = P @ h  # (d,)
-    return P - torch.outer(k, k) / (alpha + h @ k)
+    change = torch.outer(k, k).div_(alpha + h @ k)
+    return P.sub_(change) if inplace else P - change
 
 
 def project(grad: Tensor, P: Tensor, mode: str = "replace") -> Tensor:
@@ -112,6 +114,22 @@ class HeadProjector(nn.Module):
         self.register_buffer("means", torch.zeros(len(self.modalities), dim, dtype=weight.dtype, device=weight.device))
         self.register_buffer("seen", torch.zeros(len(self.modalities), dtype=torch.long, device=weight.device))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=weight.device))
+        # The counters live on the host, so that no step reads or writes the device for them;
+        # the buffers receive them when a state dict is taken and give them back on loading.
+        self.host_seen = [0] * len(self.modalities)
+        self.host_steps = 0
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.store_counters())
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_counters())
+
+    def store_counters(self) -> None:
+        """Write the host counters into the ``seen`` and ``steps`` buffers."""
+        self.seen.copy_(torch.tensor(self.host_seen))
+        self.steps.fill_(self.host_steps)
+
+    def refresh_counters(self) -> None:
+        """Read the counters from the buffers (after a checkpoint was loaded)."""
+        self.host_seen = [int(v) for v in self.seen.tolist()]
+        self.host_steps = int(self.steps)
 
     def feature(self, modality: str, batch_mean: Tensor) -> Tensor:
         """The vector h for this step: the batch mean, or the updated running mean (which
@@ -119,10 +137,12 @@ class HeadProjector(nn.Module):
         if self.h_source == "batch":
             return batch_mean
         j = self.position[modality]
-        mean, seen = self.means[j], self.seen[j]
-        running = self.momentum * mean + (1 - self.momentum) * batch_mean
-        mean.copy_(torch.where(seen > 0, running, batch_mean))
-        seen.add_(1)
+        mean = self.means[j]
+        if self.host_seen[j] == 0:
+            mean.copy_(batch_mean)
+        else:  # momentum * mean + (1 - momentum) * batch_mean, in place
+            mean.mul_(self.momentum).add_((1 - self.momentum) * batch_mean)
+        self.host_seen[j] += 1
         return mean
 
     @torch.no_grad()
@@ -137,18 +157,15 @@ class HeadProjector(nn.Module):
             alpha: the update's regulariser for this step.
         """
         h = self.feature(modality, batch_mean.to(self.P.dtype))
-        P = owm_update(self.P, h, alpha)
+        first = self.host_steps == 0
+        self.host_steps += 1
+        if self.skip_first and first:
+            return
+        owm_update(self.P, h, alpha, inplace=True)
         if self.normalize:
-            P = P / torch.linalg.matrix_norm(P)
-        first = self.steps == 0
-        if self.skip_first:  # the very first step keeps P and the gradient (decided on the device)
-            P = torch.where(first, self.P, P)
-        self.steps.add_(1)
-        self.P.copy_(P)
-        grad = weight.grad
-        if grad is not None:
-            projected = project(grad, P.to(grad.dtype), self.mode)
-            grad.copy_(torch.where(first, grad, projected) if self.skip_first else projected)
+            self.P.div_(torch.linalg.matrix_norm(self.P))
+        if weight.grad is not None:
+            weight.grad.copy_(project(weight.grad, self.P.to(weight.grad.dtype), self.mode))
 
     def alpha_for(self, batch_index: int, batches_per_epoch: int) -> float:
         if self.alpha is None:

@@ -115,7 +115,7 @@ def test_three_modalities_with_different_widths_share_one_head():
 def test_hgm_runs_during_training_and_is_off_when_asked(tiny_splits):
     mla = make_mla(tiny_splits)
     mla.training_step(first_batch(tiny_splits))
-    assert not torch.allclose(mla.projector.P, torch.eye(8)) and int(mla.projector.steps) == 2
+    assert not torch.allclose(mla.projector.P, torch.eye(8)) and int(mla.state_dict()["projector.steps"]) == 2
     assert make_mla(tiny_splits, projection=False).projector is None
     assert make_mla(tiny_splits, heads="separate").projector is None
 

@@ -62,6 +62,11 @@ class TrainConfig:
     )
     prefetch: int = option(2, "training batches prepared ahead in the background (0: each in the loop)")
     workers: int = option(0, "worker processes that prepare training batches (0: one background thread)")
+    kernel: Literal["auto", "fused", "foreach"] = option(
+        "auto",
+        "optimizer update kernel: fused (one pass; on the CPU it rounds differently from the per-tensor "
+        "loop), foreach (the loop's numbers), auto (fused on CUDA, foreach elsewhere)",
+    )
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "at least 1")
@@ -240,9 +245,11 @@ class Strategy(nn.Module):
         One optimizer serves every strategy: gradients are None outside :meth:`optimize`, and
         torch's SGD and Adam skip parameters whose gradient is None, so a step that only reaches
         one encoder (MLA) leaves the others' momentum and weight decay untouched. The update
-        runs as one multi-tensor kernel (fused on CUDA: it also takes the fp16 scaler's
-        unscaling and inf check without a host sync; foreach on the CPU, which gives the
-        same numbers as the per-tensor loop). ResNets use channels-last memory on CUDA.
+        runs as multi-tensor kernels (``kernel``): fused on CUDA, where it also takes the fp16
+        scaler's unscaling and inf check without a host sync; foreach on the CPU by default,
+        which gives the per-tensor loop's numbers exactly (fused SGD is about three times
+        faster there but rounds in one step, so the last bits differ). ResNets use
+        channels-last memory on CUDA.
         """
         self.config = config
         if dist is not None:
@@ -252,7 +259,8 @@ class Strategy(nn.Module):
             channels_last(self)
         self.dist.broadcast_module(self)
         params = [p for p in self.parameters() if p.requires_grad]
-        kernel: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        fused = config.kernel == "fused" or (config.kernel == "auto" and self.device.type == "cuda")
+        kernel = {"fused": True} if fused else {"foreach": True}
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
                 params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **kernel
@@ -299,6 +307,7 @@ class Strategy(nn.Module):
                 self.scaler.unscale_(self.optimizer)
             if edit is not None:
                 edit()
+            first_momentum(self.optimizer, touched)
             if self.scaler is None:
                 self.optimizer.step()
             else:
@@ -500,6 +509,25 @@ class Strategy(nn.Module):
             features=group("features/"),
             subsets=group("subset/"),
         )
+
+
+def first_momentum(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
+    """Give a zero momentum buffer to each parameter that fused SGD steps for the first time.
+
+    torch's fused SGD starts its buffers only when no parameter of the step has one yet, which
+    is never so in MLA's second step (the head has one, the next encoder not). With a zero
+    buffer the first update is momentum * 0 + grad = grad, exactly the usual first step.
+    Parameters without a gradient get nothing, so they stay free of optimizer state.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    group = optimizer.param_groups[0]
+    if not group["fused"] or group["momentum"] == 0:
+        return
+    state = optimizer.state
+    for p in params:
+        if p.grad is not None and "momentum_buffer" not in state[p]:
+            state[p]["momentum_buffer"] = torch.zeros_like(p)
 
 
 def _validation_row(val: Mapping[str, Any]) -> dict[str, float]:
