@@ -260,7 +260,7 @@ class Strategy(nn.Module):
         self.dist.broadcast_module(self)
         params = [p for p in self.parameters() if p.requires_grad]
         fused = config.kernel == "fused" or (config.kernel == "auto" and self.device.type == "cuda")
-        kernel = {"fused": True} if fused else {"foreach": True}
+        kernel: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
                 params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **kernel
