@@ -4,15 +4,16 @@
 batches on the training device. Three ways, one result (each batch is built from its number
 alone, so the batches, their order and their augmentation are the same whichever is used):
 
-- ``ahead=0``: each batch is built in the loop when it is needed (no overlap);
-- ``workers=0`` (default): one background thread builds up to ``ahead`` batches in advance,
-  copies them to a GPU through pinned memory on a side CUDA stream, and augments them there;
-- ``workers=N``: N worker processes of a torch DataLoader build (and augment, on the CPU) the
+- ``loop``: each batch is built in the loop when it is needed (no overlap);
+- ``thread``: one background thread builds up to ``ahead`` batches in advance, copies them to a
+  GPU through pinned memory on a side CUDA stream, and augments them there;
+- ``workers``: worker processes of a torch DataLoader build (and augment, on the CPU) the
   batches; the loader pins them and the loop copies them asynchronously.
 
-On a CPU the thread overlaps reading and augmenting with the step wherever torch releases the
-interpreter lock; worker processes pay their start-up at every epoch (see ``benchmarks/speed.py``
-for both measured).
+On a GPU the thread keeps the device fed while the host only launches kernels. On a CPU the
+step itself needs the cores: a thread competes with it for them and for the interpreter lock,
+and worker processes pay their start-up at every epoch; ``benchmarks/speed.py`` measures all
+three.
 """
 
 from __future__ import annotations
@@ -31,23 +32,24 @@ _DONE = object()
 
 
 def prefetch(
-    batches: EpochBatches, device: torch.device, *, ahead: int = 2, workers: int = 0
+    batches: EpochBatches, device: torch.device, loader: str = "thread", *, ahead: int = 2, workers: int = 2
 ) -> Generator[Batch, None, None]:
-    """The batches of ``batches`` in order, on ``device``, prepared ``ahead`` batches in advance.
+    """The batches of ``batches`` in order, on ``device``.
 
     Args:
         batches: the epoch's batches (their ``device`` is set here).
         device: where the training step runs.
-        ahead: how many batches may wait ready (0: build each one when it is needed).
-        workers: worker processes (0: one background thread).
+        loader: ``loop``, ``thread`` or ``workers`` (see the module's docstring).
+        ahead: how many batches may wait ready (thread and workers).
+        workers: worker processes (``workers``).
     """
-    if ahead < 0 or workers < 0:
-        raise ValueError(f"prefetch needs ahead >= 0 and workers >= 0 (got {ahead}, {workers})")
-    if ahead == 0:
+    if loader not in ("loop", "thread", "workers") or ahead < 1 or workers < 1:
+        raise ValueError(f"prefetch: loader {loader!r} with {ahead} ahead and {workers} workers is not possible")
+    if loader == "loop":
         batches.device = device
         for b in range(len(batches)):
             yield batches[b]
-    elif workers > 0:
+    elif loader == "workers":
         yield from _with_workers(batches, device, ahead, workers)
     else:
         yield from _with_thread(batches, device, ahead)

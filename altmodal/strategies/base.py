@@ -60,8 +60,13 @@ class TrainConfig:
     precision: Literal["32", "bf16", "16"] = option(
         "32", "32: float32; bf16 / 16: mixed precision (autocast; 16 adds a gradient scaler)"
     )
-    prefetch: int = option(2, "training batches prepared ahead in the background (0: each in the loop)")
-    workers: int = option(0, "worker processes that prepare training batches (0: one background thread)")
+    loader: Literal["auto", "loop", "thread", "workers"] = option(
+        "auto",
+        "who prepares training batches: the loop itself, a background thread or worker processes; "
+        "auto: a thread on CUDA, the loop on a CPU (faster there: benchmarks/speed.py)",
+    )
+    prefetch: int = option(2, "batches a thread or the workers prepare ahead")
+    workers: int = option(2, "worker processes of --loader workers")
     kernel: Literal["auto", "fused", "foreach"] = option(
         "auto",
         "optimizer update kernel: fused (one pass; on the CPU it rounds differently from the per-tensor "
@@ -78,9 +83,8 @@ class TrainConfig:
         require(self.lr_step >= 1, "lr_step", self.lr_step, "at least 1")
         require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
         require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
-        require(self.prefetch >= 0, "prefetch", self.prefetch, "at least 0")
-        require(self.workers >= 0, "workers", self.workers, "at least 0")
-        require(self.workers == 0 or self.prefetch > 0, "prefetch", self.prefetch, "at least 1 with --workers")
+        require(self.prefetch >= 1, "prefetch", self.prefetch, "at least 1")
+        require(self.workers >= 1, "workers", self.workers, "at least 1")
 
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
@@ -449,7 +453,8 @@ class Strategy(nn.Module):
         n = len(dataset)
         sums = EpochSums(self.modalities, self.device)
         self.data_seconds = 0.0
-        stream = prefetch(batches, self.device, ahead=cfg.prefetch, workers=cfg.workers)
+        loader = cfg.loader if cfg.loader != "auto" else ("thread" if self.device.type == "cuda" else "loop")
+        stream = prefetch(batches, self.device, loader, ahead=cfg.prefetch, workers=cfg.workers)
         with contextlib.closing(stream):  # stops the background producer if the step raises
             for self.batch_index in range(len(batches)):
                 waiting = time.perf_counter()
