@@ -94,7 +94,7 @@ class Batch:
         rows = self.rows(modality)
         if bool(rows.all()):
             return None
-        return rows.nonzero().squeeze(1).to(self.label.device, non_blocking=True)
+        return to_device(rows.nonzero().squeeze(1), self.label.device)
 
     def select(self, rows: Tensor) -> Batch:
         """The sub-batch of the rows where ``rows`` (a (B,) bool mask, best on the CPU) is True.
@@ -105,7 +105,7 @@ class Batch:
         if bool(host.all()):
             return self
         index = host.nonzero().squeeze(1)
-        picked = index.to(self.label.device, non_blocking=True)
+        picked = to_device(index, self.label.device)
         return Batch(
             inputs={m: x.index_select(0, picked) for m, x in self.inputs.items()},
             present={m: p.index_select(0, picked) for m, p in self.present.items()},
@@ -118,6 +118,16 @@ class Batch:
         """The same samples with a new presence mask; newly absent inputs are zero-filled."""
         inputs = {m: zero_absent(x, present[m]) for m, x in self.inputs.items()}
         return Batch(inputs=inputs, present=dict(present), label=self.label, index=self.index)
+
+
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` (made on the CPU) on ``device``; to a GPU through pinned memory, so that the copy
+    joins the stream's queue instead of waiting for it."""
+    if x.device == device:
+        return x
+    if device.type == "cuda":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
 
 
 def zero_absent(x: Tensor, present: Tensor) -> Tensor:

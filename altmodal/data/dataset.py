@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from altmodal.data.batch import Batch, zero_absent
+from altmodal.data.batch import Batch, to_device, zero_absent
 
 # A batch-level transform: (B, ...) float tensor and a seeded generator -> (B, ...) tensor.
 Transform = Callable[[Tensor, torch.Generator], Tensor]
@@ -120,15 +120,6 @@ class MultimodalDataset:
             index=to_device(torch.from_numpy(idx), device),
             host_present=host,
         )
-
-
-def to_device(x: Tensor, device: torch.device) -> Tensor:
-    """``x`` (on the CPU) on ``device``: through pinned memory, without waiting, to a GPU."""
-    if device.type == "cpu":
-        return x
-    if device.type == "cuda":
-        x = x.pin_memory()
-    return x.to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,8 @@ def _with_thread(batches: EpochBatches, device: torch.device, ahead: int) -> Ite
 
     def produce() -> None:
         try:
+            if side is not None:
+                torch.cuda.set_device(device)  # the current device is per thread
             for b in range(len(batches)):
                 if stop.is_set():
                     return

@@ -222,7 +222,8 @@ class MLA(Strategy):
 
         def edit() -> None:
             if self.projector is not None:
-                mean = self.dist.sum(features.float().sum(dim=0)) / count
+                total = features.float().sum(dim=0)
+                mean = (self.dist.sum(total) if self.dist.active else total) / count
                 alpha = self.projector.alpha_for(self.batch_index, self.batches_per_epoch)
                 self.projector.step(head.weight, modality, mean, alpha)  # type: ignore[arg-type]
             if self.options.leak_optimizer:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from altmodal.data.batch import to_device
 from altmodal.data.media import MediaError, require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -164,7 +165,7 @@ def random_resized_crop(
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
     # the draws are made on the CPU (the generator's device); the resampling runs where the images are
-    theta = theta.to(images.device, images.dtype, non_blocking=True)
+    theta = to_device(theta.to(images.dtype), images.device)
     grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -181,6 +182,6 @@ def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], i
     channels = images.shape[1]
     if len(mean) != channels:
         raise ValueError(f"{len(mean)} normalisation means for images with {channels} channels")
-    m = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1).to(images.device, non_blocking=True)
-    s = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1).to(images.device, non_blocking=True)
+    m = to_device(torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1), images.device)
+    s = to_device(torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1), images.device)
     return (images / input_range - m) / s
