@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -196,20 +197,10 @@ class EpochBatches(torch.utils.data.Dataset[Batch]):
         return dataclasses.replace(batch, counts=counts)
 
 
-def iterate(
-    dataset: MultimodalDataset,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    epoch: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Iterator[Batch]:
-    """Batches of ``dataset`` on the CPU; with ``world_size`` > 1 each rank gets its share of
-    every global batch (rows ``rank::world_size``), so all ranks run the same number of steps."""
-    batches = EpochBatches(
-        dataset, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world_size=world_size
-    )
+def iterate(dataset: MultimodalDataset, batch_size: int, **options: Any) -> Iterator[Batch]:
+    """Batches of ``dataset`` on the CPU, built one by one (``options``: those of
+    :class:`EpochBatches`); with ``world_size`` > 1 each rank gets its share of every global
+    batch (rows ``rank::world_size``), so all ranks run the same number of steps."""
+    batches = EpochBatches(dataset, batch_size, **options)
     for b in range(len(batches)):
         yield batches[b]
