@@ -2,6 +2,7 @@
 channels-last ResNets."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -199,3 +200,24 @@ def test_channels_last_keeps_the_numbers_and_is_cuda_only(tiny_splits):
     assert not channels_last(torch.nn.Linear(2, 2))
     mla = mla_for(tiny_splits)  # on the CPU nothing changes layout
     assert not any(getattr(m, "channels_last", False) for m in mla.modules())
+
+
+def test_speed_benchmark_prints_every_strategy_against_joint(capsys, tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("speed_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    out = tmp_path / "speed.json"
+    module.main(
+        ["--quick", "--strategies", "joint,mla", "--epochs", "1", "--skip", "pipeline,scaling", "--json", str(out)]
+    )
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| joint", "| mla"))]
+    assert len(rows) == 2 and rows[0].split("|")[6].strip() == "1.00"
+    timings = json.loads(out.read_text())["strategies: mfeat fou,mor, batch 64"]
+    assert set(timings) == {"joint", "mla"} and all(
+        len(t["seconds"]) == 1 and t["peak_mib"] > 0 for t in timings.values()
+    )
