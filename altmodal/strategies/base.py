@@ -63,7 +63,7 @@ class TrainConfig:
     loader: Literal["auto", "loop", "thread", "workers"] = option(
         "auto",
         "who prepares training batches: the loop itself, a background thread or worker processes; "
-        "auto: a thread on CUDA, the loop on a CPU (faster there: benchmarks/speed.py)",
+        "auto: a thread on CUDA, the loop on a CPU (where a thread competes with the step for the cores)",
     )
     prefetch: int = option(2, "batches a thread or the workers prepare ahead")
     workers: int = option(2, "worker processes of --loader workers")
