@@ -19,9 +19,9 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from altmodal.data.batch import Batch, zero_absent
 from altmodal.data.dataset import MultimodalDataset, Splits, iterate
 from altmodal.distributed import Dist
 from altmodal.metrics import Outputs, subset_name, subsets, summarize
+from altmodal.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,16 @@ class TrainConfig:
     lr: float = option(1e-3, "learning rate")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(1e-4, "weight decay")
-    optimizer: Literal["sgd", "adam"] = option(
+    optimizer: Literal["sgd", "adam", "adamw"] = option(
         "sgd", "optimizer; Adam's per-coordinate scaling undoes MLA's head projection"
+    )
+    scheduler: Literal["step", "cosine", "none"] = option(
+        "step", "learning-rate schedule per epoch: StepLR (--lr-step, --lr-gamma), cosine to zero, or constant"
     )
     lr_step: int = option(70, "decay the learning rate every this many epochs (StepLR)")
     lr_gamma: float = option(0.1, "learning-rate decay factor")
+    warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up before the schedule")
+    grad_clip: float = option(0.0, "clip the gradient norm of each optimizer step to this value (0: off)")
     seed: int = option(0, "seed of the split, the initialisation, the batch order and the masks")
     device: str = option("auto", "device: auto, cpu, cuda or cuda:N")
     eval_batch_size: int = option(256, "batch size for evaluation")
@@ -64,6 +70,8 @@ class TrainConfig:
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "non-negative")
         require(self.lr_step >= 1, "lr_step", self.lr_step, "at least 1")
         require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
+        require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs, "in [0, --epochs)")
+        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "non-negative")
 
 
 @dataclass(frozen=True)
@@ -93,10 +101,16 @@ class StepOutput:
     extras: dict[str, float] = field(default_factory=dict)
 
 
-class Callback(Protocol):
-    """Receives the loop's state at the end of every epoch (the run folder implements it)."""
+class Callback:
+    """Hooks of the loop; subclass and override what you need (the run folder, the TensorBoard
+    logger and the command line's summary are callbacks). ``Strategy.fit`` takes a list."""
 
-    def on_epoch_end(self, strategy: Strategy, state: dict[str, Any]) -> None: ...
+    def on_fit_start(self, strategy: Strategy, splits: Splits) -> None:
+        """Before the first epoch (also when resuming), with the optimizer configured."""
+
+    def on_epoch_end(self, strategy: Strategy, state: dict[str, Any]) -> None:
+        """After each epoch: ``state`` holds ``epoch`` (0-based), ``history`` (rows with 1-based
+        ``epoch``), ``best``, ``training`` (model, optimizer and schedule state) and ``rng``."""
 
 
 class Strategy(nn.Module):
@@ -118,7 +132,9 @@ class Strategy(nn.Module):
         self.batch_index = 0
         """Position of the current batch in the epoch (set by the loop)."""
         self.batches_per_epoch = 1
-        self.best_epoch = -1
+        self.best_epoch = 0
+        """1-based epoch whose parameters the model holds after :meth:`fit` (0: not trained)."""
+        self.progress = False
 
     @property
     def modalities(self) -> list[str]:
@@ -172,24 +188,16 @@ class Strategy(nn.Module):
         """Create the optimizer (one, over every parameter) and the learning-rate schedule.
 
         One optimizer serves every strategy: :meth:`optimize` sets gradients to None before each
-        backward, and torch's SGD and Adam skip parameters whose gradient is None, so a step that
-        only reaches one encoder (MLA) leaves the others' momentum and weight decay untouched.
+        backward, and torch's SGD, Adam and AdamW skip parameters whose gradient is None, so a step
+        that only reaches one encoder (MLA) leaves the others' momentum and weight decay untouched.
         """
         self.config = config
         if dist is not None:
             self.dist = dist
         self.to(self.dist.device)
         self.dist.broadcast_module(self)
-        params = [p for p in self.parameters() if p.requires_grad]
-        if config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(
-                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-            )
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=max(config.lr_step, 1), gamma=config.lr_gamma
-        )
+        self.optimizer = build_optimizer((p for p in self.parameters() if p.requires_grad), config)
+        self.scheduler = build_scheduler(self.optimizer, config)
 
     def optimize(
         self,
@@ -198,13 +206,16 @@ class Strategy(nn.Module):
         edit: Callable[[], None] | None = None,
     ) -> None:
         """One optimizer step on ``loss``: clear gradients, backward, combine them over
-        processes (only ``params``, default all), let ``edit`` modify them, step."""
+        processes (only ``params``, default all), let ``edit`` modify them, clip their norm
+        (``grad_clip``), step."""
         assert self.optimizer is not None, "call configure() first"
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.dist.reduce_gradients(self.parameters() if params is None else params)
         if edit is not None:
             edit()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], self.config.grad_clip)
         self.optimizer.step()
 
     def step_generator(self, tag: int = 0) -> torch.Generator:
@@ -246,16 +257,18 @@ class Strategy(nn.Module):
         *,
         dist: Dist | None = None,
         resume: Mapping[str, Any] | None = None,
-        callback: Callback | None = None,
+        callbacks: Sequence[Callback] = (),
         progress: bool = False,
     ) -> list[dict[str, float]]:
         """Train for ``config.epochs`` epochs; keep the parameters of the epoch with the best
         validation fused accuracy (the first such epoch) and return the per-epoch history.
 
         ``resume`` is a state that a callback received at the end of an epoch: training goes on
-        from the next epoch and ends as an uninterrupted run would.
+        from the next epoch and ends as an uninterrupted run would. ``progress`` shows a bar
+        over epochs, and one over batches when an epoch takes more than a few seconds.
         """
         self.configure(config, dist)
+        self.progress = progress and self.dist.is_main
         history: list[dict[str, float]] = []
         best: dict[str, Any] = {"epoch": -1, "score": -1.0, "model": copy.deepcopy(self.state_dict())}
         start = 0
@@ -270,6 +283,8 @@ class Strategy(nn.Module):
             best = dict(resume["best"])
             start = int(resume["epoch"]) + 1
             _set_rng_state(resume["rng"])
+        for callback in callbacks:
+            callback.on_fit_start(self, splits)
         bar = _progress(range(start, config.epochs), progress and self.dist.is_main, f"{self.name}")
         for epoch in bar:
             started = time.perf_counter()
@@ -280,7 +295,7 @@ class Strategy(nn.Module):
                 )
             self.dist.average_norm_statistics(self)
             val = summarize(self.collect(splits.val, all_subsets=False), self.num_classes)
-            row = {"epoch": float(epoch), "lr": self.optimizer.param_groups[0]["lr"], **train_row}  # type: ignore[union-attr]
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **train_row}  # type: ignore[union-attr]
             row.update(_validation_row(val))
             row["seconds"] = time.perf_counter() - started
             history.append(row)
@@ -290,7 +305,7 @@ class Strategy(nn.Module):
                 best = {"epoch": epoch, "score": row["val_accuracy"], "model": copy.deepcopy(self.state_dict())}
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(val_acc=f"{row['val_accuracy']:.3f}", best=f"{best['score']:.3f}")
-            if callback is not None:
+            if callbacks:
                 state = {
                     "epoch": epoch,
                     "training": self.training_state(),
@@ -298,9 +313,10 @@ class Strategy(nn.Module):
                     "best": best,
                     "rng": _rng_state(),
                 }
-                callback.on_epoch_end(self, state)
+                for callback in callbacks:
+                    callback.on_epoch_end(self, state)
         self.load_state_dict(best["model"])
-        self.best_epoch = int(best["epoch"])
+        self.best_epoch = int(best["epoch"]) + 1
         return history
 
     def train_epoch(self, dataset: MultimodalDataset, epoch: int) -> dict[str, float]:
@@ -323,6 +339,8 @@ class Strategy(nn.Module):
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
+        if self.progress:
+            batches = _batch_progress(batches, self.batches_per_epoch, f"epoch {epoch + 1}")
         for self.batch_index, batch in enumerate(batches):
             out = self.training_step(batch.to(self.device))
             # out.loss is this process's share of the global batch's mean loss.
@@ -421,3 +439,10 @@ def _progress(items: Iterable[int], enabled: bool, desc: str) -> Iterable[int]:
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+
+
+def _batch_progress(batches: Iterator[Batch], total: int, desc: str) -> Iterator[Batch]:
+    """A bar over one epoch's batches that appears only once the epoch has run for 3 s."""
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(batches, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, delay=3))
