@@ -155,12 +155,24 @@ RUN_FILES = (
 
 class RunResult(dict):  # type: ignore[type-arg]
     """A finished run's metrics (what metrics.json holds), with the trained model as ``model``
-    (a :class:`~altmodal.predictor.Predictor`) and the run folder as ``path``."""
+    (a :class:`~altmodal.predictor.Predictor`; read from the folder on first use when the run
+    had finished before) and the run folder as ``path``."""
 
-    def __init__(self, metrics: Mapping[str, Any], model: Any, path: Path):
+    def __init__(
+        self, metrics: Mapping[str, Any], path: Path, model: Any = None, encoders: Mapping[str, Any] | None = None
+    ):
         super().__init__(metrics)
-        self.model = model
         self.path = path
+        self._model = model
+        self._encoders = encoders
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from altmodal.predictor import load_run
+
+            self._model = load_run(self.path, encoders=self._encoders)
+        return self._model
 
 
 def train_run(
@@ -191,7 +203,7 @@ def train_run(
         callbacks: more :class:`~altmodal.strategies.base.Callback` objects for the loop.
     """
     from altmodal.data.user import loaded_from
-    from altmodal.predictor import Predictor, load_run
+    from altmodal.predictor import Predictor
 
     loaded = None if data is None else loaded_from(data)
     if loaded is not None:
@@ -205,7 +217,7 @@ def train_run(
             raise ConfigError(f"{run.path} holds a run with another config; choose another --out or pass --overwrite")
         if run.finished:
             log.info("%s: finished already, skipping", run.path)
-            return RunResult(run.read_json("metrics.json"), load_run(run.path, encoders=encoders), run.path)
+            return RunResult(run.read_json("metrics.json"), run.path, encoders=encoders)
     elif overwrite and dist.is_main:
         for name in RUN_FILES:
             run.remove(name)
@@ -237,7 +249,7 @@ def train_run(
     run.remove("checkpoint.pt")
     dist.barrier()
     model = Predictor(strategy, card, splits.preprocessing, run.path, splits.test.transforms)
-    return RunResult(metrics, model, run.path)
+    return RunResult(metrics, run.path, model)
 
 
 PYTHON_DATA = "<data from Python>"
