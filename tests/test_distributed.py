@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 from altmodal.strategies import STRATEGIES
 from tests import ddp_workers
@@ -32,8 +33,8 @@ def test_two_processes_match_one_process(tmp_path):
     two = altmodal(*args, "--nproc", "2", "--out", str(tmp_path / "two"))
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
-    a = torch.load(tmp_path / "one" / "model.pt")["model"]
-    b = torch.load(tmp_path / "two" / "model.pt")["model"]
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model.safetensors")
     assert (a["projector.P"] - b["projector.P"]).abs().max() < 1e-5
     assert (a["heads.shared.weight"] - b["heads.shared.weight"]).abs().max() < 1e-5
     assert not torch.allclose(a["projector.P"], torch.eye(8))
@@ -85,7 +86,7 @@ def test_qmf_histories_stay_identical_across_processes(tmp_path):
         nprocs=2,
         join=True,
     )
-    state = torch.load(tmp_path / "qmf" / "model.pt")["model"]
+    state = load_file(tmp_path / "qmf" / "model.safetensors")
     assert int(state["seen"].sum()) == 2 * 180  # every training sample, both modalities
 
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from altmodal.data.batch import Batch
 from altmodal.data.registry import DataConfig, load_splits
@@ -175,8 +176,8 @@ def test_projector_state_is_checkpointed_and_resume_is_exact(tmp_path, monkeypat
     monkeypatch.setattr(Run, "on_epoch_end", original)
     resumed = train_run(config, tmp_path / "cut")
     assert resumed["test"] == whole["test"]
-    a = torch.load(tmp_path / "whole" / "model.pt")["model"]
-    b = torch.load(tmp_path / "cut" / "model.pt")["model"]
+    a = load_file(tmp_path / "whole" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "model.safetensors")
     assert torch.equal(a["projector.P"], b["projector.P"]) and torch.equal(
         a["heads.shared.weight"], b["heads.shared.weight"]
     )
