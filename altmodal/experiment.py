@@ -202,12 +202,13 @@ def train_run(
             dicts (see :func:`altmodal.data.user.loaded_from`).
         callbacks: more :class:`~altmodal.strategies.base.Callback` objects for the loop.
     """
-    from altmodal.data.user import loaded_from
+    from altmodal.data.user import fingerprint, loaded_from
     from altmodal.predictor import Predictor
 
     loaded = None if data is None else loaded_from(data)
     if loaded is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=PYTHON_DATA))
+        name = f"{PYTHON_DATA} {fingerprint(loaded)}"  # other data, other config: never skipped as finished
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=name))
     config = with_absolute_paths(config)
     dist = dist or Dist(device=resolve_device(config.train.device))
     run = Run(out, main=dist.is_main)
@@ -253,7 +254,8 @@ def train_run(
 
 
 PYTHON_DATA = "<data from Python>"
-"""The dataset name a run trained on data handed to :func:`train_run` records."""
+"""How the dataset name of a run trained on data handed to :func:`train_run` starts (a digest
+of the data follows)."""
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -354,14 +356,14 @@ def evaluate_run(
         raise ConfigError(f"missing rate {missing_rate} must be in [0, 1)")
     run = Run(path)
     config = load_run_config(run)
-    if config.data.dataset == PYTHON_DATA:
+    if config.data.dataset.startswith(PYTHON_DATA):
         raise ConfigError(
             f"{run.path} was trained on data handed over from Python; evaluate it with "
             "altmodal.load_run(path).evaluate(inputs, labels)"
         )
     seed_everything(config.train.seed)
     splits = load_splits(config.data, config.train.seed)
-    # model.pt holds every parameter: pretrained weight files are not needed (nor read) again.
+    # The saved model holds every parameter: pretrained weight files are not needed (nor read) again.
     encoder = dataclasses.replace(config.encoder, weights=())
     strategy = build_strategy(config.strategy, splits, encoder, config.options)
     strategy.configure(config.train, dist or Dist(device=resolve_device(device)))

@@ -72,6 +72,12 @@ class Predictor:
         self.path = Path(path)
         self.transforms = dict(transforms or {})
 
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({str(self.path)!r}: {self.card['strategy']}, {len(self.classes)} classes, "
+            f"modalities {', '.join(self.modalities)}, on {self.strategy.device})"
+        )
+
     @property
     def classes(self) -> list[str]:
         return list(self.card["classes"])

@@ -214,12 +214,12 @@ def test_a_dataloader_of_batches_gives_the_same_data_as_arrays(tmp_path):
 def test_encoder_flag_picks_the_visual_resnet_for_an_image_array(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(
-        tmp_path / "img.npz", image=rng.random((40, 1, 8, 8)), tab=rng.normal(size=(40, 3)), label=np.arange(40) % 2
+        tmp_path / "img.npz", image=rng.random((40, 8, 8)), tab=rng.normal(size=(40, 3)), label=np.arange(40) % 2
     )
     args = ["--dataset", str(tmp_path / "img.npz"), "--encoder", "image=resnet18-visual", "--resnet-width", "4"]
     assert main(["train", "--out", str(tmp_path / "r"), *args, *FAST[:-1], "--epochs", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "image (1, 8, 8) -> VisualResNet" in printed and "sgd lr 0.05" in printed
+    assert "image (8, 8) -> VisualResNet" in printed and "sgd lr 0.05" in printed
     card = json.loads((tmp_path / "r" / "model.json").read_text())
     assert card["modalities"]["image"]["encoder"] == "resnet18-visual"
     assert main(["train", "--out", str(tmp_path / "q"), *args[:2], "--encoder", "photo=mlp", *FAST]) == 2

@@ -16,6 +16,7 @@ Loaders and datasets are read once into memory.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -50,6 +51,16 @@ def loaded_from(data: Any) -> Loaded:
         f"{SOURCE}: got a {type(data).__name__}; give a dict of arrays, a MultimodalDataset, "
         "or a torch Dataset / DataLoader of modality dicts"
     )
+
+
+def fingerprint(loaded: Loaded) -> str:
+    """A short digest of the data's arrays, masks, labels and split."""
+    dataset = loaded.dataset
+    digest = hashlib.sha256()
+    parts = [*dataset.arrays.values(), *dataset.present.values(), dataset.labels, dataset.rows]
+    for array in [*parts, np.asarray(dataset.classes, dtype=str), np.asarray(loaded.split, dtype=str)]:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:12]
 
 
 def stack(batches: Iterable[Any]) -> dict[str, np.ndarray]:
