@@ -213,9 +213,7 @@ def test_a_dataloader_of_batches_gives_the_same_data_as_arrays(tmp_path):
 
 def test_encoder_flag_picks_the_visual_resnet_for_an_image_array(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    np.savez(
-        tmp_path / "img.npz", image=rng.random((40, 8, 8)), tab=rng.normal(size=(40, 3)), label=np.arange(40) % 2
-    )
+    np.savez(tmp_path / "img.npz", image=rng.random((40, 8, 8)), tab=rng.normal(size=(40, 3)), label=np.arange(40) % 2)
     args = ["--dataset", str(tmp_path / "img.npz"), "--encoder", "image=resnet18-visual", "--resnet-width", "4"]
     assert main(["train", "--out", str(tmp_path / "r"), *args, *FAST[:-1], "--epochs", "1"]) == 0
     printed = capsys.readouterr().out
@@ -274,3 +272,27 @@ def test_benchmark_spreads_runs_over_gpus_not_cores():
     assert job_devices("auto", 0, 16, 0) == (16, ["cpu"])
     assert job_devices("cuda:1", 0, 16, 2) == (1, ["cuda:1"])
     assert job_devices("cpu", 3, 16, 2) == (3, ["cpu"])
+
+
+def test_predict_on_a_prepared_media_cache(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    pytest.importorskip("tokenizers")
+    from altmodal.prepare import prepare
+    from tests.test_corpora_others import fake_food
+
+    fake_food(tmp_path / "food", "jsonl")
+    prepare(
+        "food101", tmp_path / "food", tmp_path / "cache", {"image_size": "16", "max_tokens": "8", "min_frequency": "1"}
+    )
+    small = ["--resnet-width", "2", "--text-width", "8", "--text-heads", "2", "--text-layers", "1", "--batch-size", "4"]
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "food101", "--data-dir", str(tmp_path / "cache"), "--out", str(run), *small]
+    assert main([*argv, *FAST]) == 0
+    capsys.readouterr()
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--run", str(run), "--data", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    rows = read_rows(out)
+    assert len(rows) == 12 and {r["label"] for r in rows} == {"apple_pie", "baklava", "sushi"}
+    by_index = {r["index"]: r["prediction"] for r in rows}
+    assert all(by_index[r["index"]] == r["prediction"] for r in read_rows(run / "predictions_test.csv"))
+    assert "accuracy" in capsys.readouterr().out

@@ -117,13 +117,15 @@ class VisualResNet(nn.Module):
                 f"resnet18-visual expects (frames, channels, height, width), (channels, height, width) or "
                 f"(height, width) inputs, got samples of shape {tuple(in_shape)}"
             )
-        self.frames = (1,) * (4 - len(in_shape)) + tuple(int(s) for s in in_shape)  # (T, C, H, W)
-        self.backbone = ResNet18(self.frames[1], width)
+        channels = 1 if len(in_shape) == 2 else int(in_shape[-3])
+        self.backbone = ResNet18(channels, width)
         self.proj = projection(self.backbone.out_channels, dim)
         self.out_dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t = x.shape[0], self.frames[0]
-        maps = self.backbone(x.reshape(b * t, *self.frames[1:]))  # (B*T, 8w, h, w)
+        while x.dim() < 5:  # (B, H, W) -> (B, 1, H, W) -> (B, 1, 1, H, W): one frame, one channel
+            x = x.unsqueeze(1)
+        b, t = x.shape[:2]
+        maps = self.backbone(x.flatten(0, 1))  # (B*T, 8w, h, w)
         pooled = maps.mean(dim=(2, 3)).view(b, t, -1).mean(dim=1)  # (B, 8w)
         return self.proj(pooled)  # type: ignore[no-any-return]
