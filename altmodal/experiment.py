@@ -231,7 +231,7 @@ def train_run(
     if resume is not None and not (isinstance(resume, Mapping) and CHECKPOINT_KEYS <= set(resume)):
         raise ValueError(f"{run.file('checkpoint.pt')}: not an altmodal checkpoint; delete it to start afresh")
     if resume is not None:
-        log.info("%s: resuming after epoch %d", run.path, resume["epoch"])
+        log.info("%s: resuming after epoch %d", run.path, int(resume["epoch"]) + 1)
     started = time.perf_counter()
     history = strategy.fit(
         splits, config.train, dist=dist, resume=resume, callbacks=[run, *callbacks], progress=progress
