@@ -177,7 +177,7 @@ def test_an_own_encoder_of_the_wrong_width_fails_before_the_first_epoch(tmp_path
 
 def test_own_encoder_and_data_from_python_write_a_run_load_run_reads(tmp_path):
     arrays = feature_file(tmp_path / "f.npz")
-    config = resolve({"strategy": "joint", "epochs": 2, "hidden": (16,), "dim": 8, "lr": 0.05})
+    config = resolve({"strategy": "joint", "epochs": 1, "hidden": (16,), "dim": 8, "lr": 0.05})
     result = train_run(config, tmp_path / "r", data=arrays, encoders={"audio": Shallow(8)})
     assert 0 <= result["test"]["fused"]["accuracy"] <= 1
     fused = result.model.predict_proba(arrays).fused
@@ -213,7 +213,7 @@ def test_a_dataloader_of_batches_gives_the_same_data_as_arrays(tmp_path):
 
 def test_encoder_flag_picks_the_visual_resnet_for_an_image_array(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "img.npz", image=rng.random((40, 8, 8)), tab=rng.normal(size=(40, 3)), label=np.arange(40) % 2)
+    np.savez(tmp_path / "img.npz", image=rng.random((24, 8, 8)), tab=rng.normal(size=(24, 3)), label=np.arange(24) % 2)
     args = ["--dataset", str(tmp_path / "img.npz"), "--encoder", "image=resnet18-visual", "--resnet-width", "4"]
     assert main(["train", "--out", str(tmp_path / "r"), *args, *FAST[:-1], "--epochs", "1"]) == 0
     printed = capsys.readouterr().out
@@ -248,7 +248,7 @@ def test_gradient_clipping_bounds_the_step(tiny_splits):
 
 
 def test_tensorboard_logger_and_start_summary(tmp_path, tiny_splits):
-    config = tiny_config(epochs=2)
+    config = tiny_config(epochs=1)
     logger = TensorBoardLogger(tmp_path / "tb")
     result = train_run(config, tmp_path / "r", callbacks=[logger])
     assert list((tmp_path / "tb").glob("events.out.tfevents.*")) and result["best_epoch"] >= 1
@@ -287,7 +287,7 @@ def test_predict_on_a_prepared_media_cache(tmp_path, capsys):
     small = ["--resnet-width", "2", "--text-width", "8", "--text-heads", "2", "--text-layers", "1", "--batch-size", "4"]
     run = tmp_path / "run"
     argv = ["train", "--dataset", "food101", "--data-dir", str(tmp_path / "cache"), "--out", str(run), *small]
-    assert main([*argv, *FAST]) == 0
+    assert main([*argv, *FAST, "--epochs", "1"]) == 0
     capsys.readouterr()
     out = tmp_path / "p.csv"
     assert main(["predict", "--run", str(run), "--data", str(tmp_path / "cache"), "--out", str(out)]) == 0
