@@ -183,6 +183,14 @@ class Strategy(nn.Module):
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each training epoch, before validation."""
 
+    def after_fit(self, splits: Splits) -> None:
+        """Called once the best epoch's parameters are back, before the final evaluation (for
+        state fitted on the validation split, such as MLA's fusion choice)."""
+
+    def summary(self) -> dict[str, Any]:
+        """Strategy-specific results worth recording in metrics.json (e.g. a fitted choice)."""
+        return {}
+
     # ----- optimisation helpers -----------------------------------------------------------------
     def configure(self, config: TrainConfig, dist: Dist | None = None) -> None:
         """Create the optimizer (one, over every parameter) and the learning-rate schedule.
@@ -317,6 +325,7 @@ class Strategy(nn.Module):
                     callback.on_epoch_end(self, state)
         self.load_state_dict(best["model"])
         self.best_epoch = int(best["epoch"]) + 1
+        self.after_fit(splits)
         return history
 
     def train_epoch(self, dataset: MultimodalDataset, epoch: int) -> dict[str, float]:

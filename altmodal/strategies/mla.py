@@ -8,6 +8,12 @@ the head from forgetting what the other modalities taught it. At test time each 
 modality's prediction is scored by its entropy and the predictions are fused with per-sample
 weights (:func:`altmodal.fusion.entropy_weights`).
 
+Test-time fusion: the default (``test_fusion="auto"``, preset ``altmodal``) chooses, after
+training, between the paper's entropy weights, a plain average of the logits and a small stacked
+classifier, by accuracy on the run's own validation split (:mod:`altmodal.fusion_choice`); the
+entropy rule stays in use during training, so the best epoch is selected as in the paper.
+``--preset paper`` (``test_fusion="entropy"``) is the paper's method exactly.
+
 Granularity: ``cycle="batch"`` (default, as the reference code) runs the steps of every modality
 one after the other on each mini-batch; ``cycle="iteration"`` takes one modality per mini-batch.
 Order: fixed (the modality order given), reversed, or random per cycle. Samples without modality
@@ -44,7 +50,9 @@ from torch import Tensor, nn
 
 from altmodal.config import option, require
 from altmodal.data.batch import Batch
+from altmodal.data.dataset import Splits
 from altmodal.fusion import batch_entropy_weights, combine, entropy_weights, fixed_weights
+from altmodal.fusion_choice import ChosenFusion
 from altmodal.projection import HeadProjector
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 
@@ -63,15 +71,17 @@ class MLAOptions:
     """MLA's options; ``preset`` sets several at once and explicit settings override it."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {},
+        "altmodal": {},
+        "paper": {"test_fusion": "entropy"},
         "reference-code": REFERENCE_CODE,
         "reference-code-as-released": {**REFERENCE_CODE, "projection": False},
     }
 
-    preset: Literal["paper", "reference-code", "reference-code-as-released"] = option(
-        "paper",
-        "paper: the paper's equations; reference-code: every behaviour of the published code; "
-        "reference-code-as-released: the same with the projection never applied, as that code runs",
+    preset: Literal["altmodal", "paper", "reference-code", "reference-code-as-released"] = option(
+        "altmodal",
+        "altmodal: the paper's training with the test-time fusion chosen on validation; paper: the paper's "
+        "equations; reference-code: every behaviour of the published code; reference-code-as-released: the "
+        "same with the projection never applied, as that code runs",
     )
     cycle: Literal["batch", "iteration"] = option(
         "batch", "batch: every modality steps on each mini-batch; iteration: one modality per mini-batch"
@@ -95,8 +105,10 @@ class MLAOptions:
     leak_optimizer: bool = option(
         False, "apply momentum and weight decay to encoders stepped earlier in the batch (reference code)"
     )
-    test_fusion: Literal["entropy", "fixed", "batch-entropy"] = option(
-        "entropy", "entropy: per-sample dynamic fusion; fixed: fusion_weights; batch-entropy: the reference code's"
+    test_fusion: Literal["auto", "entropy", "fixed", "batch-entropy"] = option(
+        "auto",
+        "auto: entropy, mean or stacked fusion, chosen after training on the validation split; entropy: the "
+        "paper's per-sample dynamic fusion; fixed: fusion_weights; batch-entropy: the reference code's",
     )
     fusion_weights: tuple[float, ...] = option(
         (), "fixed fusion weights per modality (default 0.55,0.45 for two; 0.35,0.25,0.40 for three; else equal)"
@@ -153,6 +165,7 @@ class MLA(Strategy):
                 f"({', '.join(self.modalities)})"
             )
         self.fusion_weights = tuple(weights)
+        self.chosen_fusion = ChosenFusion(self.modalities, spec.num_classes) if options.test_fusion == "auto" else None
 
     def head(self, modality: str) -> nn.Linear:
         return self.heads["shared" if "shared" in self.heads else modality]  # type: ignore[return-value]
@@ -164,6 +177,8 @@ class MLA(Strategy):
     def fuse(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
         logits = self.unimodal_logits(features)
         kind = self.options.test_fusion
+        if self.chosen_fusion is not None:
+            return self.chosen_fusion(logits, present)  # type: ignore[no-any-return]
         if kind == "entropy":
             weights = entropy_weights(logits, present)
         elif kind == "fixed":
@@ -171,6 +186,16 @@ class MLA(Strategy):
         else:
             weights = batch_entropy_weights(logits, present)
         return combine(logits, weights, self.options.fusion_space)
+
+    def after_fit(self, splits: Splits) -> None:
+        if self.chosen_fusion is not None:
+            val = self.collect(splits.val, all_subsets=False)
+            self.chosen_fusion.fit(val.unimodal, val.present, val.label, self.config.seed)
+
+    def summary(self) -> dict[str, Any]:
+        if self.chosen_fusion is None:
+            return {}
+        return {"fusion": self.chosen_fusion.chosen, "fusion_scores": self.chosen_fusion.scores}
 
     # ----- training ----------------------------------------------------------------------------
     def step_order(self) -> list[str]:
