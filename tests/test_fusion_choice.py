@@ -66,7 +66,7 @@ def test_mla_chooses_its_fusion_on_validation_and_the_paper_preset_does_not(tmp_
     metrics = train_run(tiny_config(strategy="mla"), tmp_path / "auto")
     assert metrics["strategy_summary"]["fusion"] in ("entropy", "mean", "stacked")
     assert set(metrics["strategy_summary"]["fusion_scores"]) == {"entropy", "mean", "stacked"}
-    saved = Run(tmp_path / "auto").load("model.pt")["model"]
+    saved = Run(tmp_path / "auto").load_tensors("model.safetensors")
     assert "chosen_fusion.rule" in saved
     paper = tiny_config(strategy="mla", preset="paper")
     assert paper.options["test_fusion"] == "entropy"
