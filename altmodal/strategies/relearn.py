@@ -28,8 +28,8 @@ Choices of ours, and where the official code differs:
   (as for joint training), not the paper's linear probes;
 - the initial weights are taken when the optimizer is set up (after the processes share rank 0's
   parameters), and go into the checkpoint with the number of diagnoses made.
-Each process clusters the same gathered features; the alphas are averaged over processes anyway,
-so every process re-initialises identically (no per-process state).
+Each process clusters the same gathered features, in sample order; the alphas are averaged over
+processes anyway, so every process re-initialises identically (no per-process state).
 """
 
 from __future__ import annotations
@@ -78,8 +78,11 @@ def soft_reset(module: nn.Module, initial: Mapping[str, Tensor], alpha: float) -
 
 
 def modality_purity(outputs: Outputs, modality: str, k: int, seed: int) -> float:
-    """Cluster purity of one modality's features over the samples that have it."""
-    rows = outputs.present[modality]
+    """Cluster purity of one modality's features over the samples that have it, taken in sample
+    order (so the seeded k-means sees the same rows in the same order with any number of
+    processes)."""
+    order = outputs.index.argsort()
+    rows = order[outputs.present[modality][order]]
     return cluster_purity(outputs.features[modality][rows], outputs.label[rows], k, seed)
 
 
