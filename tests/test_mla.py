@@ -8,7 +8,7 @@ from altmodal.experiment import resolve, train_run
 from altmodal.runs import Run
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, tiny_config, train_interrupted
 
 ENC = EncoderConfig(dim=8, hidden=(16,))
 
@@ -223,17 +223,7 @@ def test_ogd_step_of_one_modality_keeps_the_others_stored_logits_exactly(tiny_sp
 def test_pca_ogd_state_is_checkpointed_and_resume_is_exact(tmp_path, monkeypatch):
     config = tiny_config(strategy="mla", projection_method="pca-ogd", pca_pool=100, epochs=3)
     whole = train_run(config, tmp_path / "whole")
-    original = Run.on_epoch_end
-
-    def stop_after_first(self, strategy, state):
-        original(self, strategy, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "on_epoch_end", stop_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(config, tmp_path / "cut")
-    monkeypatch.setattr(Run, "on_epoch_end", original)
-    resumed = train_run(config, tmp_path / "cut")
+    resumed = train_interrupted(config, tmp_path / "cut", monkeypatch)["metrics"]
     assert resumed["test"] == whole["test"]
     a = torch.load(tmp_path / "whole" / "model.pt")["model"]
     b = torch.load(tmp_path / "cut" / "model.pt")["model"]

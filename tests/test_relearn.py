@@ -12,7 +12,7 @@ from altmodal.runs import Run, read_csv
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
 from altmodal.strategies.relearn import relearn_alpha, soft_reset
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, train_interrupted
 
 
 def test_purity_of_a_known_clustering():
@@ -81,18 +81,8 @@ def test_diagnoses_stop_after_the_cap_and_resume_exactly(tmp_path, monkeypatch):
     whole = train_run(config, tmp_path / "whole")
     rows = read_csv(Run(tmp_path / "whole").file("history.csv"))
     assert ["relearn_alpha_m0" in row for row in rows] == [False, True, True, False]
-    original = Run.on_epoch_end
-
-    def stop_after_second(self, strategy, state):
-        original(self, strategy, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "on_epoch_end", stop_after_second)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(config, tmp_path / "cut")
-    monkeypatch.setattr(Run, "on_epoch_end", original)
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["training"]["relearn"]["diagnoses"] == 1
-    resumed = train_run(config, tmp_path / "cut")
+    run = train_interrupted(config, tmp_path / "cut", monkeypatch, after_epoch=1)
+    assert run["cut"]["training"]["relearn"]["diagnoses"] == 1
+    resumed = run["metrics"]
     assert resumed["test"] == whole["test"]
     assert read_csv(Run(tmp_path / "cut").file("history.csv"))[2]["relearn_alpha_m1"] == rows[2]["relearn_alpha_m1"]

@@ -10,7 +10,7 @@ from altmodal.experiment import resolve, train_run
 from altmodal.runs import Run, read_csv
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, train_interrupted
 
 
 def test_distillation_loss_by_hand_with_a_missing_modality(tiny_splits):
@@ -51,24 +51,14 @@ def test_teachers_train_once_stay_frozen_and_resume_exactly(tmp_path, monkeypatc
     assert all(row["umt_stage1_seconds"] > 0 and 0 <= row["umt_teacher_val_accuracy_m1"] <= 1 for row in rows)
     assert all("umt_distill_m0" in row for row in rows)
 
-    original = Run.on_epoch_end
-
-    def stop_after_first(self, strategy, state):
-        original(self, strategy, state)
-        teachers = {k: v.clone() for k, v in strategy.teachers.state_dict().items()}
-        stop_after_first.teachers = teachers
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "on_epoch_end", stop_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(config, tmp_path / "cut")
-    monkeypatch.setattr(Run, "on_epoch_end", original)
     calls.clear()
-    resumed = train_run(config, tmp_path / "cut")
-    assert calls == []  # the checkpoint held the trained teachers
+    run = train_interrupted(config, tmp_path / "cut", monkeypatch)
+    assert calls == ["m0", "m1"]  # stage 1 ran before the interruption, not again: the checkpoint held it
+    resumed = run["metrics"]
     assert resumed["test"] == whole["test"]
     a = torch.load(tmp_path / "whole" / "model.pt")["model"]
     b = torch.load(tmp_path / "cut" / "model.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a) and bool(a["teachers_ready"])
     # The student's epochs never moved the teachers.
-    assert all(torch.equal(a[f"teachers.{k}"], v) for k, v in stop_after_first.teachers.items())
+    teachers = {k: v for k, v in run["cut"]["training"]["model"].items() if k.startswith("teachers.")}
+    assert teachers and all(torch.equal(a[k], v) for k, v in teachers.items())
