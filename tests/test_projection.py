@@ -169,3 +169,17 @@ def test_pca_memory_is_a_fifo_pool():
     projector.push("a", torch.tensor([[3.0, 0.0], [4.0, 0.0]]))
     assert sorted(projector.stored_features("a")[:, 0].tolist()) == [2.0, 3.0, 4.0]
     assert set(projector.state_dict()) == {"memory", "stored", "others", "steps"}
+
+
+def test_each_modality_is_projected_against_all_the_others():
+    head = nn.Linear(3, 2)
+    projector = FeatureBasisProjector(head, ["a", "b", "c"], method="ogd", memory=1)
+    for m, row in zip("abc", torch.eye(3)):
+        projector.push(m, row[None] * 2)
+    projector.refresh()
+    e = torch.eye(4)
+    spans = [projector.others[j] @ projector.others[j].T for j in range(3)]
+    # "a" must keep b's [0, 2, 0, 1] and c's [0, 0, 2, 1] but may move along its own [2, 0, 0, 1].
+    assert torch.allclose(spans[0] @ torch.tensor([0.0, 2, 0, 1]), torch.tensor([0.0, 2, 0, 1]), atol=1e-6)
+    assert torch.allclose(spans[0] @ torch.tensor([0.0, 0, 2, 1]), torch.tensor([0.0, 0, 2, 1]), atol=1e-6)
+    assert float(torch.linalg.matrix_rank(spans[0])) == 2 and float((spans[0] @ e[0]).norm()) < 0.99

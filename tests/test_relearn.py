@@ -8,10 +8,11 @@ import torch
 from altmodal.clustering import cluster_purity, kmeans, purity, scale_to_unit
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import resolve, train_run
+from altmodal.metrics import Outputs
 from altmodal.runs import Run, read_csv
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
-from altmodal.strategies.relearn import relearn_alpha, soft_reset
+from altmodal.strategies.relearn import modality_purity, relearn_alpha, soft_reset
 from tests.conftest import tiny_config, train_interrupted
 
 
@@ -86,3 +87,23 @@ def test_diagnoses_stop_after_the_cap_and_resume_exactly(tmp_path, monkeypatch):
     resumed = run["metrics"]
     assert resumed["test"] == whole["test"]
     assert read_csv(Run(tmp_path / "cut").file("history.csv"))[2]["relearn_alpha_m1"] == rows[2]["relearn_alpha_m1"]
+
+
+def test_purity_uses_present_samples_only_in_sample_order():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(2).repeat(10)  # 20 samples, 2 classes
+    features = torch.stack([labels.float() * 5, torch.zeros(20)], dim=1) + 0.1 * torch.randn(20, 2, generator=generator)
+    present = torch.arange(20) % 4 != 0
+    features[~present] = 0.0  # absent samples: zero features, which would form clusters of their own
+    order = torch.randperm(20, generator=generator)  # as if gathered from several processes
+    outputs = Outputs(
+        label=labels[order],
+        index=order,
+        present={"a": present[order]},
+        fused=torch.zeros(20, 2),
+        unimodal={},
+        features={"a": features[order]},
+        subsets={},
+    )
+    expected = cluster_purity(features[present], labels[present], 2, seed=3)
+    assert modality_purity(outputs, "a", 2, seed=3) == expected == 1.0
