@@ -16,10 +16,10 @@ again. A run interrupted during stage 1 starts stage 1 afresh, with the same res
 both stages is in history.csv: ``seconds`` per student epoch, ``umt_stage1_seconds`` for all
 teachers together, and each teacher's best validation accuracy.
 
-Choices, as the paper's body was not available to check them: lambda = 10, the student trained
-from scratch (``umt_student_init=teachers`` starts its encoders from the teachers'), and
-distillation in every epoch follow the third-party BalanceBenchmark (which stops distilling after
-80 of 100 epochs); the teachers start from the student's initial weights (a copy). The paper's
+Choices not verified against the paper's text: lambda = 10 and a student trained from scratch
+follow the third-party BalanceBenchmark (``umt_student_init=teachers`` starts the student's
+encoders from the teachers'); unlike it, we distil in every epoch (it stops after 80 of 100);
+the teachers start from the student's initial weights (a copy). The paper's
 choice between UMT and UME per task is not made here: ``ume`` is its own strategy. Unimodal
 accuracy is the head slice of the student's fused head, as for joint training (no linear probe).
 Missing modalities: a sample distils only the modalities it has; each teacher trains on the
