@@ -16,9 +16,11 @@ from altmodal.strategies.joint import Joint
 from altmodal.strategies.mla import MLA
 from altmodal.strategies.ogm_ge import OGMGE
 from altmodal.strategies.qmf import QMF
+from altmodal.strategies.relearn import Relearn
 from altmodal.strategies.ume import UME, Unimodal
+from altmodal.strategies.umt import UMT
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF, Relearn, UMT)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -33,6 +33,15 @@ Differences from the reference code (``--preset reference-code`` reproduces them
 - its fixed-weight fusion weights: the stored code's default is 0.5/0.5 for two modalities (the
   specification names 0.55/0.45, our default for ``test_fusion=fixed``) and 0.35/0.25/0.40 for
   audio/visual/text.
+``projection_method`` picks the head projection: ``owm`` (the paper's HGM, default), ``ogd``
+(OGD-ALL: remove from the head's gradient, weight and bias, the span of the OTHER modalities'
+stored features, refreshed every epoch or every ``ogd_refresh`` head steps) or ``pca-ogd`` (the
+same against the top uncentered principal directions of a pool of each modality's recent
+features); see :mod:`altmodal.projection`. The features a step stores are gathered from every
+process and ordered by sample index, so the memories are the same on every process. Caveat: the
+OGD guarantee (the other modalities' stored logits do not move) is exact only for plain SGD on
+the head; momentum mixes steps projected against different bases and weight decay shrinks every
+direction, so with the paper's momentum 0.9 and weight decay 1e-4 it holds approximately.
 ``heads="separate"`` gives each modality its own head (same alternation and fusion), to measure
 what sharing the head contributes; there is nothing for HGM to protect then, so it is off.
 """
@@ -53,7 +62,7 @@ from altmodal.data.batch import Batch
 from altmodal.data.dataset import Splits
 from altmodal.fusion import batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.fusion_choice import ChosenFusion
-from altmodal.projection import HeadProjector
+from altmodal.projection import FeatureBasisProjector, HeadProjector
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 
 REFERENCE_CODE: dict[str, Any] = {
@@ -89,6 +98,14 @@ class MLAOptions:
     order: Literal["fixed", "reversed", "random"] = option("fixed", "modality order within a cycle")
     heads: Literal["shared", "separate"] = option("shared", "one head shared by all modalities, or one each")
     projection: bool = option(True, "head gradient modification (HGM) on the shared head")
+    projection_method: Literal["owm", "ogd", "pca-ogd"] = option(
+        "owm", "HGM: OWM (the paper), OGD-ALL or PCA-OGD against the other modalities' feature bases"
+    )
+    ogd_memory: int = option(0, "OGD: features stored per modality (0: (d+1) // (2 (M-1)), half the head's room)")
+    pca_pool: int = option(1000, "PCA-OGD: recent features pooled per modality")
+    pca_k: int = option(0, "PCA-OGD: most directions per modality (0: (d+1) // (2 (M-1)))")
+    pca_energy: float = option(0.99, "PCA-OGD: share of the pool's energy the directions reach")
+    ogd_refresh: int = option(0, "OGD/PCA-OGD: recompute the bases every this many head steps (0: every epoch)")
     h_source: Literal["running", "batch"] = option(
         "running", "HGM feature vector: running mean of the modality's features, or the batch mean"
     )
@@ -118,6 +135,10 @@ class MLAOptions:
     def __post_init__(self) -> None:
         require(0 <= self.h_momentum < 1, "h_momentum", self.h_momentum, "in [0, 1)")
         require(self.alpha > 0, "alpha", self.alpha, "positive")
+        for name in ("ogd_memory", "pca_k", "ogd_refresh"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "non-negative")
+        require(self.pca_pool >= 1, "pca_pool", self.pca_pool, "at least 1")
+        require(0 < self.pca_energy <= 1, "pca_energy", self.pca_energy, "in (0, 1]")
         weights = self.fusion_weights
         require(
             all(w >= 0 for w in weights) and (not weights or sum(weights) > 0),
@@ -146,8 +167,10 @@ class MLA(Strategy):
             self.heads = nn.ModuleDict({"shared": head})
         else:
             self.heads = nn.ModuleDict({m: nn.Linear(dim, spec.num_classes) for m in self.modalities})
-        self.projector: HeadProjector | None = None
-        if options.projection and options.heads == "shared":
+        self.projector: HeadProjector | FeatureBasisProjector | None = None
+        if options.projection and options.heads == "shared" and options.projection_method != "owm":
+            self.projector = basis_projector(self.head("shared"), self.modalities, options)
+        elif options.projection and options.heads == "shared":
             self.projector = HeadProjector(
                 self.head("shared"),
                 self.modalities,
@@ -166,6 +189,10 @@ class MLA(Strategy):
             )
         self.fusion_weights = tuple(weights)
         self.chosen_fusion = ChosenFusion(self.modalities, spec.num_classes) if options.test_fusion == "auto" else None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if isinstance(self.projector, FeatureBasisProjector):
+            self.projector.on_epoch_start()
 
     def head(self, modality: str) -> nn.Linear:
         return self.heads["shared" if "shared" in self.heads else modality]  # type: ignore[return-value]
@@ -187,7 +214,7 @@ class MLA(Strategy):
             weights = batch_entropy_weights(logits, present)
         return combine(logits, weights, self.options.fusion_space)
 
-    def after_fit(self, splits: Splits) -> None:
+    def on_fit_end(self, splits: Splits) -> None:
         if self.chosen_fusion is not None:
             val = self.collect(splits.val, all_subsets=False)
             self.chosen_fusion.fit(val.unimodal, val.present, val.label, self.config.seed)
@@ -230,19 +257,33 @@ class MLA(Strategy):
             logits = head(features)
             loss = F.cross_entropy(logits, sub.label, reduction="sum") / count
             params = [*self.encoders[m].parameters(), *head.parameters()]
-            self.optimize(loss, params, edit=self._edit(m, head, features.detach(), count, stepped))
+            edit = self._edit(m, head, features.detach(), count, stepped, sub.index)
+            self.optimize(loss, params, edit=edit)
             stepped.append(m)
             total = total + loss.detach()
             report[m] = (logits.detach(), sub.label)
         return StepOutput(total, report)
 
-    def _edit(self, modality: str, head: nn.Linear, features: Tensor, count: Tensor, stepped: list[str]) -> Any:
-        """The gradient edit of m's step: project the head gradient with the global mean of the
-        step's ``count`` features; with ``leak_optimizer``, hand zero gradients to the encoders
-        stepped earlier in the batch."""
+    def _edit(
+        self,
+        modality: str,
+        head: nn.Linear,
+        features: Tensor,
+        count: Tensor,
+        stepped: list[str],
+        index: Tensor | None = None,
+    ) -> Any:
+        """The gradient edit of m's step: project the head gradient (OWM: with the global mean of
+        the step's ``count`` features; OGD/PCA-OGD: against the other modalities' bases, storing
+        the step's features of every process in sample order); with ``leak_optimizer``, hand zero
+        gradients to the encoders stepped earlier in the batch."""
 
         def edit() -> None:
-            if self.projector is not None:
+            if isinstance(self.projector, FeatureBasisProjector):
+                rows = self.dist.gather(features)
+                order = self.dist.gather(index).argsort() if index is not None else slice(None)
+                self.projector.step(head, modality, rows[order])
+            elif self.projector is not None:
                 mean = self.dist.sum(features.sum(dim=0)) / count
                 alpha = self.projector.alpha_for(self.batch_index, self.batches_per_epoch)
                 self.projector.step(head.weight, modality, mean, alpha)  # type: ignore[arg-type]
@@ -252,3 +293,31 @@ class MLA(Strategy):
                         p.grad = torch.zeros_like(p)
 
         return edit
+
+
+def basis_projector(head: nn.Linear, modalities: list[str], options: MLAOptions) -> FeatureBasisProjector:
+    """The OGD / PCA-OGD projector of ``options``; a basis size of 0 becomes (d+1) // (2 (M-1)).
+
+    Raises:
+        ValueError: the other modalities' bases could fill the head's d+1 directions.
+    """
+    room, others = head.in_features + 1, max(len(modalities) - 1, 1)
+    auto = room // (2 * others)
+    if options.projection_method == "ogd":
+        size, flag, value = options.ogd_memory or auto, "--ogd-memory", options.ogd_memory
+    else:
+        size, flag, value = options.pca_k or auto, "--pca-k", options.pca_k
+    if others * size >= room:
+        raise ValueError(
+            f"mla: {flag} {value} leaves no room: {others} other modalities x {size} directions must stay "
+            f"below the head's d+1 = {room}; lower {flag}"
+        )
+    return FeatureBasisProjector(
+        head,
+        modalities,
+        method=options.projection_method,
+        memory=size if options.projection_method == "ogd" else options.pca_pool,
+        k=size,
+        energy=options.pca_energy,
+        refresh_every=options.ogd_refresh,
+    )
