@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from altmodal.config import option, require
 from altmodal.data.batch import Batch
 from altmodal.data.dataset import Splits
-from altmodal.fusion import batch_entropy_weights, combine, entropy_weights, fixed_weights
+from altmodal.fusion import ConcatHead, batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.fusion_choice import ChosenFusion
 from altmodal.projection import FeatureBasisProjector, HeadProjector
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
@@ -81,7 +81,7 @@ class MLAOptions:
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "altmodal": {},
-        "paper": {"test_fusion": "entropy"},
+        "paper": {"test_fusion": "entropy", "fusion_head": False},
         "reference-code": REFERENCE_CODE,
         "reference-code-as-released": {**REFERENCE_CODE, "projection": False},
     }
@@ -131,6 +131,11 @@ class MLAOptions:
         (), "fixed fusion weights per modality (default 0.55,0.45 for two; 0.35,0.25,0.40 for three; else equal)"
     )
     fusion_space: Literal["logits", "probs"] = option("logits", "fuse logits or probabilities")
+    fusion_head: bool = option(
+        True,
+        "with test_fusion=auto: also train a linear fusion head on the DETACHED features (it never changes "
+        "the encoders) as one more candidate rule",
+    )
 
     def __post_init__(self) -> None:
         require(0 <= self.h_momentum < 1, "h_momentum", self.h_momentum, "in [0, 1)")
@@ -188,7 +193,9 @@ class MLA(Strategy):
                 f"({', '.join(self.modalities)})"
             )
         self.fusion_weights = tuple(weights)
-        self.chosen_fusion = ChosenFusion(self.modalities, spec.num_classes) if options.test_fusion == "auto" else None
+        auto = options.test_fusion == "auto"
+        self.chosen_fusion = ChosenFusion(self.modalities, spec.num_classes) if auto else None
+        self.fusion_head = ConcatHead(self.modalities, dim, spec.num_classes) if auto and options.fusion_head else None
 
     def on_epoch_start(self, epoch: int) -> None:
         if isinstance(self.projector, FeatureBasisProjector):
@@ -205,7 +212,8 @@ class MLA(Strategy):
         logits = self.unimodal_logits(features)
         kind = self.options.test_fusion
         if self.chosen_fusion is not None:
-            return self.chosen_fusion(logits, present)  # type: ignore[no-any-return]
+            head = self.fusion_head(features) if self.fusion_head is not None else None
+            return self.chosen_fusion(logits, present, head)  # type: ignore[no-any-return]
         if kind == "entropy":
             weights = entropy_weights(logits, present)
         elif kind == "fixed":
@@ -217,7 +225,11 @@ class MLA(Strategy):
     def on_fit_end(self, splits: Splits) -> None:
         if self.chosen_fusion is not None:
             val = self.collect(splits.val, all_subsets=False)
-            self.chosen_fusion.fit(val.unimodal, val.present, val.label, self.config.seed)
+            head = None
+            if self.fusion_head is not None:
+                with torch.no_grad():
+                    head = self.fusion_head({m: f.to(self.device) for m, f in val.features.items()})
+            self.chosen_fusion.fit(val.unimodal, val.present, val.label, self.config.seed, head)
 
     def summary(self) -> dict[str, Any]:
         if self.chosen_fusion is None:
@@ -246,6 +258,7 @@ class MLA(Strategy):
         total = torch.zeros((), device=self.device)
         report: dict[str, tuple[Tensor, Tensor]] = {}
         stepped: list[str] = []
+        seen: dict[str, Tensor] = {}  # modality -> its step's detached (n, d) features
         for m in self.step_order():
             rows = batch.present[m]
             count = self.dist.sum(rows.sum().float())  # samples with m in the global batch
@@ -260,9 +273,26 @@ class MLA(Strategy):
             edit = self._edit(m, head, features.detach(), count, stepped, sub.index)
             self.optimize(loss, params, edit=edit)
             stepped.append(m)
+            seen[m] = features.detach()
             total = total + loss.detach()
             report[m] = (logits.detach(), sub.label)
+        if self.fusion_head is not None:
+            self._train_fusion_head(batch, seen)
         return StepOutput(total, report)
+
+    def _train_fusion_head(self, batch: Batch, seen: Mapping[str, Tensor]) -> None:
+        """One step of the fusion head on the batch's detached features: those of the modality
+        steps (absent rows zero), and, for a modality that did not step on this batch (one
+        modality per iteration), its encoder's output without gradients."""
+        with torch.no_grad():
+            features = self.encode(batch) if len(seen) < len(self.modalities) else {}
+        for m, rows in seen.items():
+            index = batch.present[m].nonzero().squeeze(1)
+            features[m] = torch.zeros(len(batch.label), rows.shape[1], device=rows.device).index_put((index,), rows)
+        scored = torch.stack([batch.present[m] for m in self.modalities]).any(dim=0)
+        assert self.fusion_head is not None
+        loss = self.cross_entropy(self.fusion_head(features), batch.label, scored)
+        self.optimize(loss, list(self.fusion_head.parameters()))
 
     def _edit(
         self,
