@@ -5,3 +5,8 @@ CVPR 2024) and the baselines it is compared with, over modality-keyed batches.
 """
 
 __version__ = "0.1.0"
+
+from altmodal.experiment import resolve, train_run
+from altmodal.predictor import Predictor, load_run
+
+__all__ = ["Predictor", "__version__", "load_run", "resolve", "train_run"]

@@ -7,7 +7,7 @@ Groups of runs (each over every seed):
 - ``ablation``: MLA without projection, with fixed fusion, with separate heads, the two
   reference-code presets, reversed and random modality order, one modality per iteration (and,
   with ``--ablation full``, each head-projection choice: batch-mean h, the reference alpha
-  schedule, Frobenius normalisation, added projection);
+  schedule, Frobenius normalisation, added projection, OGD and PCA-OGD instead of OWM);
 - ``missing``: every strategy trained and tested with modalities missing at each rate.
 Every finished ``main`` run is also re-evaluated with modalities missing at test time only.
 
@@ -55,6 +55,8 @@ FULL_ABLATION: dict[str, dict[str, Any]] = {
     "P Frobenius-normalised": {"normalize_p": True},
     "projection added": {"projection_mode": "add"},
     "entropy per batch": {"test_fusion": "batch-entropy"},
+    "projection: OGD": {"projection_method": "ogd"},
+    "projection: PCA-OGD": {"projection_method": "pca-ogd"},
 }
 
 
@@ -75,7 +77,7 @@ class BenchmarkConfig:
         (0.3, 0.7), "missing rates applied at train AND test (each retrains every strategy; empty: skip)"
     )
     ablation: Literal["core", "full", "none"] = option("core", "MLA ablation runs")
-    jobs: int = option(0, "runs in parallel (0: one per CPU core)")
+    jobs: int = option(0, "runs in parallel (0: one per CPU core, or one per GPU when training on CUDA)")
 
     def __post_init__(self) -> None:
         require(len(self.seeds) > 0, "seeds", self.seeds, "at least one seed")
@@ -143,21 +145,24 @@ def run_path(root: Path, cell: Cell, config: RunConfig) -> Path:
     return root / "runs" / f"{slug(config.strategy)}-seed{cell.seed}-{config.digest()}"
 
 
-def run_cell(config_dict: dict[str, Any], path: str, rates: Sequence[float], threads: int) -> dict[str, Any]:
-    """Train (or skip) one run and its test-time missing-modality evaluations (cached)."""
+def run_cell(
+    config_dict: dict[str, Any], path: str, rates: Sequence[float], threads: int, device: str = "auto"
+) -> dict[str, Any]:
+    """Train (or skip) one run on ``device`` and its test-time missing-modality evaluations (cached)."""
     import torch
 
     from altmodal.config import flatten
+    from altmodal.distributed import Dist, resolve_device
 
     torch.set_num_threads(max(threads, 1))
     config = resolve(flatten(config_dict), path)
-    metrics = train_run(config, path)
+    metrics = dict(train_run(config, path, dist=Dist(device=resolve_device(device))))
     run = Run(path)
     cached = run.read_json("missing.json") if run.has("missing.json") else {}
     for rate in rates:
         key = f"{rate:g}"
         if key not in cached:
-            cached[key] = evaluate_run(path, missing_rate=rate)["test"]["fused"]
+            cached[key] = evaluate_run(path, missing_rate=rate, device=device)["test"]["fused"]
     if rates:
         run.write_json("missing.json", cached)
     return {"metrics": metrics, "missing": cached}
@@ -179,12 +184,15 @@ def run_grid(
     for cell in grid:
         unique.setdefault(paths[cell], cell)
     cores = os.cpu_count() or 1
-    jobs = min(jobs or cores, len(unique)) or 1
+    device = next(iter(configs.values())).train.device if configs else "cpu"
+    jobs, devices = job_devices(device, jobs, cores, _cuda_count())
+    jobs = min(jobs, len(unique)) or 1
     threads = max(cores // jobs, 1)
     results: dict[Path, dict[str, Any]] = {}
     bar = _bar(len(unique), progress)
     tasks = [
-        (configs[c].to_dict(), str(p), missing_rates if c.group == "main" else (), threads) for p, c in unique.items()
+        (configs[c].to_dict(), str(p), missing_rates if c.group == "main" else (), threads, devices[i % len(devices)])
+        for i, (p, c) in enumerate(unique.items())
     ]
     if jobs == 1:
         for task, path in zip(tasks, unique):
@@ -207,6 +215,22 @@ def run_grid(
                 raise
     bar.close()
     return {cell: results[paths[cell]] for cell in grid}
+
+
+def job_devices(device: str, jobs: int, cores: int, gpus: int) -> tuple[int, list[str]]:
+    """Runs in parallel and the devices they take turns on: by default one per CPU core on the
+    CPU, one per GPU with ``cuda``/``auto`` (runs spread over the GPUs), one on a named GPU."""
+    if device in ("auto", "cuda") and gpus > 0:
+        return jobs or gpus, [f"cuda:{i}" for i in range(gpus)]
+    if device.startswith("cuda"):
+        return jobs or 1, [device]
+    return jobs or cores, ["cpu"]
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _bar(total: int, enabled: bool) -> Any:

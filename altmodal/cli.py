@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from altmodal.callbacks import Summary, TensorBoardLogger
 from altmodal.config import ConfigError, add_arguments, read_config_file
 from altmodal.data.features import DataError
 from altmodal.data.registry import DATASETS, DataConfig
@@ -24,7 +25,7 @@ from altmodal.distributed import init_from_env, shutdown
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import RunConfig, evaluate_run, layer, option_classes, resolve, train_run
 from altmodal.prepare import add_prepare_command
-from altmodal.strategies import STRATEGIES, TrainConfig
+from altmodal.strategies import STRATEGIES, Callback, TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -32,7 +33,7 @@ Handler = Callable[[argparse.Namespace], int]
 def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
     """Config-file settings overlaid with the flags given explicitly on the command line."""
     from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
-    ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", "argv", "nproc", *skip}
+    ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", "argv", "nproc", "log", *skip}
     return layer(from_file, {k: v for k, v in vars(args).items() if k not in ignored})
 
 
@@ -77,8 +78,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return launch(args.nproc, [a for a in strip_nproc(args.argv)] + ["--out", str(out)])
     dist = init_from_env(config.train.device)
+    callbacks: list[Callback] = [] if args.quiet else [Summary(print)]
+    if args.log == "tensorboard":
+        callbacks.append(TensorBoardLogger(Path(out) / "tensorboard"))
     try:
-        metrics = train_run(config, out, dist=dist, progress=not args.quiet, overwrite=args.overwrite)
+        metrics = train_run(
+            config, out, dist=dist, progress=not args.quiet, overwrite=args.overwrite, callbacks=callbacks
+        )
     finally:
         shutdown()
     if dist.is_main:
@@ -119,21 +125,73 @@ def print_summary(config: RunConfig, out: str, metrics: Mapping[str, Any]) -> No
     test = metrics["test"]
     print(
         f"run: {out}  ({config.strategy} on {config.data.dataset}, seed {config.train.seed}, "
-        f"best epoch {metrics['best_epoch'] + 1} of {metrics['epochs']})"
+        f"best epoch {metrics['best_epoch']} of {metrics['epochs']})"
     )
-    print(f"test fused accuracy {test['fused']['accuracy']:.4f}  macro-F1 {test['fused']['macro_f1']:.4f}")
+    print_block(test, "test")
+
+
+def print_block(block: Mapping[str, Any], split: str) -> None:
+    """A split's metrics block as aligned lines, with the number of samples behind each figure."""
+    fused = block["fused"]
+    print(
+        f"{split} fused accuracy {_figure(fused['accuracy'])}  macro-F1 {_figure(fused['macro_f1'])}  "
+        f"(n={block['count']})"
+    )
     print("unimodal accuracy (each modality's own prediction inside the model):")
-    for m, block in test["unimodal"].items():
-        print(f"  {m:<12} {block['accuracy']:.4f}")
-    print("present subsets (the fused model with only these modalities present):")
-    for name, block in test["present"].items():
-        print(f"  {name:<24} {block['accuracy']:.4f}")
+    for m, row in block["unimodal"].items():
+        print(f"  {m:<24} {_figure(row['accuracy'])}  (n={row['count']})")
+    if block["present"]:
+        print("present subsets (the fused model with only these modalities present):")
+        for name, row in block["present"].items():
+            print(f"  {name:<24} {_figure(row['accuracy'])}  (n={row['count']})")
+
+
+def _figure(value: float) -> str:
+    return "n/a" if value != value else f"{value:.4f}"  # NaN: no sample to score
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     present = [m for m in args.present.split(",") if m] if args.present else None
-    result = evaluate_run(args.run, present=present, missing_rate=args.missing_rate, split=args.split)
-    print(json.dumps(result, indent=2))
+    result = evaluate_run(
+        args.run, present=present, missing_rate=args.missing_rate, split=args.split, device=args.device
+    )
+    if args.json:
+        print(json.dumps(without_nan(result), indent=2, allow_nan=False))
+        return 0
+    shown = f"only {'+'.join(result['present'])} present" if present else "each sample's own modalities"
+    rate = f", modalities dropped at rate {args.missing_rate:g}" if args.missing_rate else ""
+    print(f"run: {result['run']}  ({args.split} split, {shown}{rate})")
+    print_block(result[args.split], args.split)
+    return 0
+
+
+def without_nan(obj: Any) -> Any:
+    """``obj`` with every NaN float replaced by None (JSON null)."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, Mapping):
+        return {k: without_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [without_nan(v) for v in obj]
+    return obj
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from altmodal.predictor import load_run
+    from altmodal.runs import write_csv
+
+    model = load_run(args.run, device=args.device)
+    present = [m for m in args.present.split(",") if m] if args.present else None
+    rows = model.table(args.data, present)
+    out = Path(args.out)
+    if out.exists() and not out.is_file():
+        raise ConfigError(f"--out {out}: exists and is not a file")
+    write_csv(out, rows)
+    print(f"predictions: {out}  ({len(rows)} samples, {len(model.classes)} classes)")
+    scored = [r for r in rows if r["prediction"] != ""]
+    if rows and "label" in rows[0] and scored:
+        correct = sum(r["prediction"] == r["label"] for r in scored)
+        print(f"accuracy {correct / len(scored):.4f}  ({correct} of {len(scored)} samples with a modality)")
     return 0
 
 
@@ -186,12 +244,13 @@ def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[st
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in [*DATASETS, "<file>.npz"])
     for info in DATASETS.values():
         notes = [", ".join(f"{k}={_show(v)}" for k, v in d.items()) for d in (info.defaults, info.benchmark)]
         extra = (f" [defaults: {notes[0]}]" if notes[0] else "") + (f" [benchmark: {notes[1]}]" if notes[1] else "")
-        print(f"{info.name:<12} {info.description}{extra}")
+        print(f"{info.name:<{width}}  {info.description}{extra}")
     print(
-        f"{'<file>.npz':<12} a feature file: one array per modality, 'label', optional 'split' "
+        f"{'<file>.npz':<{width}}  a feature file: one array per modality, 'label', optional 'split' "
         "and 'present_<modality>' (see altmodal.data.features)"
     )
     return 0
@@ -212,7 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser_for_runs(train)
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<strategy>-seed<S>-<config hash>)")
     train.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no summary and no progress bars")
+    train.add_argument(
+        "--log", choices=["tensorboard"], help="also log every epoch to OUT/tensorboard (extra: tensorboard)"
+    )
     train.add_argument(
         "--nproc",
         type=int,
@@ -225,8 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", required=True, help="the run folder")
     evaluate.add_argument("--present", help="only these modalities present, comma-separated")
     evaluate.add_argument("--missing-rate", type=float, default=0.0, help="drop modalities at this rate (>=1 kept)")
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="predict labels for new samples with a finished run's model")
+    predict.add_argument("--run", required=True, help="the run folder")
+    predict.add_argument(
+        "--data", required=True, help="an .npz feature file (labels optional) or a prepared media cache folder"
+    )
+    predict.add_argument("--present", help="only these modalities present, comma-separated")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    predict.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
+    predict.set_defaults(handler=cmd_predict)
 
     from altmodal.benchmark import BenchmarkConfig
 
@@ -250,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = sub.add_parser("datasets", help="list the built-in datasets")
     datasets.set_defaults(handler=cmd_datasets)
     add_prepare_command(sub)
+    for command in sub.choices.values():  # -v also after the subcommand
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log details")
     return parser
 
 

@@ -85,8 +85,11 @@ def _help(f: dataclasses.Field[Any]) -> str:
     if isinstance(default, tuple):
         shown = ",".join(str(v) for v in default) or "(none)"
     else:
-        shown = str(default)
-    return f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
+        shown = "none" if default is None else str(default)
+    text = f.metadata.get("help", "")
+    if "(default" not in text:
+        text += f" (default: {shown})"
+    return text.replace("%", "%%")
 
 
 def _unwrap_optional(kind: Any) -> Any:

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 
 from altmodal.config import ConfigError, build, coerce, fields_of, first_line, flatten, to_dict
-from altmodal.data.registry import DataConfig, dataset_defaults, load_splits
+from altmodal.data.dataset import Splits
+from altmodal.data.registry import DATASETS, DataConfig, dataset_defaults, load_splits
 from altmodal.data.splits import missing_mask
 from altmodal.distributed import Dist, resolve_device
-from altmodal.encoders import EncoderConfig
-from altmodal.metrics import analyses, subset_name, summarize
-from altmodal.runs import Run
-from altmodal.strategies import STRATEGIES, Strategy, TrainConfig, build_strategy, strategy_class
+from altmodal.encoders import EncoderConfig, encoder_kinds, weights_by_modality
+from altmodal.metrics import Outputs, analyses, subset_name, summarize
+from altmodal.predictions import prediction_rows
+from altmodal.runs import Run, write_csv
+from altmodal.strategies import STRATEGIES, Callback, Strategy, TrainConfig, build_strategy, strategy_class
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,40 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+RUN_FILES = (
+    "checkpoint.pt",
+    "metrics.json",
+    "model.pt",
+    "model.safetensors",
+    "model.json",
+    "preprocessing.safetensors",
+    "predictions_test.csv",
+    "history.csv",
+)
+
+
+class RunResult(dict):  # type: ignore[type-arg]
+    """A finished run's metrics (what metrics.json holds), with the trained model as ``model``
+    (a :class:`~altmodal.predictor.Predictor`; read from the folder on first use when the run
+    had finished before) and the run folder as ``path``."""
+
+    def __init__(
+        self, metrics: Mapping[str, Any], path: Path, model: Any = None, encoders: Mapping[str, Any] | None = None
+    ):
+        super().__init__(metrics)
+        self.path = path
+        self._model = model
+        self._encoders = encoders
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from altmodal.predictor import load_run
+
+            self._model = load_run(self.path, encoders=self._encoders)
+        return self._model
+
+
 def train_run(
     config: RunConfig,
     out: str | Path,
@@ -146,8 +182,34 @@ def train_run(
     dist: Dist | None = None,
     progress: bool = False,
     overwrite: bool = False,
-) -> dict[str, Any]:
-    """Train (or resume, or skip if finished) the run in ``out``; return its metrics."""
+    encoders: Mapping[str, torch.nn.Module] | None = None,
+    data: Any = None,
+    callbacks: Sequence[Callback] = (),
+) -> RunResult:
+    """Train (or resume, or skip if finished) the run in ``out``; return its metrics and model.
+
+    Args:
+        config: the run's settings (:func:`resolve`).
+        out: the run folder.
+        dist: this process's place in a data-parallel job (default: one process).
+        progress: show progress bars.
+        overwrite: discard a run of another config in ``out``.
+        encoders: your own encoder modules for some modalities (see :mod:`altmodal.encoders`
+            for the contract); the others get the kind the data or ``--encoder`` names. To
+            reload the run, pass the same modules (untrained) to ``load_run``.
+        data: your own data instead of ``config.data.dataset``: a dict of arrays laid out like a
+            feature file, a ``MultimodalDataset``, or a torch Dataset / DataLoader of modality
+            dicts (see :func:`altmodal.data.user.loaded_from`).
+        callbacks: more :class:`~altmodal.strategies.base.Callback` objects for the loop.
+    """
+    from altmodal.data.user import fingerprint, loaded_from
+    from altmodal.predictor import Predictor
+
+    loaded = None if data is None else loaded_from(data)
+    if loaded is not None:
+        name = f"{PYTHON_DATA} {fingerprint(loaded)}"  # other data, other config: never skipped as finished
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=name))
+    config = with_absolute_paths(config)
     dist = dist or Dist(device=resolve_device(config.train.device))
     run = Run(out, main=dist.is_main)
     if run.has("config.json") and not overwrite:
@@ -156,30 +218,92 @@ def train_run(
             raise ConfigError(f"{run.path} holds a run with another config; choose another --out or pass --overwrite")
         if run.finished:
             log.info("%s: finished already, skipping", run.path)
-            return run.read_json("metrics.json")  # type: ignore[no-any-return]
+            return RunResult(run.read_json("metrics.json"), run.path, encoders=encoders)
     elif overwrite and dist.is_main:
-        for name in ("checkpoint.pt", "metrics.json", "model.pt", "history.csv"):
+        for name in RUN_FILES:
             run.remove(name)
     dist.barrier()
     run.write_json("config.json", config.to_dict())
     seed_everything(config.train.seed)
-    splits = load_splits(config.data, config.train.seed)
-    strategy = build_strategy(config.strategy, splits, config.encoder, config.options)
+    splits = load_splits(config.data, config.train.seed, loaded)
+    strategy = build_strategy(config.strategy, splits, config.encoder, config.options, encoders)
     resume = run.load("checkpoint.pt") if run.has("checkpoint.pt") else None
     if resume is not None and not (isinstance(resume, Mapping) and CHECKPOINT_KEYS <= set(resume)):
         raise ValueError(f"{run.file('checkpoint.pt')}: not an altmodal checkpoint; delete it to start afresh")
     if resume is not None:
-        log.info("%s: resuming after epoch %d", run.path, resume["epoch"])
+        log.info("%s: resuming after epoch %d", run.path, int(resume["epoch"]) + 1)
     started = time.perf_counter()
-    history = strategy.fit(splits, config.train, dist=dist, resume=resume, callback=run, progress=progress)
+    history = strategy.fit(
+        splits, config.train, dist=dist, resume=resume, callbacks=[run, *callbacks], progress=progress
+    )
     seconds = time.perf_counter() - started
-    metrics = final_metrics(strategy, splits, config, history)
+    test_outputs = strategy.collect(splits.test)
+    metrics = final_metrics(strategy, splits, config, history, test_outputs)
     metrics["train_seconds"] = seconds
-    run.save("model.pt", {"model": strategy.state_dict(), "best_epoch": strategy.best_epoch})
+    card = model_card(strategy, splits, config, encoders or {})
+    run.save_tensors("model.safetensors", strategy.state_dict())
+    run.save_tensors("preprocessing.safetensors", flat_stats(splits.preprocessing))
+    run.write_json("model.json", card)
+    if run.main:
+        write_csv(run.file("predictions_test.csv"), prediction_rows(test_outputs, card["classes"]))
     run.write_json("metrics.json", metrics)
     run.remove("checkpoint.pt")
     dist.barrier()
-    return metrics
+    model = Predictor(strategy, card, splits.preprocessing, run.path, splits.test.transforms)
+    return RunResult(metrics, run.path, model)
+
+
+PYTHON_DATA = "<data from Python>"
+"""How the dataset name of a run trained on data handed to :func:`train_run` starts (a digest
+of the data follows)."""
+
+
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """The config with its data and weights paths absolute, so the run folder can move."""
+    data = config.data
+    if data.dataset not in DATASETS and Path(data.dataset).suffix:
+        data = dataclasses.replace(data, dataset=str(Path(data.dataset).resolve()))
+    if data.data_dir:
+        data = dataclasses.replace(data, data_dir=str(Path(data.data_dir).resolve()))
+    weights = tuple(f"{m}={Path(p).resolve()}" for m, p in weights_by_modality(config.encoder.weights).items())
+    return dataclasses.replace(config, data=data, encoder=dataclasses.replace(config.encoder, weights=weights))
+
+
+def model_card(
+    strategy: Strategy, splits: Splits, config: RunConfig, custom: Mapping[str, torch.nn.Module]
+) -> dict[str, Any]:
+    """What model.json holds: everything prediction needs besides the weights."""
+    import altmodal
+
+    train = splits.train
+    kinds = encoder_kinds(train.kinds, train.modalities, config.encoder)
+    kinds.update({m: f"custom:{type(module).__module__}.{type(module).__qualname__}" for m, module in custom.items()})
+    return {
+        "format": 1,
+        "strategy": config.strategy,
+        "dataset": config.data.dataset,
+        "dataset_options": list(config.data.dataset_options),
+        "classes": [str(c) for c in train.classes],
+        "modalities": {m: {"shape": list(train.input_shape(m)), "encoder": kinds[m]} for m in train.modalities},
+        "num_samples": len(train.labels),
+        "preprocessing": {m: "standardize" for m in splits.preprocessing},
+        "best_epoch": strategy.best_epoch,
+        "versions": {"altmodal": altmodal.__version__, "torch": torch.__version__},
+    }
+
+
+def flat_stats(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """``{"<modality>.<name>": tensor}`` for a safetensors file."""
+    return {f"{m}.{k}": torch.from_numpy(np.asarray(v)) for m, d in stats.items() for k, v in d.items()}
+
+
+def load_model_weights(strategy: Strategy, run: Run) -> None:
+    """Load a run's selected model into ``strategy`` (model.safetensors; model.pt in older runs)."""
+    if run.has("model.safetensors") or not run.has("model.pt"):
+        saved: Any = {"model": run.load_tensors("model.safetensors", strategy.device)}
+        restore(strategy, saved, run.file("model.safetensors"))
+    else:
+        restore(strategy, run.load("model.pt", map_location=strategy.device), run.file("model.pt"))
 
 
 def restore(strategy: Strategy, saved: Any, path: Path) -> None:
@@ -193,9 +317,13 @@ def restore(strategy: Strategy, saved: Any, path: Path) -> None:
 
 
 def final_metrics(
-    strategy: Strategy, splits: Any, config: RunConfig, history: Sequence[Mapping[str, float]]
+    strategy: Strategy,
+    splits: Any,
+    config: RunConfig,
+    history: Sequence[Mapping[str, float]],
+    test_outputs: Outputs | None = None,
 ) -> dict[str, Any]:
-    test_outputs = strategy.collect(splits.test)
+    test_outputs = strategy.collect(splits.test) if test_outputs is None else test_outputs
     return {
         "dataset": config.data.dataset,
         "strategy": config.strategy,
@@ -220,21 +348,27 @@ def evaluate_run(
     split: str = "test",
     seed: int | None = None,
     dist: Dist | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Re-evaluate a finished run's best model on a split, optionally with only ``present``
-    modalities or with modalities dropped at ``missing_rate`` (the paper's protocol)."""
+    modalities or with modalities dropped at ``missing_rate`` (the paper's protocol), on
+    ``device`` (whichever device the run was trained on)."""
     if not 0 <= missing_rate < 1:
         raise ConfigError(f"missing rate {missing_rate} must be in [0, 1)")
     run = Run(path)
     config = load_run_config(run)
+    if config.data.dataset.startswith(PYTHON_DATA):
+        raise ConfigError(
+            f"{run.path} was trained on data handed over from Python; evaluate it with "
+            "altmodal.load_run(path).evaluate(inputs, labels)"
+        )
     seed_everything(config.train.seed)
     splits = load_splits(config.data, config.train.seed)
-    # model.pt holds every parameter: pretrained weight files are not needed (nor read) again.
+    # The saved model holds every parameter: pretrained weight files are not needed (nor read) again.
     encoder = dataclasses.replace(config.encoder, weights=())
     strategy = build_strategy(config.strategy, splits, encoder, config.options)
-    strategy.configure(config.train, dist or Dist(device=resolve_device(config.train.device)))
-    saved = run.load("model.pt", map_location=strategy.device)
-    restore(strategy, saved, run.file("model.pt"))
+    strategy.configure(config.train, dist or Dist(device=resolve_device(device)))
+    load_model_weights(strategy, run)
     # Evaluation never augments, whichever split is evaluated.
     dataset = splits[split].with_transforms(splits.test.transforms)
     if present:

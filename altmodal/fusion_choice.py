@@ -8,6 +8,9 @@ adds variance. So the rule is chosen inside each run, from that run's own valida
 
 - ``entropy``: the paper's per-sample softmax of minus the prediction entropy;
 - ``mean``: the present modalities' logits averaged (equal weights);
+- ``head``: where the strategy trains one (MLA's ``fusion_head``), a linear head over the
+  concatenated features, trained on the training split on DETACHED features, so that it never
+  changes the encoders;
 - ``stacked``: multinomial logistic regression from the concatenated log-probabilities of every
   modality to the class, L2-regularised, fitted on validation samples that have every modality.
 
@@ -31,7 +34,7 @@ from torch import Tensor, nn
 
 from altmodal.fusion import combine, entropy_weights, fixed_weights
 
-RULES = ("entropy", "mean", "stacked")
+RULES = ("entropy", "mean", "head", "stacked")
 
 
 def stack_inputs(logits: Mapping[str, Tensor]) -> Tensor:
@@ -66,19 +69,24 @@ def apply_rule(
     logits: Mapping[str, Tensor],
     present: Mapping[str, Tensor],
     stacked: tuple[Tensor, Tensor] | None = None,
+    head: Tensor | None = None,
 ) -> Tensor:
-    """(B, C) fused logits by ``rule``; rows missing a modality use the entropy rule."""
+    """(B, C) fused logits by ``rule`` (``head``: the fusion head's (B, C) logits); rows missing
+    a modality use the entropy rule."""
     entropy = combine(logits, entropy_weights(logits, present))
     if rule == "entropy":
         return entropy
     if rule == "mean":
         return combine(logits, fixed_weights([1.0] * len(logits), list(logits), present))
+    full = torch.stack([present[m] for m in logits], dim=1).all(dim=1).unsqueeze(1)
+    if rule == "head":
+        assert head is not None, "the head rule needs the fusion head's logits"
+        return torch.where(full, head.to(entropy.dtype), entropy)
     if rule == "stacked":
         assert stacked is not None, "the stacked rule needs its fitted weights"
         weight, bias = stacked
-        full = torch.stack([present[m] for m in logits], dim=1).all(dim=1)
         fitted = stack_inputs(logits) @ weight.to(entropy.device) + bias.to(entropy.device)
-        return torch.where(full.unsqueeze(1), fitted.to(entropy.dtype), entropy)
+        return torch.where(full, fitted.to(entropy.dtype), entropy)
     raise ValueError(f"unknown fusion rule {rule!r}; rules: {', '.join(RULES)}")
 
 
@@ -99,6 +107,7 @@ def choose_rule(
     label: Tensor,
     num_classes: int,
     *,
+    head: Tensor | None = None,
     rules: Sequence[str] = RULES,
     folds: int = 5,
     seed: int = 0,
@@ -109,6 +118,8 @@ def choose_rule(
         logits: modality -> (N, C) validation logits of each modality.
         present: modality -> (N,) bool.
         label: (N,) classes.
+        head: (N, C) validation logits of a trained fusion head (the ``head`` rule is left out
+            without them).
         folds: cross-fitting folds for the stacked rule (fewer when there are fewer samples).
         seed: seed of the fold assignment.
     """
@@ -116,6 +127,8 @@ def choose_rule(
     logits = {m: v[full] for m, v in logits.items()}
     present = {m: v[full] for m, v in present.items()}
     label = label[full]
+    head = head[full] if head is not None else None
+    rules = [r for r in rules if r != "head" or head is not None]
     n = len(label)
     inputs = stack_inputs(logits)
     scores: dict[str, float] = {}
@@ -125,7 +138,8 @@ def choose_rule(
         elif rule == "stacked":
             scores[rule] = _cross_fitted_accuracy(inputs, label, num_classes, folds, seed)
         else:
-            scores[rule] = float((apply_rule(rule, logits, present).argmax(1) == label).double().mean())
+            fused = apply_rule(rule, logits, present, head=head)
+            scores[rule] = float((fused.argmax(1) == label).double().mean())
     valid = [r for r in rules if not np.isnan(scores[r])]
     best = max(valid, key=lambda r: (scores[r], -rules.index(r))) if valid else "entropy"
     stacked = fit_stacked(inputs, label, num_classes) if n else _zero_stack(inputs.shape[1], num_classes)
@@ -178,11 +192,20 @@ class ChosenFusion(nn.Module):
     def chosen(self) -> str:
         return RULES[int(self.rule)]
 
-    def forward(self, logits: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+    def forward(
+        self, logits: Mapping[str, Tensor], present: Mapping[str, Tensor], head: Tensor | None = None
+    ) -> Tensor:
         ordered = {m: logits[m] for m in self.modalities}
-        return apply_rule(self.chosen, ordered, present, (self.weight, self.bias))
+        return apply_rule(self.chosen, ordered, present, (self.weight, self.bias), head)
 
-    def fit(self, logits: Mapping[str, Tensor], present: Mapping[str, Tensor], label: Tensor, seed: int) -> Choice:
+    def fit(
+        self,
+        logits: Mapping[str, Tensor],
+        present: Mapping[str, Tensor],
+        label: Tensor,
+        seed: int,
+        head: Tensor | None = None,
+    ) -> Choice:
         """Choose the rule on validation outputs and keep its fitted weights."""
         ordered = {m: logits[m].detach().cpu() for m in self.modalities}
         choice = choose_rule(
@@ -190,6 +213,7 @@ class ChosenFusion(nn.Module):
             {m: present[m].cpu() for m in self.modalities},
             label.cpu(),
             self.bias.numel(),
+            head=None if head is None else head.detach().cpu(),
             rules=self.rules,
             seed=seed,
         )

@@ -3,8 +3,14 @@
     DIR/config.json      the resolved configuration (feed it back with --config)
     DIR/history.csv      one row per epoch: losses and validation metrics, per modality
     DIR/checkpoint.pt    the state at the end of the last finished epoch (while training)
-    DIR/model.pt         the best epoch's parameters (selected on the validation split)
+    DIR/model.safetensors  the best epoch's parameters (selected on the validation split)
+    DIR/model.json       what prediction needs besides them: classes, modalities, input shapes,
+                         encoder kinds, preprocessing, best epoch, library and torch versions
+    DIR/preprocessing.safetensors  statistics fit on the training split (standardisation)
+    DIR/predictions_test.csv       per test sample: label, predictions, probabilities, presence
     DIR/metrics.json     the final metrics; its presence marks the run as finished
+
+Weights and statistics are safetensors files: reading them runs no code.
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
 interrupted run never leaves a half-written file, and a resumed run starts from the last
@@ -25,6 +31,7 @@ from typing import IO, Any
 import torch
 
 from altmodal.config import first_line
+from altmodal.strategies.base import Callback
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -72,7 +79,7 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
 
 
-class Run:
+class Run(Callback):
     """A run folder (see the module docstring); also the loop's end-of-epoch callback."""
 
     def __init__(self, path: str | Path, *, main: bool = True):
@@ -111,6 +118,27 @@ class Run:
             raise FileNotFoundError(f"{path}: not found") from None
         except Exception as err:  # torch.load raises many types (unpickling, zip, EOF) for a bad file
             raise ValueError(f"{path}: cannot be read ({first_line(err)}); delete it to start afresh") from err
+
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Write tensors as a safetensors file (shared storage is copied apart)."""
+        if self.main:
+            from safetensors.torch import save
+
+            data = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+            atomic_write(self.file(name), lambda fh: fh.write(data))
+
+    def load_tensors(self, name: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """Read a safetensors file onto ``device``; a missing or damaged file is a clear error."""
+        from safetensors.torch import load
+
+        path = self.file(name)
+        try:
+            tensors = load(path.read_bytes())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: not found; is {self.path} a finished run folder?") from None
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            raise ValueError(f"{path}: cannot be read ({first_line(err)})") from err
+        return {k: v.to(device) for k, v in tensors.items()}
 
     def has(self, name: str) -> bool:
         return self.file(name).is_file()

@@ -174,10 +174,13 @@ def summarize(results: Results, strategies: Sequence[str], modalities: Sequence[
         rows[label] = {"fused": fused, "laziness": min(ratios) if ratios else math.nan, "missing_0.5": missing}
     best = max(rows, key=lambda s: mean_std(rows[s]["fused"])[0])
     best_mean, best_std = mean_std(rows[best]["fused"])
-    for label, row in rows.items():
+    for row in rows.values():
         mean, std = mean_std(row["fused"])
         row["gap"] = mean - best_mean
-        row["verdict"] = "win" if label == best else ("tie" if best_mean - mean <= max(std, best_std) else "loss")
+        if math.isclose(mean, best_mean):
+            row["verdict"] = "win"
+        else:
+            row["verdict"] = "tie" if best_mean - mean <= max(std, best_std) else "loss"
     return {"best": best, "strategies": rows}
 
 
@@ -196,8 +199,8 @@ def render(summary: Mapping[str, Any]) -> str:
         f"# Suite `{summary['suite']}`",
         f"Seeds {', '.join(map(str, summary['seeds']))}. Fused test accuracy (mean ± sd over seeds); "
         "laziness = the least-trained modality's accuracy inside the model over its accuracy alone; "
-        "win = best mean, tie = within one standard deviation of it, loss = further below. Each "
-        "dataset's full report is in its folder.",
+        "win = the best mean (shared when equal), tie = within one standard deviation of it, loss = further "
+        "below. Each dataset's full report is in its folder.",
         "",
         "| strategy | wins | ties | losses |",
         "|---|---|---|---|",

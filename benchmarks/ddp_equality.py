@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
+from safetensors.torch import load_file
 
 ARGS = ["train", "--strategy", "mla", "--dataset", "synthetic", "--epochs", "5", "--batch-size", "64", "--quiet"]
 
@@ -18,8 +18,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="ddp-equality-"))
     for name, extra in (("one", []), ("two", ["--nproc", "2"])):
         subprocess.run([sys.executable, "-m", "altmodal", *ARGS, *extra, "--out", str(root / name)], check=True)
-    a = torch.load(root / "one" / "model.pt")["model"]
-    b = torch.load(root / "two" / "model.pt")["model"]
+    a = load_file(root / "one" / "model.safetensors")
+    b = load_file(root / "two" / "model.safetensors")
     for key in ("projector.P", "heads.shared.weight", "heads.shared.bias"):
         print(f"max |{key} (1 process) - {key} (2 processes)| = {float((a[key] - b[key]).abs().max()):.3e}")
     worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)

@@ -111,3 +111,14 @@ def test_parallel_grid_matches_serial(tmp_path):
     parallel = run_grid(grid, base, tmp_path / "parallel", jobs=2, progress=False)
     for cell in grid:
         assert serial[cell]["metrics"]["test"] == parallel[cell]["metrics"]["test"]
+
+
+def test_peers_and_projection_methods_are_selectable():
+    strategies = ("relearn:relearn-every=5", "umt", "mla", "mla:projection-method=pca-ogd:pca-k=8")
+    grid = cells(BenchmarkConfig(strategies=strategies, seeds=(0,), train_missing_rates=(), ablation="full"), ["a"])
+    configs = {cell.label: cell.config({"dataset": "synthetic"}) for cell in grid}
+    assert configs["relearn:relearn-every=5"].options["relearn_every"] == 5
+    assert configs["umt"].strategy == "umt"
+    pca = configs["mla:projection-method=pca-ogd:pca-k=8"].options
+    assert pca["projection_method"] == "pca-ogd" and pca["pca_k"] == 8
+    assert configs["projection: OGD"].options["projection_method"] == "ogd"

@@ -30,18 +30,19 @@ def test_train_writes_the_run_folder_contract(tmp_path, capsys):
     for column in ("epoch", "train_loss", "train_loss_m0", "val_accuracy", "val_accuracy_m1"):
         assert column in header
     assert len((out / "history.csv").read_text().splitlines()) == 3
-    assert (out / "model.pt").is_file() and not (out / "checkpoint.pt").exists()
+    assert (out / "model.safetensors").is_file() and not (out / "checkpoint.pt").exists()
+    assert [line.split(",")[0] for line in (out / "history.csv").read_text().splitlines()] == ["epoch", "1", "2"]
 
 
 def test_evaluate_with_present_and_missing_rate(tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", "--out", str(out), *FAST])
     capsys.readouterr()
-    assert main(["evaluate", "--run", str(out), "--present", "m1"]) == 0
+    assert main(["evaluate", "--run", str(out), "--present", "m1", "--json"]) == 0
     only_m1 = json.loads(capsys.readouterr().out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert only_m1["test"]["fused"]["accuracy"] == pytest.approx(metrics["test"]["present"]["m1"]["accuracy"])
-    assert main(["evaluate", "--run", str(out), "--missing-rate", "0.5"]) == 0
+    assert main(["evaluate", "--run", str(out), "--missing-rate", "0.5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["missing_rate"] == 0.5
 
 
@@ -162,9 +163,9 @@ def test_bad_numbers_are_refused_before_training(tmp_path, capsys, argv, message
 def test_unreadable_checkpoint_and_model_files_are_named(tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", "--out", str(out), *FAST])
-    (out / "model.pt").write_text("not a model")
+    (out / "model.safetensors").write_text("not a model")
     assert main(["evaluate", "--run", str(out)]) == 2
-    assert "model.pt: cannot be read" in capsys.readouterr().err
+    assert "model.safetensors: cannot be read" in capsys.readouterr().err
     (out / "metrics.json").unlink()
     (out / "checkpoint.pt").write_bytes(b"\x80\x04garbage")
     assert main(["train", "--out", str(out), *FAST]) == 2

@@ -10,7 +10,9 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
+from altmodal.experiment import resolve, train_run
 from altmodal.strategies import STRATEGIES
 from tests import ddp_workers
 from tests.conftest import TINY
@@ -32,8 +34,8 @@ def test_two_processes_match_one_process(tmp_path):
     two = altmodal(*args, "--nproc", "2", "--out", str(tmp_path / "two"))
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
-    a = torch.load(tmp_path / "one" / "model.pt")["model"]
-    b = torch.load(tmp_path / "two" / "model.pt")["model"]
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model.safetensors")
     assert (a["projector.P"] - b["projector.P"]).abs().max() < 1e-5
     assert (a["heads.shared.weight"] - b["heads.shared.weight"]).abs().max() < 1e-5
     assert not torch.allclose(a["projector.P"], torch.eye(8))
@@ -50,6 +52,8 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
+    """... and D&R's k-means and OGD's memories, which see every process's samples in sample
+    order, match one process."""
     settings = {
         "dataset": "synthetic",
         "dataset_options": list(TINY),
@@ -58,16 +62,33 @@ def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
         "dim": 8,
         "batch_size": 32,
     }
-    names = list(STRATEGIES)
+    runs = {name: {**settings, "strategy": name} for name in STRATEGIES}
+    runs["unimodal"]["modalities"] = ["m0"]
+    matched = {
+        "relearn-diagnosed": {**settings, "strategy": "relearn", "relearn_every": 1, "epochs": 2},
+        "mla-ogd": {**settings, "strategy": "mla", "projection_method": "ogd", "ogd_refresh": 3, "epochs": 2},
+    }
     mp.spawn(
-        ddp_workers.train_every_strategy,
-        args=(2, str(tmp_path / "store"), str(tmp_path), json.dumps(settings), names),
+        ddp_workers.train_runs,
+        args=(2, str(tmp_path / "store"), str(tmp_path), json.dumps({**runs, **matched})),
         nprocs=2,
         join=True,
     )
-    for name in names:
+    for name in runs:
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         assert metrics["test"]["count"] == 75 and 0 <= metrics["test"]["fused"]["accuracy"] <= 1
+    for name, config in matched.items():
+        train_run(resolve(config), tmp_path / "one" / name)
+        a = load_file(tmp_path / "one" / name / "model.safetensors")
+        b = load_file(tmp_path / name / "model.safetensors")
+        for key in a:
+            if key == "projector.others":  # a basis is unique up to rotation: compare its projector
+                a[key], b[key] = a[key] @ a[key].transpose(1, 2), b[key] @ b[key].transpose(1, 2)
+            assert (a[key].double() - b[key].double()).abs().max() < 1e-4, (name, key)
+    alphas = [(tmp_path / run / "history.csv").read_text() for run in ("one/relearn-diagnosed", "relearn-diagnosed")]
+    column = alphas[0].splitlines()[0].split(",").index("relearn_alpha_m0")
+    one, two = ([line.split(",")[column] for line in text.splitlines()] for text in alphas)
+    assert one == two and one[2] != ""
 
 
 def test_qmf_histories_stay_identical_across_processes(tmp_path):
@@ -85,7 +106,7 @@ def test_qmf_histories_stay_identical_across_processes(tmp_path):
         nprocs=2,
         join=True,
     )
-    state = torch.load(tmp_path / "qmf" / "model.pt")["model"]
+    state = load_file(tmp_path / "qmf" / "model.safetensors")
     assert int(state["seen"].sum()) == 2 * 180  # every training sample, both modalities
 
 

@@ -1,9 +1,11 @@
 import torch
 
+from altmodal.encoders import EncoderConfig
 from altmodal.experiment import resolve, train_run
 from altmodal.fusion import combine, entropy_weights
 from altmodal.fusion_choice import ChosenFusion, apply_rule, choose_rule, fit_stacked, stack_inputs
 from altmodal.runs import Run
+from altmodal.strategies import TrainConfig, build_strategy
 from tests.conftest import tiny_config
 
 
@@ -64,9 +66,9 @@ def test_chosen_fusion_starts_as_the_entropy_rule_and_keeps_its_choice_in_the_st
 
 def test_mla_chooses_its_fusion_on_validation_and_the_paper_preset_does_not(tmp_path):
     metrics = train_run(tiny_config(strategy="mla"), tmp_path / "auto")
-    assert metrics["strategy_summary"]["fusion"] in ("entropy", "mean", "stacked")
-    assert set(metrics["strategy_summary"]["fusion_scores"]) == {"entropy", "mean", "stacked"}
-    saved = Run(tmp_path / "auto").load("model.pt")["model"]
+    assert metrics["strategy_summary"]["fusion"] in ("entropy", "mean", "head", "stacked")
+    assert set(metrics["strategy_summary"]["fusion_scores"]) == {"entropy", "mean", "head", "stacked"}
+    saved = Run(tmp_path / "auto").load_tensors("model.safetensors")
     assert "chosen_fusion.rule" in saved
     paper = tiny_config(strategy="mla", preset="paper")
     assert paper.options["test_fusion"] == "entropy"
@@ -77,3 +79,15 @@ def test_the_default_run_is_mla_and_feature_files_train_at_lr_0_01(tmp_path):
     config = resolve({"dataset": str(tmp_path / "x.npz")})
     assert config.strategy == "mla" and config.train.lr == 0.01
     assert resolve({"dataset": str(tmp_path / "x.npz"), "lr": 0.002}).train.lr == 0.002
+
+
+def test_the_fusion_head_learns_from_detached_features_only(tiny_splits):
+    config = resolve({"strategy": "mla", "dataset": "synthetic"})
+    mla = build_strategy("mla", tiny_splits, EncoderConfig(dim=8, hidden=(16,)), config.options)
+    mla.configure(TrainConfig(lr=0.1, batch_size=16))
+    batch = tiny_splits.train.gather(torch.arange(16).numpy())
+    before = {k: v.clone() for k, v in mla.state_dict().items()}
+    mla._train_fusion_head(batch, {})
+    changed = {k for k, v in mla.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"fusion_head.fc.weight", "fusion_head.fc.bias"}
+    assert all(p.grad is None for p in mla.encoders.parameters())

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from altmodal.experiment import train_run
 from altmodal.runs import Run
@@ -13,7 +14,7 @@ def test_best_epoch_is_chosen_on_validation(tmp_path):
     metrics = train_run(config, tmp_path / "run")
     history = Run(tmp_path / "run").file("history.csv").read_text().splitlines()
     scores = [float(line.split(",")[header_index(history, "val_accuracy")]) for line in history[1:]]
-    assert metrics["best_epoch"] == scores.index(max(scores))
+    assert metrics["best_epoch"] == scores.index(max(scores)) + 1  # epochs count from 1
 
 
 def header_index(lines, name):
@@ -38,8 +39,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     monkeypatch.setattr(Run, "on_epoch_end", original)
     resumed = train_run(config, tmp_path / "cut")
     assert resumed["test"] == whole["test"]
-    a = torch.load(tmp_path / "whole" / "model.pt")["model"]
-    b = torch.load(tmp_path / "cut" / "model.pt")["model"]
+    a = load_file(tmp_path / "whole" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert rows["best_epoch"] == whole["best_epoch"]

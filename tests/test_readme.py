@@ -10,11 +10,14 @@ def test_python_blocks_of_the_readme_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks
     monkeypatch.chdir(tmp_path)
+    namespace: dict = {}  # the blocks run in order, like one session
     for block in blocks:
-        exec(compile(block, str(README), "exec"), {})
+        exec(compile(block, str(README), "exec"), namespace)
     printed = capsys.readouterr().out
     assert "fou" in printed and "audio+video" in printed
     assert (tmp_path / "runs" / "from-python" / "metrics.json").is_file()
+    assert "['0', '1', '2']" in printed and "'accuracy'" in printed  # load_run's classes and evaluate
+    assert (tmp_path / "runs" / "own" / "model.safetensors").is_file()
 
 
 def test_the_ci_runs_the_readme_test_command():

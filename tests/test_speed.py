@@ -39,6 +39,8 @@ def with_missing_rows(batch):
         ("ume", {}),
         ("qmf", {}),
         ("ogm_ge", {}),
+        ("umt", {}),
+        ("relearn", {}),
         ("mla", {}),
         ("mla", {"preset": "reference-code"}),
         ("mla", {"cycle": "iteration", "order": "random"}),

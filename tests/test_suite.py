@@ -49,12 +49,12 @@ def test_each_dataset_gets_a_report_and_the_summary_counts_every_verdict(ran):
 
 
 def test_verdicts_follow_the_spread():
-    fused = {"a": (0.9, 0.8), "b": (0.84, 0.84), "c": (0.7, 0.7)}
+    fused = {"a": (0.9, 0.8), "b": (0.84, 0.84), "c": (0.7, 0.7), "a2": (0.8, 0.9)}
     results = {
         Cell("main", label, seed): {"metrics": {"test": {"fused": {"accuracy": value}, "unimodal": {}}}}
         for label, pair in fused.items()
         for seed, value in enumerate(pair)
     }
     rows = suite.summarize(results, list(fused), [])["strategies"]
-    assert [rows[s]["verdict"] for s in fused] == ["win", "tie", "loss"]
+    assert [rows[s]["verdict"] for s in fused] == ["win", "tie", "loss", "win"]
     assert rows["c"]["gap"] == pytest.approx(-0.15)

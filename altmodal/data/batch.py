@@ -142,7 +142,8 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> Batch:
     Each sample is ``{"inputs": {modality: tensor or None}, "label": int, "index": int}``. A
     modality that is missing from a sample's ``inputs`` (or is None there) is absent for that
     sample: it is zero-filled and its ``present`` entry is False. Use this as ``collate_fn`` with
-    a ``torch.utils.data.DataLoader`` over your own per-sample dataset.
+    a ``torch.utils.data.DataLoader`` over your own per-sample dataset. Inputs become float32, as
+    in the built-in batches (token ids too; the text encoder casts them back).
 
     Raises:
         ValueError: on an empty list, a modality absent from every sample, or samples whose
@@ -171,7 +172,7 @@ def collate(samples: Sequence[Mapping[str, Any]]) -> Batch:
                     f"{tuple(x.shape)}, other samples have {tuple(template.shape)}"
                 )
             rows.append(x)
-        inputs[m] = torch.stack(rows)
+        inputs[m] = torch.stack(rows).float()  # float32, as the built-in datasets' batches
         present[m] = torch.tensor([_has(s, m) for s in samples], dtype=torch.bool)
     label = torch.tensor([int(s["label"]) for s in samples], dtype=torch.long)
     index = torch.tensor([int(s.get("index", i)) for i, s in enumerate(samples)], dtype=torch.long)

@@ -130,6 +130,9 @@ class Splits:
     train: MultimodalDataset
     val: MultimodalDataset
     test: MultimodalDataset
+    preprocessing: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    """Statistics fit on the training split and applied to every split (modality -> name ->
+    array; e.g. standardisation's ``mean`` and ``std``); empty when nothing was fit."""
 
     def __getitem__(self, name: str) -> MultimodalDataset:
         if name not in SPLITS:
@@ -145,7 +148,7 @@ class Splits:
         return self.train.num_classes
 
     def map(self, fn: Callable[[MultimodalDataset], MultimodalDataset]) -> Splits:
-        return Splits(train=fn(self.train), val=fn(self.val), test=fn(self.test))
+        return Splits(train=fn(self.train), val=fn(self.val), test=fn(self.test), preprocessing=self.preprocessing)
 
 
 def batch_positions(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> list[np.ndarray]:

@@ -40,17 +40,7 @@ def read_npz(path: str | Path) -> tuple[MultimodalDataset, np.ndarray | None]:
         DataError: the file is missing or unreadable, or an array is malformed; the message names
             the file and the array.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such feature file")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path}: not an .npz file (a zip archive of .npy arrays)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            raw = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from err
-    return arrays_to_dataset(raw, source=str(path))
+    return arrays_to_dataset(read_arrays(path), source=str(path))
 
 
 def arrays_to_dataset(raw: dict[str, np.ndarray], source: str) -> tuple[MultimodalDataset, np.ndarray | None]:
@@ -76,24 +66,7 @@ def arrays_to_dataset(raw: dict[str, np.ndarray], source: str) -> tuple[Multimod
     present: dict[str, np.ndarray] = {}
     arrays: dict[str, np.ndarray] = {}
     for m in modalities:
-        array = raw[m]
-        if np.issubdtype(array.dtype, np.complexfloating):
-            raise DataError(f"{source}: array {m!r} has complex dtype {array.dtype}; store real features")
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-            raise DataError(f"{source}: array {m!r} has non-numeric dtype {array.dtype}")
-        if array.ndim > 1 and 0 in array.shape[1:]:
-            raise DataError(f"{source}: array {m!r} has no features per sample (shape {array.shape})")
-        mask = raw.get(PRESENT_PREFIX + m)
-        if mask is None:
-            mask = np.ones(n, dtype=bool)
-        elif mask.dtype != bool:
-            if not np.isin(mask, (0, 1)).all():
-                raise DataError(f"{source}: {PRESENT_PREFIX + m!r} must hold booleans (or 0/1)")
-            mask = mask.astype(bool)
-        if mask.ndim != 1:
-            raise DataError(f"{source}: {PRESENT_PREFIX + m!r} must be 1-D, got {mask.shape}")
-        arrays[m] = check_finite(array, mask, f"{source}: array {m!r}")
-        present[m] = mask
+        arrays[m], present[m] = check_modality(raw, m, source)
     orphan = [k for k in raw if k.startswith(PRESENT_PREFIX) and k[len(PRESENT_PREFIX) :] not in arrays]
     if orphan:
         raise DataError(f"{source}: {orphan[0]!r} names no modality array (modalities: {', '.join(modalities)})")
@@ -110,6 +83,43 @@ def arrays_to_dataset(raw: dict[str, np.ndarray], source: str) -> tuple[Multimod
         name=source, arrays=arrays, present=present, labels=labels, classes=classes, rows=np.arange(n)
     )
     return dataset, split
+
+
+def check_modality(raw: dict[str, np.ndarray], m: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Modality ``m``'s array (absent rows zeroed) and its (N,) presence mask, validated."""
+    array = raw[m]
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise DataError(f"{source}: array {m!r} has complex dtype {array.dtype}; store real features")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DataError(f"{source}: array {m!r} has non-numeric dtype {array.dtype}")
+    if array.ndim == 0:
+        raise DataError(f"{source}: array {m!r} is a scalar; it needs one row per sample")
+    if array.ndim > 1 and 0 in array.shape[1:]:
+        raise DataError(f"{source}: array {m!r} has no features per sample (shape {array.shape})")
+    mask = raw.get(PRESENT_PREFIX + m)
+    if mask is None:
+        mask = np.ones(len(array), dtype=bool)
+    elif mask.dtype != bool:
+        if not np.isin(mask, (0, 1)).all():
+            raise DataError(f"{source}: {PRESENT_PREFIX + m!r} must hold booleans (or 0/1)")
+        mask = mask.astype(bool)
+    if mask.ndim != 1 or len(mask) != len(array):
+        raise DataError(f"{source}: {PRESENT_PREFIX + m!r} must be 1-D with {len(array)} entries, got {mask.shape}")
+    return check_finite(array, mask, f"{source}: array {m!r}"), mask
+
+
+def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickled objects); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such feature file")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz file (a zip archive of .npy arrays)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from err
 
 
 def encode_labels(label: np.ndarray, class_names: np.ndarray | None, source: str) -> tuple[np.ndarray, list[str]]:

@@ -196,12 +196,14 @@ def without_empty_samples(splits: Splits) -> Splits:
     return kept
 
 
-def load_splits(config: DataConfig, seed: int) -> Splits:
+def load_splits(config: DataConfig, seed: int, loaded: Loaded | None = None) -> Splits:
     """Train/val/test views: modalities selected, split, standardised, missing masks applied.
 
     The stratified split (for data without one) and the missing masks are drawn from ``seed``.
+    ``loaded`` is data already in memory (e.g. handed over from Python); by default
+    ``config.dataset`` is loaded.
     """
-    loaded = load(config)
+    loaded = load(config) if loaded is None else loaded
     dataset = select_modalities(loaded.dataset, config.modalities)
     split = loaded.split
     if split is None:
@@ -223,6 +225,7 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         train=splits.train.with_transforms(loaded.train_transforms),
         val=splits.val.with_transforms(loaded.eval_transforms),
         test=splits.test.with_transforms(loaded.eval_transforms),
+        preprocessing=splits.preprocessing,
     )
 
 

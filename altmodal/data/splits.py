@@ -57,26 +57,42 @@ def make_splits(dataset: MultimodalDataset, split: np.ndarray) -> Splits:
         if len(rows) == 0:
             raise DataError(f"{dataset.name}: split {name!r} has no samples; every split needs at least one")
         views[name] = dataset.view(rows)
-    return Splits(**views)
+    return Splits(train=views["train"], val=views["val"], test=views["test"])
 
 
-def standardize(splits: Splits) -> Splits:
-    """Standardise every modality per feature with the TRAINING split's mean and std (present
-    samples only); features constant on train are only centred."""
-    train = splits.train
-    arrays: dict[str, np.ndarray] = {}
+Stats = dict[str, dict[str, np.ndarray]]
+"""modality -> {"mean": (...), "std": (...)}, each of one sample's shape."""
+
+
+def standardization_stats(train: MultimodalDataset) -> Stats:
+    """Per-feature mean and std of every modality over the PRESENT samples of ``train``;
+    features constant on train get std 1 (they are only centred)."""
+    stats: Stats = {}
     for m, array in train.arrays.items():
         rows = train.rows[np.asarray(train.present[m])[train.rows]]
         if len(rows) == 0:
             raise DataError(f"{train.name}: modality {m!r} is absent from every training sample")
         sample = np.asarray(array[rows], dtype=np.float64)
-        mean = sample.mean(axis=0)
         std = sample.std(axis=0)
         std[std < 1e-12] = 1.0
-        out = ((np.asarray(array, dtype=np.float64) - mean) / std).astype(np.float32)
-        out[~np.asarray(train.present[m])] = 0
-        arrays[m] = out
-    return splits.map(lambda view: _with_arrays(view, arrays))
+        stats[m] = {"mean": sample.mean(axis=0), "std": std}
+    return stats
+
+
+def apply_standardization(array: np.ndarray, present: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``(array - mean) / std`` as float32, absent rows zero."""
+    out = ((np.asarray(array, dtype=np.float64) - stats["mean"]) / stats["std"]).astype(np.float32)
+    out[~np.asarray(present, dtype=bool)] = 0
+    return out
+
+
+def standardize(splits: Splits) -> Splits:
+    """Standardise every modality per feature with the TRAINING split's statistics, which the
+    result keeps in ``Splits.preprocessing`` (a run folder stores them for prediction)."""
+    stats = standardization_stats(splits.train)
+    arrays = {m: apply_standardization(a, splits.train.present[m], stats[m]) for m, a in splits.train.arrays.items()}
+    standardized = splits.map(lambda view: _with_arrays(view, arrays))
+    return dataclasses.replace(standardized, preprocessing=stats)
 
 
 def _with_arrays(view: MultimodalDataset, arrays: Mapping[str, np.ndarray]) -> MultimodalDataset:

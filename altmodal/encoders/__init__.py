@@ -8,9 +8,18 @@ its kind, a string the dataset sets on ``MultimodalDataset.kinds``:
 - ``resnet18-visual``: (T, C, H, W) frames, :class:`~altmodal.encoders.resnet.VisualResNet`;
 - ``text:<vocab size>``: (L,) token ids, :class:`~altmodal.encoders.text.TextEncoder`.
 
+``--encoder MODALITY=KIND`` overrides the kind a dataset names (e.g. a (N, 28, 28) feature-file
+array through ``resnet18-visual``).
+
+Your own encoder (from Python, ``train_run(..., encoders={modality: module})``) follows one
+contract: an ``nn.Module`` whose ``forward`` maps a modality's batch (B, *sample shape), float32,
+to features (B, d), where d is the head's width (``dim``). Its width is read from an ``out_dim``
+attribute if it has one and checked by one forward pass on two training samples before the
+first epoch (:func:`check_encoder`); a mismatch is an error naming the modality and both widths.
+
 Local pretrained weights load per modality (``--weights audio=PATH``, strict): the file holds a
 state dict of the encoder, of its backbone alone (e.g. a ResNet18 without its ``fc``), or a
-saved altmodal model (``model.pt``/checkpoint: the ``encoders.<modality>.`` entries are used).
+saved altmodal model (``model.safetensors``/checkpoint: the ``encoders.<modality>.`` entries are used).
 """
 
 from __future__ import annotations
@@ -42,6 +51,13 @@ class EncoderConfig:
     text_width: int = option(128, "model width of the text encoder")
     text_layers: int = option(2, "transformer layers of the text encoder")
     text_heads: int = option(4, "attention heads of the text encoder")
+    kinds: tuple[str, ...] = option(
+        (),
+        "the encoder kind of one modality as modality=kind, e.g. image=resnet18-visual (repeat the flag for more)",
+        flag="--encoder",
+        repeat=True,
+        metavar="MODALITY=KIND",
+    )
     weights: tuple[str, ...] = option(
         (),
         "local pretrained weights of one modality's encoder as modality=path (repeat the flag for more)",
@@ -101,13 +117,78 @@ def build_encoder(kind: str, in_shape: Sequence[int], config: EncoderConfig, mod
 
 def weights_by_modality(entries: Sequence[str]) -> dict[str, Path]:
     """``modality=path`` entries as a dict; raises ValueError naming a malformed entry."""
-    out: dict[str, Path] = {}
+    return {m: Path(p) for m, p in by_modality(entries, "--weights", "path").items()}
+
+
+def by_modality(entries: Sequence[str], flag: str, what: str) -> dict[str, str]:
+    """``modality=value`` entries as a dict; raises ValueError naming a malformed entry."""
+    out: dict[str, str] = {}
     for entry in entries:
-        modality, sep, path = entry.partition("=")
-        if not sep or not modality.strip() or not path.strip():
-            raise ValueError(f"--weights {entry!r} is not of the form modality=path")
-        out[modality.strip()] = Path(path.strip())
+        modality, sep, value = entry.partition("=")
+        if not sep or not modality.strip() or not value.strip():
+            raise ValueError(f"{flag} {entry!r} is not of the form modality={what}")
+        out[modality.strip()] = value.strip()
     return out
+
+
+def encoder_kinds(defaults: Mapping[str, str], modalities: Sequence[str], config: EncoderConfig) -> dict[str, str]:
+    """modality -> encoder kind: ``--encoder`` entries over the dataset's kinds (default ``mlp``)."""
+    chosen = by_modality(config.kinds, "--encoder", "kind")
+    unknown = [m for m in chosen if m not in modalities]
+    if unknown:
+        raise ValueError(f"--encoder names modality {unknown[0]!r}; the modalities are {', '.join(modalities)}")
+    return {m: chosen.get(m, defaults.get(m, "mlp")) for m in modalities}
+
+
+@torch.no_grad()
+def check_encoder(modality: str, encoder: nn.Module, sample: torch.Tensor, dim: int) -> nn.Module:
+    """Check a user's encoder by one forward pass on ``sample`` (n, ...) before training.
+
+    The output must be (n, ``dim``), and an ``out_dim`` attribute, if the encoder has one, must
+    equal ``dim``; without one it is set to ``dim``. The encoder's training mode is restored.
+
+    Raises:
+        ValueError: the forward pass fails or gives another shape; the message names the
+            modality, the encoder class and what to change.
+    """
+    name = type(encoder).__name__
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(f"encoder of modality {modality!r} is a {name}, not a torch.nn.Module")
+    declared = getattr(encoder, "out_dim", None)
+    if declared is not None and int(declared) != dim:
+        raise ValueError(
+            f"encoder of modality {modality!r} ({name}) declares out_dim={declared}, but the head reads "
+            f"{dim} features (dim={dim}); set dim={declared} or make the encoder output {dim}"
+        )
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        out = encoder(sample)
+    except Exception as err:  # any failure of user code is reported with the input it got
+        raise ValueError(
+            f"encoder of modality {modality!r} ({name}) fails on a batch of shape {tuple(sample.shape)}: {err}"
+        ) from err
+    finally:
+        encoder.train(was_training)
+    expected = (len(sample), dim)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"encoder of modality {modality!r} ({name}) maps a batch of shape {tuple(sample.shape)} to {got}; "
+            f"it must give {expected}: (batch, dim) with dim={dim}, the head's width (set dim or end the "
+            f"encoder with a linear layer to {dim} features)"
+        )
+    if declared is None:
+        encoder.out_dim = dim  # type: ignore[assignment]
+    return encoder
+
+
+def _read_tensors(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_weights(encoder: nn.Module, path: str | Path, modality: str, kind: str = "") -> None:
@@ -121,7 +202,7 @@ def load_weights(encoder: nn.Module, path: str | Path, modality: str, kind: str 
     if not path.is_file():
         raise ValueError(f"{path}: no such weights file (given for modality {modality!r})")
     try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+        state: Any = _read_tensors(path)
     except Exception as err:  # torch raises many types for a bad file
         raise ValueError(f"{path}: not a readable torch weights file ({err})") from err
     for key in ("model", "state_dict"):
@@ -153,4 +234,13 @@ def load_weights(encoder: nn.Module, path: str | Path, modality: str, kind: str 
     target.load_state_dict(dict(state), strict=True)
 
 
-__all__ = ["KINDS", "EncoderConfig", "build_encoder", "channels_last", "load_weights", "weights_by_modality"]
+__all__ = [
+    "KINDS",
+    "EncoderConfig",
+    "build_encoder",
+    "channels_last",
+    "check_encoder",
+    "encoder_kinds",
+    "load_weights",
+    "weights_by_modality",
+]

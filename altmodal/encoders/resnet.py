@@ -126,20 +126,23 @@ class AudioResNet(nn.Module):
 
 class VisualResNet(nn.Module):
     """(B, T, C, H, W) frames -> (B, dim): each frame through a 2D ResNet18, maps averaged over
-    time and space."""
+    time and space. Single images (B, C, H, W) and grey images (B, H, W) are one frame."""
 
     def __init__(self, in_shape: Sequence[int], dim: int, width: int = 64):
         super().__init__()
-        if len(in_shape) != 4:
+        if not 2 <= len(in_shape) <= 4:
             raise ValueError(
-                f"resnet18-visual expects (frames, channels, height, width) inputs, got samples of shape "
-                f"{tuple(in_shape)}"
+                f"resnet18-visual expects (frames, channels, height, width), (channels, height, width) or "
+                f"(height, width) inputs, got samples of shape {tuple(in_shape)}"
             )
-        self.backbone = ResNet18(int(in_shape[1]), width)
+        channels = 1 if len(in_shape) == 2 else int(in_shape[-3])
+        self.backbone = ResNet18(channels, width)
         self.proj = projection(self.backbone.out_channels, dim)
         self.out_dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
+        while x.dim() < 5:  # (B, H, W) -> (B, 1, H, W) -> (B, 1, 1, H, W): one frame, one channel
+            x = x.unsqueeze(1)
         b, t = x.shape[:2]
         maps = self.backbone(x.flatten(0, 1))  # (B*T, 8w, h, w)
         pooled = maps.mean(dim=(2, 3)).view(b, t, -1).mean(dim=1)  # (B, 8w)

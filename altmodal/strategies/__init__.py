@@ -5,17 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+from torch import Tensor, nn
+
 from altmodal.config import build
-from altmodal.data.dataset import Splits
-from altmodal.encoders import EncoderConfig, build_encoder
-from altmodal.strategies.base import DataSpec, StepOutput, Strategy, TrainConfig
+from altmodal.data.dataset import MultimodalDataset, Splits
+from altmodal.encoders import EncoderConfig, build_encoder, check_encoder, encoder_kinds
+from altmodal.strategies.base import Callback, DataSpec, StepOutput, Strategy, TrainConfig
 from altmodal.strategies.joint import Joint
 from altmodal.strategies.mla import MLA
 from altmodal.strategies.ogm_ge import OGMGE
 from altmodal.strategies.qmf import QMF
+from altmodal.strategies.relearn import Relearn
 from altmodal.strategies.ume import UME, Unimodal
+from altmodal.strategies.umt import UMT
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF, Relearn, UMT)}
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -29,14 +34,58 @@ def build_strategy(
     splits: Splits,
     encoder: EncoderConfig,
     options: Mapping[str, Any],
+    custom: Mapping[str, nn.Module] | None = None,
 ) -> Strategy:
-    """A strategy with one encoder per modality of ``splits`` (of the kind the dataset names)."""
-    cls = strategy_class(name)
+    """A strategy with one encoder per modality of ``splits``: the user's ``custom`` module
+    (checked by a forward pass on two training samples) or one of the kind the dataset or
+    ``--encoder`` names."""
     train = splits.train
-    encoders = {m: build_encoder(train.kinds.get(m, "mlp"), train.input_shape(m), encoder, m) for m in train.modalities}
+    custom = dict(custom or {})
+    unknown = [m for m in custom if m not in train.modalities]
+    if unknown:
+        raise ValueError(f"an encoder is given for {unknown[0]!r}; the modalities are {', '.join(train.modalities)}")
+    for m, module in custom.items():
+        check_encoder(m, module, sample_inputs(train, m), encoder.dim)
     spec = DataSpec(tuple(train.modalities), train.num_classes, len(train.labels))
+    shapes = {m: train.input_shape(m) for m in train.modalities}
+    return assemble(name, spec, encoder_kinds(train.kinds, train.modalities, encoder), shapes, encoder, options, custom)
+
+
+def assemble(
+    name: str,
+    spec: DataSpec,
+    kinds: Mapping[str, str],
+    shapes: Mapping[str, tuple[int, ...]],
+    encoder: EncoderConfig,
+    options: Mapping[str, Any],
+    custom: Mapping[str, nn.Module] | None = None,
+) -> Strategy:
+    """A strategy from its parts: the ``custom`` encoders, and built ones of ``kinds`` for the rest."""
+    cls = strategy_class(name)
+    custom = custom or {}
+    encoders = {
+        m: custom[m] if m in custom else build_encoder(kinds[m], shapes[m], encoder, m) for m in spec.modalities
+    }
     built = build(cls.options_class, options) if cls.options_class is not None else None
     return cls(encoders, spec, built, encoder.dim)  # type: ignore[call-arg]
 
 
-__all__ = ["STRATEGIES", "DataSpec", "StepOutput", "Strategy", "TrainConfig", "build_strategy", "strategy_class"]
+def sample_inputs(dataset: MultimodalDataset, modality: str, n: int = 2) -> Tensor:
+    """Up to ``n`` samples of ``modality`` (present ones) as a float batch."""
+    positions = np.flatnonzero(np.asarray(dataset.present[modality])[dataset.rows])[:n]
+    if len(positions) == 0:
+        raise ValueError(f"{dataset.name}: modality {modality!r} is absent from every training sample")
+    return dataset.gather(positions).inputs[modality]
+
+
+__all__ = [
+    "STRATEGIES",
+    "Callback",
+    "DataSpec",
+    "StepOutput",
+    "Strategy",
+    "TrainConfig",
+    "assemble",
+    "build_strategy",
+    "strategy_class",
+]

@@ -7,7 +7,11 @@ ModuleDict) and whatever heads it needs. It answers four questions:
 - ``fuse(features, present)``: the fused prediction from the modalities present;
 - ``training_step(batch)``: one optimisation step (or several: MLA steps once per modality),
   calling :meth:`Strategy.optimize` for each, which owns ``backward`` and ``optimizer.step``;
-- optionally ``on_epoch_start`` / ``on_epoch_end`` for per-epoch state (OGM's window, QMF's history).
+- optionally ``on_fit_start`` (work before the first epoch that needs the data, e.g. UMT's
+  teachers) and ``on_epoch_start`` / ``on_epoch_end`` for per-epoch state (OGM's window, QMF's
+  history, D&R's diagnosis); numbers these hooks put in ``epoch_extras`` join the epoch's history
+  row; ``on_fit_end`` fits state on the validation split once the best epoch is back (MLA's
+  fusion choice), and ``summary`` reports it in metrics.json.
 
 :meth:`Strategy.fit` (the epoch loop: train, validate, keep the best epoch on the VALIDATION
 split, checkpoint) and :meth:`Strategy.collect` (predict a whole split) are written once here.
@@ -20,9 +24,9 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,6 +40,7 @@ from altmodal.data.pipeline import prefetch
 from altmodal.distributed import Dist
 from altmodal.encoders import channels_last
 from altmodal.metrics import Outputs, subset_name, subsets, summarize
+from altmodal.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +54,16 @@ class TrainConfig:
     lr: float = option(1e-3, "learning rate")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(1e-4, "weight decay")
-    optimizer: Literal["sgd", "adam"] = option(
+    optimizer: Literal["sgd", "adam", "adamw"] = option(
         "sgd", "optimizer; Adam's per-coordinate scaling undoes MLA's head projection"
+    )
+    scheduler: Literal["step", "cosine", "none"] = option(
+        "step", "learning-rate schedule per epoch: StepLR (--lr-step, --lr-gamma), cosine to zero, or constant"
     )
     lr_step: int = option(70, "decay the learning rate every this many epochs (StepLR)")
     lr_gamma: float = option(0.1, "learning-rate decay factor")
+    warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up before the schedule")
+    grad_clip: float = option(0.0, "clip the gradient norm of each optimizer step to this value (0: off)")
     seed: int = option(0, "seed of the split, the initialisation, the batch order and the masks")
     device: str = option("auto", "device: auto, cpu, cuda or cuda:N")
     eval_batch_size: int = option(256, "batch size for evaluation")
@@ -82,6 +92,8 @@ class TrainConfig:
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "non-negative")
         require(self.lr_step >= 1, "lr_step", self.lr_step, "at least 1")
         require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
+        require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs, "in [0, --epochs)")
+        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "non-negative")
         require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         require(self.prefetch >= 1, "prefetch", self.prefetch, "at least 1")
         require(self.workers >= 1, "workers", self.workers, "at least 1")
@@ -162,10 +174,16 @@ class EpochSums:
         return row
 
 
-class Callback(Protocol):
-    """Receives the loop's state at the end of every epoch (the run folder implements it)."""
+class Callback:
+    """Hooks of the loop; subclass and override what you need (the run folder, the TensorBoard
+    logger and the command line's summary are callbacks). ``Strategy.fit`` takes a list."""
 
-    def on_epoch_end(self, strategy: Strategy, state: dict[str, Any]) -> None: ...
+    def on_fit_start(self, strategy: Strategy, splits: Splits) -> None:
+        """Before the first epoch (also when resuming), with the optimizer configured."""
+
+    def on_epoch_end(self, strategy: Strategy, state: dict[str, Any]) -> None:
+        """After each epoch: ``state`` holds ``epoch`` (0-based), ``history`` (rows with 1-based
+        ``epoch``), ``best``, ``training`` (model, optimizer and schedule state) and ``rng``."""
 
 
 class Strategy(nn.Module):
@@ -190,7 +208,11 @@ class Strategy(nn.Module):
         self.batch_index = 0
         """Position of the current batch in the epoch (set by the loop)."""
         self.batches_per_epoch = 1
-        self.best_epoch = -1
+        self.best_epoch = 0
+        """1-based epoch whose parameters the model holds after :meth:`fit` (0: not trained)."""
+        self.progress = False
+        self.epoch_extras: dict[str, float] = {}
+        """Numbers an epoch hook reports for the current epoch's history row."""
 
     @property
     def modalities(self) -> list[str]:
@@ -235,13 +257,17 @@ class Strategy(nn.Module):
     def training_step(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
 
+    def on_fit_start(self, splits: Splits) -> None:
+        """Called once by :meth:`fit` before the first epoch it trains (after a resume has
+        restored the state), with the run's splits."""
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each training epoch."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each training epoch, before validation."""
 
-    def after_fit(self, splits: Splits) -> None:
+    def on_fit_end(self, splits: Splits) -> None:
         """Called once the best epoch's parameters are back, before the final evaluation (for
         state fitted on the validation split, such as MLA's fusion choice)."""
 
@@ -255,13 +281,13 @@ class Strategy(nn.Module):
         for ``precision=16``, the gradient scaler.
 
         One optimizer serves every strategy: gradients are None outside :meth:`optimize`, and
-        torch's SGD and Adam skip parameters whose gradient is None, so a step that only reaches
-        one encoder (MLA) leaves the others' momentum and weight decay untouched. The update
-        runs as multi-tensor kernels (``kernel``): fused on CUDA, where it also takes the fp16
-        scaler's unscaling and inf check without a host sync; foreach on the CPU by default,
-        which gives the per-tensor loop's numbers exactly (fused SGD is about three times
-        faster there but rounds in one step, so the last bits differ). ResNets use
-        channels-last memory on CUDA.
+        torch's SGD, Adam and AdamW skip parameters whose gradient is None, so a step that only
+        reaches one encoder (MLA) leaves the others' momentum and weight decay untouched. The
+        update runs as multi-tensor kernels (``kernel``): fused on CUDA, where it also takes the
+        fp16 scaler's unscaling and inf check without a host sync; foreach on the CPU by default,
+        which gives the per-tensor loop's numbers exactly (fused SGD is about three times faster
+        there but rounds in one step, so the last bits differ). ResNets use channels-last
+        memory on CUDA.
         """
         self.config = config
         if dist is not None:
@@ -270,18 +296,10 @@ class Strategy(nn.Module):
         if self.device.type == "cuda":
             channels_last(self)
         self.dist.broadcast_module(self)
-        params = [p for p in self.parameters() if p.requires_grad]
         fused = config.kernel == "fused" or (config.kernel == "auto" and self.device.type == "cuda")
-        kernel: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
-        if config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(
-                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **kernel
-            )
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **kernel)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=max(config.lr_step, 1), gamma=config.lr_gamma
-        )
+        params = (p for p in self.parameters() if p.requires_grad)
+        self.optimizer = build_optimizer(params, config, {"fused": True} if fused else {"foreach": True})
+        self.scheduler = build_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "16" else None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -299,12 +317,12 @@ class Strategy(nn.Module):
     ) -> None:
         """One optimizer step on ``loss``: backward, combine the gradients of ``params``
         (default all; they must include every parameter ``loss`` reaches) over processes, let
-        ``edit`` modify them, step, and set them back to None.
+        ``edit`` modify them, clip their norm (``grad_clip``), step, and set them back to None.
 
         Only ``params`` are touched: a step that trains one encoder and a head neither zeroes
         nor reduces nor clears the other encoders. With a gradient scaler (``precision=16``)
-        the gradients are unscaled before ``edit``, so edits see the true gradients; backward,
-        edit and step run outside autocast, in float32.
+        the gradients are unscaled before ``edit`` and clipping, so both see the true gradients;
+        backward, edit and step run outside autocast, in float32.
         """
         assert self.optimizer is not None, "call configure() first"
         touched = list(self.parameters() if params is None else params)
@@ -319,6 +337,8 @@ class Strategy(nn.Module):
                 self.scaler.unscale_(self.optimizer)
             if edit is not None:
                 edit()
+            if self.config.grad_clip > 0:
+                nn.utils.clip_grad_norm_([p for p in touched if p.grad is not None], self.config.grad_clip)
             first_momentum(self.optimizer, touched)
             if self.scaler is None:
                 self.optimizer.step()
@@ -380,16 +400,18 @@ class Strategy(nn.Module):
         *,
         dist: Dist | None = None,
         resume: Mapping[str, Any] | None = None,
-        callback: Callback | None = None,
+        callbacks: Sequence[Callback] = (),
         progress: bool = False,
     ) -> list[dict[str, float]]:
         """Train for ``config.epochs`` epochs; keep the parameters of the epoch with the best
         validation fused accuracy (the first such epoch) and return the per-epoch history.
 
         ``resume`` is a state that a callback received at the end of an epoch: training goes on
-        from the next epoch and ends as an uninterrupted run would.
+        from the next epoch and ends as an uninterrupted run would. ``progress`` shows a bar
+        over epochs, and one over batches when an epoch takes more than a few seconds.
         """
         self.configure(config, dist)
+        self.progress = progress and self.dist.is_main
         history: list[dict[str, float]] = []
         best: dict[str, Any] = {"epoch": -1, "score": -1.0, "model": copy.deepcopy(self.state_dict())}
         start = 0
@@ -404,6 +426,9 @@ class Strategy(nn.Module):
             best = dict(resume["best"])
             start = int(resume["epoch"]) + 1
             _set_rng_state(resume["rng"])
+        for callback in callbacks:
+            callback.on_fit_start(self, splits)
+        self.on_fit_start(splits)
         bar = _progress(range(start, config.epochs), progress and self.dist.is_main, f"{self.name}")
         for epoch in bar:
             started = time.perf_counter()
@@ -414,7 +439,7 @@ class Strategy(nn.Module):
                 )
             self.dist.average_norm_statistics(self)
             val = summarize(self.collect(splits.val, all_subsets=False), self.num_classes)
-            row = {"epoch": float(epoch), "lr": self.optimizer.param_groups[0]["lr"], **train_row}  # type: ignore[union-attr]
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **train_row}  # type: ignore[union-attr]
             row.update(_validation_row(val))
             row["seconds"] = time.perf_counter() - started
             history.append(row)
@@ -424,7 +449,7 @@ class Strategy(nn.Module):
                 best = {"epoch": epoch, "score": row["val_accuracy"], "model": copy.deepcopy(self.state_dict())}
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(val_acc=f"{row['val_accuracy']:.3f}", best=f"{best['score']:.3f}")
-            if callback is not None:
+            if callbacks:
                 state = {
                     "epoch": epoch,
                     "training": self.training_state(),
@@ -432,10 +457,11 @@ class Strategy(nn.Module):
                     "best": best,
                     "rng": _rng_state(),
                 }
-                callback.on_epoch_end(self, state)
+                for callback in callbacks:
+                    callback.on_epoch_end(self, state)
         self.load_state_dict(best["model"])
-        self.best_epoch = int(best["epoch"])
-        self.after_fit(splits)
+        self.best_epoch = int(best["epoch"]) + 1
+        self.on_fit_end(splits)
         return history
 
     def train_epoch(self, dataset: MultimodalDataset, epoch: int) -> dict[str, float]:
@@ -458,22 +484,26 @@ class Strategy(nn.Module):
             world_size=self.dist.world_size,
         )
         self.batches_per_epoch = len(batches)
+        self.epoch_extras = {}
         self.on_epoch_start(epoch)
         n = len(dataset)
         sums = EpochSums(self.modalities, self.device)
         self.data_seconds = 0.0
         loader = cfg.loader if cfg.loader != "auto" else ("thread" if self.device.type == "cuda" else "loop")
         stream = prefetch(batches, self.device, loader, ahead=cfg.prefetch, workers=cfg.workers)
+        steps = _batch_progress(stream, len(batches), f"epoch {epoch + 1}") if self.progress else stream
         with contextlib.closing(stream):  # stops the background producer if the step raises
-            for self.batch_index in range(len(batches)):
-                waiting = time.perf_counter()
-                batch = next(stream)
+            waiting = time.perf_counter()
+            for self.batch_index, batch in enumerate(steps):
                 self.data_seconds += time.perf_counter() - waiting
                 with self.autocast():
                     out = self.training_step(batch)
                 sums.add(out, min(cfg.batch_size, n - self.batch_index * cfg.batch_size))
+                waiting = time.perf_counter()
         self.on_epoch_end(epoch)
-        return sums.read(self.dist, n)
+        row = sums.read(self.dist, n)
+        row.update(self.epoch_extras)
+        return row
 
     @torch.no_grad()
     def collect(self, dataset: MultimodalDataset, all_subsets: bool = True) -> Outputs:
@@ -571,3 +601,10 @@ def _progress(items: Iterable[int], enabled: bool, desc: str) -> Iterable[int]:
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+
+
+def _batch_progress(batches: Iterator[Batch], total: int, desc: str) -> Iterator[Batch]:
+    """A bar over one epoch's batches that appears only once the epoch has run for 3 s."""
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(batches, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, delay=3))

@@ -1,0 +1,58 @@
+"""Per-sample prediction tables: what ``predictions_test.csv`` and ``altmodal predict`` write.
+
+Pure functions from a split's :class:`~altmodal.metrics.Outputs` to probabilities and rows. A
+probability is the softmax of the model's fused (or one modality's) scores; a modality that a
+sample lacks gets NaN probabilities and an empty prediction, and a sample with no modality at all
+gets them for the fused prediction too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from altmodal.metrics import Outputs
+
+
+def probabilities(logits: Tensor, rows: Tensor) -> np.ndarray:
+    """(N, C) softmax probabilities as float64, NaN in the rows where ``rows`` is False."""
+    out = torch.softmax(logits.double(), dim=1).numpy()
+    out[~rows.numpy()] = np.nan
+    return out
+
+
+def any_present(outputs: Outputs) -> Tensor:
+    """(N,) True where the sample has at least one modality."""
+    return torch.stack(list(outputs.present.values())).any(dim=0)
+
+
+def names_of(probs: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """The most probable class name per row ('' for NaN rows)."""
+    return ["" if np.isnan(row).any() else classes[int(row.argmax())] for row in probs]
+
+
+def prediction_rows(outputs: Outputs, classes: Sequence[str], labelled: bool = True) -> list[dict[str, object]]:
+    """One row per sample: ``index``, ``label`` (class name, if ``labelled``), ``prediction``,
+    ``prob_<class>`` for each class, then per modality ``prediction_<m>`` and ``present_<m>``."""
+    fused = probabilities(outputs.fused, any_present(outputs))
+    unimodal = {m: names_of(probabilities(v, outputs.present[m]), classes) for m, v in outputs.unimodal.items()}
+    fused_names = names_of(fused, classes)
+    rows: list[dict[str, object]] = []
+    for i in range(len(outputs.index)):
+        row: dict[str, object] = {"index": int(outputs.index[i])}
+        if labelled:
+            row["label"] = classes[int(outputs.label[i])]
+        row["prediction"] = fused_names[i]
+        row.update({f"prob_{c}": _number(fused[i, k]) for k, c in enumerate(classes)})
+        for m in outputs.present:
+            row[f"prediction_{m}"] = unimodal[m][i] if m in unimodal else ""
+            row[f"present_{m}"] = int(outputs.present[m][i])
+        rows.append(row)
+    return rows
+
+
+def _number(value: float) -> object:
+    return "" if np.isnan(value) else float(value)

@@ -1,0 +1,290 @@
+"""A trained model as a product: reload a run folder and predict on new samples.
+
+    model = load_run("runs/x", device="cpu")
+    model.classes, model.modalities
+    model.predict(inputs)                 # (N,) class names
+    fused, each = model.predict_proba(inputs)   # (N, C) and modality -> (N, C)
+    model.embed(inputs)                   # modality -> (N, d) features
+    model.evaluate(inputs, labels)        # the metrics block of metrics.json
+
+``inputs`` is a dict of arrays keyed by modality holding RAW values (the run's stored
+preprocessing, e.g. standardisation with the training split's statistics, is applied), laid
+out like a feature file: optional ``present_<modality>`` masks and ``label`` may sit in the same
+dict. It may also be the path of such an ``.npz`` file, or of a media cache written by
+``altmodal prepare`` for the corpus the run was trained on (its evaluation transforms apply; a
+dict of media arrays gets none, so use the cache for media runs). A modality left out of the
+dict is absent for every sample; ``present`` (modality -> (N,) bool, or the names of the
+modalities to keep) marks more samples absent. A modality a sample lacks gets NaN rows in the
+per-modality results; a sample with none gets NaN fused probabilities and an empty prediction.
+
+Loading reads only JSON and safetensors files: no code in a run folder is ever run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from altmodal.config import ConfigError
+from altmodal.data.dataset import MultimodalDataset, Transform
+from altmodal.data.features import PRESENT_PREFIX, RESERVED, DataError, check_modality, read_arrays
+from altmodal.data.splits import apply_standardization
+from altmodal.data.user import as_array
+from altmodal.distributed import Dist, resolve_device
+from altmodal.encoders import check_encoder
+from altmodal.experiment import load_model_weights, load_run_config
+from altmodal.metrics import Outputs, summarize
+from altmodal.predictions import any_present, names_of, prediction_rows, probabilities
+from altmodal.runs import Run
+from altmodal.strategies import DataSpec, Strategy, assemble
+
+Inputs = Mapping[str, Any] | str | Path
+Present = Mapping[str, Any] | Sequence[str] | None
+
+
+class Probabilities(NamedTuple):
+    """Fused (N, C) probabilities and each modality's own (N, C) (NaN rows where absent)."""
+
+    fused: np.ndarray
+    modalities: dict[str, np.ndarray]
+
+
+class Predictor:
+    """A trained strategy with what prediction needs: classes, input shapes, preprocessing."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        card: Mapping[str, Any],
+        preprocessing: Mapping[str, Mapping[str, np.ndarray]],
+        path: Path,
+        transforms: Mapping[str, Transform] | None = None,
+    ):
+        self.strategy = strategy
+        self.card = dict(card)
+        self.preprocessing = preprocessing
+        self.path = Path(path)
+        self.transforms = dict(transforms or {})
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({str(self.path)!r}: {self.card['strategy']}, {len(self.classes)} classes, "
+            f"modalities {', '.join(self.modalities)}, on {self.strategy.device})"
+        )
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.card["modalities"])
+
+    def shape(self, modality: str) -> tuple[int, ...]:
+        """The shape of one sample of ``modality`` the model was trained on."""
+        return tuple(self.card["modalities"][modality]["shape"])
+
+    # ----- answers -------------------------------------------------------------------------
+    def predict(self, inputs: Inputs, present: Present = None) -> np.ndarray:
+        """(N,) predicted class names ('' for a sample with no modality)."""
+        return np.array(names_of(self.predict_proba(inputs, present).fused, self.classes), dtype=object)
+
+    def predict_proba(self, inputs: Inputs, present: Present = None) -> Probabilities:
+        """Fused probabilities (N, C) and modality -> (N, C) of its own prediction."""
+        out, _ = self._collect(inputs, present)
+        fused = probabilities(out.fused, any_present(out))
+        return Probabilities(fused, {m: probabilities(v, out.present[m]) for m, v in out.unimodal.items()})
+
+    def embed(self, inputs: Inputs, present: Present = None) -> dict[str, np.ndarray]:
+        """modality -> (N, d) features before the head (NaN rows where absent)."""
+        out, _ = self._collect(inputs, present)
+        features = {m: v.double().numpy() for m, v in out.features.items()}
+        for m, values in features.items():
+            values[~out.present[m].numpy()] = np.nan
+        return features
+
+    def evaluate(self, inputs: Inputs, labels: Any = None, present: Present = None) -> dict[str, Any]:
+        """Metrics on labelled samples (``labels``, or the ``label`` array in ``inputs``):
+        fused accuracy and macro-F1, each modality's accuracy, every present subset."""
+        out, labelled = self._collect(inputs, present, labels, all_subsets=True)
+        if not labelled:
+            raise DataError("evaluate: the inputs hold no 'label' array; pass labels=...")
+        return summarize(out, len(self.classes))
+
+    def table(self, inputs: Inputs, present: Present = None) -> list[dict[str, object]]:
+        """One row per sample (see :func:`altmodal.predictions.prediction_rows`); ``label``
+        when ``inputs`` holds labels."""
+        out, labelled = self._collect(inputs, present)
+        return prediction_rows(out, self.classes, labelled=labelled)
+
+    # ----- the one path: inputs -> dataset -> Strategy.collect ---------------------------------
+    def _collect(
+        self, inputs: Inputs, present: Present = None, labels: Any = None, all_subsets: bool = False
+    ) -> tuple[Outputs, bool]:
+        """Everything the model predicts on ``inputs``, and whether they are labelled."""
+        dataset, labelled = self.dataset(inputs, labels)
+        if present is not None:
+            dataset = dataset.with_present(self._present(dataset, present))
+        return self.strategy.collect(dataset, all_subsets=all_subsets), labelled
+
+    def dataset(self, inputs: Inputs, labels: Any = None) -> tuple[MultimodalDataset, bool]:
+        """``inputs`` checked against the model and preprocessed, as a dataset, and whether it
+        has labels (otherwise every label reads as class 0)."""
+        if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
+            return self._cache(Path(inputs), labels)
+        source = str(inputs) if isinstance(inputs, (str, Path)) else "inputs"
+        raw = read_arrays(inputs) if isinstance(inputs, (str, Path)) else dict(inputs)
+        raw = {str(k): as_array(v) for k, v in raw.items()}
+        given = [k for k in raw if k not in RESERVED and not k.startswith(PRESENT_PREFIX)]
+        unknown = [k for k in given if k not in self.modalities]
+        if unknown:
+            raise DataError(
+                f"{source}: modality {unknown[0]!r} is not one of this model's ({', '.join(self.modalities)})"
+            )
+        if not given:
+            raise DataError(f"{source}: none of this model's modalities ({', '.join(self.modalities)}) is given")
+        n = len(raw[given[0]])
+        arrays: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        for m in self.modalities:
+            if m not in raw:
+                arrays[m], present[m] = np.zeros((n, *self.shape(m)), np.float32), np.zeros(n, bool)
+                continue
+            if raw[m].ndim == 0 or len(raw[m]) != n:
+                raise DataError(
+                    f"{source}: modality {m!r} has {len(raw[m]) if raw[m].ndim else 0} samples, {given[0]!r} has {n}"
+                )
+            if tuple(raw[m].shape[1:]) != self.shape(m):
+                raise DataError(
+                    f"{source}: modality {m!r} has samples of shape {tuple(raw[m].shape[1:])} "
+                    f"({int(np.prod(raw[m].shape[1:]))} features); the model was trained on {self.shape(m)} "
+                    f"({int(np.prod(self.shape(m)))} features)"
+                )
+            arrays[m], present[m] = check_modality(raw, m, source)
+            if m in self.preprocessing:
+                arrays[m] = apply_standardization(arrays[m], present[m], self.preprocessing[m])
+        if labels is None and "label" in raw:
+            labels = _named(raw["label"], raw.get("classes"))
+        return self._with_labels(
+            MultimodalDataset(source, arrays, present, np.zeros(n, np.int64), self.classes, np.arange(n)),
+            labels,
+            source,
+        )
+
+    def _cache(self, folder: Path, labels: Any) -> tuple[MultimodalDataset, bool]:
+        from altmodal.data.registry import DATASETS, DataConfig, load
+
+        name = self.card["dataset"]
+        if name not in DATASETS or not DATASETS[name].needs_data_dir:
+            raise DataError(f"{folder}: a folder, but this model was trained on {name}; give an .npz feature file")
+        options = tuple(self.card.get("dataset_options", ()))
+        loaded = load(DataConfig(dataset=name, data_dir=str(folder), dataset_options=options))
+        dataset = loaded.dataset
+        missing = [m for m in self.modalities if m not in dataset.arrays]
+        if missing:
+            raise DataError(f"{folder}: has no modality {missing[0]!r} (it has {', '.join(dataset.modalities)})")
+        dataset = dataset.with_modalities(self.modalities).with_transforms(loaded.eval_transforms)
+        for m in self.modalities:
+            if dataset.input_shape(m) != self.shape(m):
+                raise DataError(
+                    f"{folder}: modality {m!r} has samples of shape {dataset.input_shape(m)}; "
+                    f"the model was trained on {self.shape(m)} (prepare it with the same options)"
+                )
+        names = [dataset.classes[i] for i in dataset.labels] if labels is None else labels
+        return self._with_labels(dataset, names, str(folder))
+
+    def _with_labels(self, dataset: MultimodalDataset, labels: Any, source: str) -> tuple[MultimodalDataset, bool]:
+        if labels is None:
+            return dataset, False
+        text = _text(np.asarray(labels))
+        if len(text) != len(dataset.labels):
+            raise DataError(f"{source}: {len(text)} labels for {len(dataset.labels)} samples")
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        bad = np.flatnonzero([t not in lookup for t in text])
+        if len(bad):
+            raise DataError(
+                f"{source}: label {text[bad[0]]!r} (row {bad[0]}) is not one of this model's classes "
+                f"({', '.join(self.classes)})"
+            )
+        index = np.array([lookup[t] for t in text], dtype=np.int64)
+        return dataclasses.replace(dataset, labels=index, classes=self.classes), True
+
+    def _present(self, dataset: MultimodalDataset, present: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+        if not isinstance(present, Mapping):
+            unknown = [m for m in present if m not in self.modalities]
+            if unknown:
+                raise DataError(
+                    f"present: {unknown[0]!r} is not one of this model's modalities ({', '.join(self.modalities)})"
+                )
+            present = {m: np.full(len(dataset.labels), m in present) for m in self.modalities}
+        masks = {}
+        for m in self.modalities:
+            mask = np.asarray(present.get(m, True), dtype=bool)
+            masks[m] = np.asarray(dataset.present[m], dtype=bool) & np.broadcast_to(mask, dataset.labels.shape)
+        return masks
+
+
+def load_run(path: str | Path, device: str = "auto", encoders: Mapping[str, nn.Module] | None = None) -> Predictor:
+    """The selected model of a finished run folder, ready to predict.
+
+    Args:
+        path: the run folder (``altmodal train --out`` or ``train_run``); it may have moved.
+        device: where to run: auto (CUDA if available), cpu, cuda or cuda:N, whatever device the
+            run was trained on.
+        encoders: for modalities trained with your own encoder, a fresh module of the same
+            architecture (its weights are loaded from the run).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a finished run folder.
+        ConfigError: a modality needs your own encoder and none is given.
+    """
+    run = Run(path)
+    card = run.read_json("model.json")
+    config = load_run_config(run)
+    shapes = {m: tuple(v["shape"]) for m, v in card["modalities"].items()}
+    kinds = {m: v["encoder"] for m, v in card["modalities"].items()}
+    custom = dict(encoders or {})
+    for m, kind in kinds.items():
+        if kind.startswith("custom:") and m not in custom:
+            raise ConfigError(
+                f"{run.path}: modality {m!r} was trained with your own encoder ({kind[7:]}); pass a fresh one: "
+                f"load_run(path, encoders={{{m!r}: ...}})"
+            )
+    for m, module in custom.items():
+        if m not in kinds:
+            raise ConfigError(f"{run.path}: an encoder is given for {m!r}; the modalities are {', '.join(kinds)}")
+        check_encoder(m, module, torch.zeros(2, *shapes[m]), config.encoder.dim)
+    spec = DataSpec(tuple(kinds), len(card["classes"]), int(card["num_samples"]))
+    encoder = dataclasses.replace(config.encoder, weights=())
+    strategy = assemble(config.strategy, spec, kinds, shapes, encoder, config.options, custom)
+    strategy.dist = Dist(device=resolve_device(device))
+    strategy.config = config.train
+    strategy.to(strategy.device)
+    load_model_weights(strategy, run)
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    if run.has("preprocessing.safetensors"):
+        for key, value in run.load_tensors("preprocessing.safetensors").items():
+            m, _, name = key.rpartition(".")
+            stats.setdefault(m, {})[name] = value.numpy()
+    strategy.best_epoch = int(card["best_epoch"])
+    return Predictor(strategy, card, stats, run.path)
+
+
+def _named(label: np.ndarray, classes: np.ndarray | None) -> np.ndarray:
+    """Labels as given, or the file's class names for integer labels with a ``classes`` array."""
+    if classes is not None and np.issubdtype(label.dtype, np.integer):
+        return np.asarray(classes).astype(str)[label]
+    return label
+
+
+def _text(labels: np.ndarray) -> np.ndarray:
+    """Labels as strings, integral floats as integers ('3', not '3.0')."""
+    if np.issubdtype(labels.dtype, np.floating) and np.isfinite(labels).all() and (labels == np.round(labels)).all():
+        labels = labels.astype(np.int64)
+    return labels.astype(str)
