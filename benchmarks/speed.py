@@ -40,7 +40,7 @@ from altmodal.distributed import Dist, resolve_device
 from altmodal.experiment import resolve, seed_everything
 from altmodal.strategies import build_strategy
 
-STRATEGIES = ("joint", "ume", "ogm_ge", "qmf", "mla")
+STRATEGIES = ("joint", "ume", "ogm_ge", "qmf", "mla", "mla:preset=paper")
 MFEAT_VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
 
 
@@ -207,6 +207,13 @@ def common(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def strategy_settings(name: str) -> dict[str, Any]:
+    """``mla`` or ``mla:preset=paper`` (options as key=value after a colon, comma-separated)."""
+    strategy, _, options = name.partition(":")
+    pairs = (option.split("=", 1) for option in options.split(",") if option)
+    return {"strategy": strategy, **{key: value for key, value in pairs}}
+
+
 def dataset_settings(args: argparse.Namespace, modalities: str) -> dict[str, Any]:
     settings: dict[str, Any] = {"dataset": args.dataset, **common(args)}
     if args.data_dir:
@@ -224,7 +231,7 @@ def strategies_section(args: argparse.Namespace, report: dict[str, Any], cuda: b
             Entry(f"{name}" + (f" ({precision})" if len(args.precision) > 1 else ""), settings, precision)
             for precision in args.precision
             for name in args.strategies
-            for settings in [{**dataset_settings(args, modalities), "strategy": name, "precision": precision}]
+            for settings in [{**dataset_settings(args, modalities), **strategy_settings(name), "precision": precision}]
         ]
         race(entries, args.epochs)
         title = f"{args.dataset} {modalities or '(all modalities)'}, batch {args.batch_size}"
@@ -289,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", default="mfeat")
     parser.add_argument("--data-dir", default=None, help="prepared cache of a media dataset (altmodal prepare)")
     parser.add_argument("--modalities", action="append", help="comma-separated; repeat for several sets")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--strategies", default=";".join(STRATEGIES), help="';'-separated, e.g. joint;mla:preset=paper")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs per strategy (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resnet-width", type=int, default=None)
@@ -302,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skip", default="", help="sections to leave out: pipeline, scaling")
     parser.add_argument("--json", default=None, help="also write every timing to this file")
     args = parser.parse_args(argv)
-    args.strategies = args.strategies.split(",")
+    args.strategies = (
+        args.strategies.replace(";", " ").split() if ";" in args.strategies else args.strategies.split(",")
+    )
     args.precision = args.precision.split(",")
     if args.modalities is None:
         args.modalities = (
