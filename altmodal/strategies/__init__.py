@@ -9,13 +9,19 @@ from altmodal.config import build
 from altmodal.data.dataset import Splits
 from altmodal.encoders import EncoderConfig, build_encoder
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy, TrainConfig
+from altmodal.strategies.dgl import DGL
+from altmodal.strategies.gblend import GBlend
+from altmodal.strategies.inforeg import InfoReg
 from altmodal.strategies.joint import Joint
 from altmodal.strategies.mla import MLA
+from altmodal.strategies.mmpareto import MMPareto
 from altmodal.strategies.ogm_ge import OGMGE
 from altmodal.strategies.qmf import QMF
 from altmodal.strategies.ume import UME, Unimodal
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF, MMPareto, DGL, GBlend, InfoReg)
+}
 
 
 def strategy_class(name: str) -> type[Strategy]:
