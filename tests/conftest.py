@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from altmodal.data.registry import DataConfig, load_splits
-from altmodal.experiment import RunConfig, resolve
+from altmodal.experiment import RunConfig, resolve, train_run
+from altmodal.runs import Run
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -42,3 +43,19 @@ def tiny_splits():
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     np.savez(path, **arrays)
     return path
+
+
+def interrupted_run(config: RunConfig, out: Path, after_epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train ``config`` into ``out`` and stop it (as a kill would) right after the checkpoint of
+    epoch ``after_epoch``."""
+    original = Run.on_epoch_end
+
+    def interrupt(self: Run, strategy: object, state: dict) -> None:
+        original(self, strategy, state)
+        if state["epoch"] == after_epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "on_epoch_end", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, out)
+    monkeypatch.setattr(Run, "on_epoch_end", original)

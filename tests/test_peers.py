@@ -18,7 +18,7 @@ from altmodal.strategies.gblend import blend_weights, carve_holdout, super_epoch
 from altmodal.strategies.inforeg import penalty_coefficients, score_gaps, trace_growth
 from altmodal.strategies.mmpareto import mgda_weights, rescale
 from altmodal.strategies.parts import true_class_scores, unimodal_losses
-from tests.conftest import tiny_config
+from tests.conftest import interrupted_run, tiny_config
 
 PEERS = ["mmpareto", "dgl", "gblend", "inforeg"]
 
@@ -234,17 +234,7 @@ def test_peers_train_with_missing_modalities(name, tmp_path):
 def test_interrupted_peer_resumes_to_the_same_model(name, settings, cut, tmp_path, monkeypatch):
     config = tiny_config(strategy=name, epochs=3 if name == "gblend" else 4, **settings)
     whole = train_run(config, tmp_path / "whole")
-    original = Run.on_epoch_end
-
-    def interrupt(self, strategy, state):
-        original(self, strategy, state)
-        if state["epoch"] == cut:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "on_epoch_end", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(config, tmp_path / "cut")
-    monkeypatch.setattr(Run, "on_epoch_end", original)
+    interrupted_run(config, tmp_path / "cut", cut, monkeypatch)
     resumed = train_run(config, tmp_path / "cut")
     assert resumed["test"] == whole["test"]
     a = torch.load(tmp_path / "whole" / "model.pt")["model"]
