@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from altmodal.experiment import resolve, train_run
 from altmodal.strategies import STRATEGIES
 from tests import ddp_workers
 from tests.conftest import TINY
@@ -126,3 +127,26 @@ def test_batchnorm_statistics_are_averaged_over_ranks(tmp_path):
         stats = torch.load(tmp_path / f"rank{rank}.pt")
         assert torch.allclose(stats["mean"], torch.full((3,), 0.5))
         assert torch.allclose(stats["var"], torch.full((3,), 2.0))
+
+
+def test_peers_in_two_processes_follow_one_process(tmp_path):
+    """MMPareto's cosines and InfoReg's traces and scores use gradients and predictions
+    combined over processes: no per-rank state, so two processes train as one."""
+    settings = {
+        "dataset": "synthetic",
+        "dataset_options": list(TINY),
+        "epochs": 3,
+        "hidden": [16],
+        "dim": 8,
+        "batch_size": 32,
+    }
+    names = ["mmpareto", "inforeg"]
+    args = (2, str(tmp_path / "store"), str(tmp_path / "two"), json.dumps(settings), names)
+    mp.spawn(ddp_workers.train_every_strategy, args=args, nprocs=2, join=True)
+    for name in names:
+        one = train_run(resolve({**settings, "strategy": name}), tmp_path / "one" / name)
+        a = torch.load(tmp_path / "one" / name / "model.pt")["model"]
+        b = torch.load(tmp_path / "two" / name / "model.pt")["model"]
+        assert all((a[k].double() - b[k].double()).abs().max() < 1e-4 for k in a), name
+        two = json.loads((tmp_path / "two" / name / "metrics.json").read_text())
+        assert one["test"]["fused"]["accuracy"] == two["test"]["fused"]["accuracy"], name
