@@ -13,7 +13,8 @@ where F_sg is the head evaluated with detached parameters (``torch.func.function
 one backward pass routes the fused loss to the head only and the unimodal losses to the encoders
 only; the code's two backward passes (unimodal losses, discard the head's gradients, fused loss)
 give the same gradients. A modality's unimodal prediction is u_m. Absent samples enter the fused
-logits as zero features and leave u_m's loss. Cost: M extra head forwards, about 1.05x joint.
+logits as zero features and leave u_m's loss. No state beyond the parameters, so processes and
+resumed runs need nothing more. Cost: M extra head forwards, about 1.05x joint.
 
 alpha = 4 (the paper's CREMA-D value; its code uses 2-3 on Kinetics-Sounds). The code clips the
 global gradient norm to 40 before the step: ``dgl_clip=40`` (default off, as in the paper).

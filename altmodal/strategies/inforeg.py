@@ -134,7 +134,7 @@ class InfoReg(Joint):
                 group, snaps = list(self.encoders[m].parameters()), snapshots[m]
                 if all(p.grad is None for p in group):
                     continue  # no sample of the global batch has m
-                trace = sum(float(p.grad.double().square().sum()) for p in group if p.grad is not None)
+                trace = float(torch.stack([p.grad.double().square().sum() for p in group if p.grad is not None]).sum())
                 self.running[:, j] += torch.tensor([trace, 1.0], dtype=torch.float64, device=self.running.device)
                 extras[f"inforeg_trace_{m}"] = trace
                 extras[f"inforeg_penalised_{m}"] = float(active[j])
