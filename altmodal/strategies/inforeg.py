@@ -134,16 +134,17 @@ class InfoReg(Joint):
                 group, snaps = list(self.encoders[m].parameters()), snapshots[m]
                 if all(p.grad is None for p in group):
                     continue  # no sample of the global batch has m
-                trace = float(torch.stack([p.grad.double().square().sum() for p in group if p.grad is not None]).sum())
+                pairs = [(p, snap) for p, snap in zip(group, snaps) if p.grad is not None]
+                grads = [p.grad for p, _ in pairs if p.grad is not None]
+                trace = float(torch.stack(torch._foreach_norm(grads)).double().square().sum())
                 self.running[:, j] += torch.tensor([trace, 1.0], dtype=torch.float64, device=self.running.device)
                 extras[f"inforeg_trace_{m}"] = trace
                 extras[f"inforeg_penalised_{m}"] = float(active[j])
                 if self.epoch >= 2:
                     extras[f"inforeg_rho_{m}"] = float(self.rho[j])
-                if active[j]:
-                    for p, snap in zip(group, snaps):
-                        if p.grad is not None:
-                            p.grad.add_(float(coefficients[j]) * (p.detach() - snap))
+                if active[j]:  # grad += a_m (w_m - w_m^{t-1})
+                    pull = torch._foreach_sub([p.detach() for p, _ in pairs], [snap for _, snap in pairs])
+                    torch._foreach_add_(grads, pull, alpha=float(coefficients[j]))
 
         self.optimize(loss, edit=edit)
         return StepOutput(loss.detach(), present_rows({m: v.detach() for m, v in logits.items()}, batch), extras)
