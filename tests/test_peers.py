@@ -219,9 +219,10 @@ def test_inforeg_star_adds_unimodal_losses(tiny_splits):
 # ----- every peer: missing modalities, history, resume ------------------------------------------
 
 
-@pytest.mark.parametrize("name", PEERS)
-def test_peers_train_with_missing_modalities(name, tmp_path):
-    metrics = train_run(tiny_config(strategy=name, epochs=1, train_missing_rate=0.4, test_missing_rate=0.4), tmp_path)
+@pytest.mark.parametrize("name, settings", [(name, {}) for name in PEERS] + [("gblend", {"gblend_mode": "offline"})])
+def test_peers_train_with_missing_modalities(name, settings, tmp_path):
+    config = tiny_config(strategy=name, epochs=1, train_missing_rate=0.4, test_missing_rate=0.4, **settings)
+    metrics = train_run(config, tmp_path)
     assert 0 <= metrics["test"]["fused"]["accuracy"] <= 1
     assert set(metrics["test"]["unimodal"]) == {"m0", "m1"}
     json.dumps(metrics)
