@@ -64,9 +64,10 @@ def test_code_rescale_never_shrinks():
     assert torch.equal(rescale(g_m, -g_m, (0.5, 0.5), 1.5, never_shrink=False), torch.zeros(2))
 
 
-def test_mmpareto_gives_each_encoder_the_rescaled_min_norm_direction(tiny_splits):
+@pytest.mark.parametrize("mode", ["encoder", "tensor"])
+def test_mmpareto_gives_each_encoder_the_rescaled_min_norm_direction(mode, tiny_splits):
     torch.manual_seed(0)
-    pareto = build("mmpareto", tiny_splits)
+    pareto = build("mmpareto", tiny_splits, pareto_rescale=mode)
     batch = tiny_splits.train.gather(np.arange(32))
     features = pareto.encode(batch)
     fused = pareto.cross_entropy(pareto.head(features), batch.label)
@@ -76,7 +77,12 @@ def test_mmpareto_gives_each_encoder_the_rescaled_min_norm_direction(tiny_splits
         params = encoder_params(pareto, m)
         g_m = torch.cat([g.reshape(-1) for g in torch.autograd.grad(fused, params, retain_graph=True)])
         g_u = torch.cat([g.reshape(-1) for g in torch.autograd.grad(unimodal, params, retain_graph=True)])
-        expected[m] = rescale(g_m, g_u, mgda_weights(g_m, g_u), 1.5, never_shrink=False)
+        alphas, sizes = mgda_weights(g_m, g_u), [p.numel() for p in params]
+        if mode == "encoder":
+            expected[m] = rescale(g_m, g_u, alphas, 1.5, never_shrink=False)
+        else:  # per tensor, never shrinking
+            pieces = zip(g_m.split(sizes), g_u.split(sizes))
+            expected[m] = torch.cat([rescale(a, b, alphas, 1.5, never_shrink=True) for a, b in pieces])
     head_grads = torch.autograd.grad(fused + unimodal, heads)
     out = frozen_step(pareto, batch)
     for m in pareto.modalities:

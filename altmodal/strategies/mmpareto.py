@@ -26,7 +26,7 @@ not reproduced).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,6 +75,11 @@ def rescale(g_m: Tensor, g_u: Tensor, alphas: tuple[float, float], gamma: float,
     return gamma * (max(ratio, 1.0) if never_shrink else ratio) * direction
 
 
+def flatten(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:
+    """One vector of the gradients of ``params``, zeros where a parameter has none."""
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+
+
 class MMPareto(Joint):
     name = "mmpareto"
     options_class = MMParetoOptions
@@ -95,9 +100,7 @@ class MMPareto(Joint):
         flat = [p for group in params.values() for p in group]
         # Backward pass 1: every encoder's unimodal gradient at once (L_k reaches only encoder k).
         grads = torch.autograd.grad(unimodal_loss, flat, retain_graph=True, allow_unused=True)
-        g_u = self.dist.sum(
-            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, flat)])
-        )
+        g_u = self.dist.sum(flatten(grads, flat))
         extras: dict[str, float] = {}
 
         def edit() -> None:  # after backward pass 2 (of the total loss), gradients combined
@@ -108,7 +111,7 @@ class MMPareto(Joint):
                 offset += size
                 if all(p.grad is None for p in group):
                     continue  # no sample of the global batch has m
-                total = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+                total = flatten([p.grad for p in group], group)
                 extras[f"pareto_conflict_{m}"] = self._combine(group, total - unimodal, unimodal)
 
         self.optimize(fused_loss + unimodal_loss, edit=edit)
