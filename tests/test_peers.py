@@ -181,8 +181,20 @@ def test_inforeg_gaps_coefficients_and_window_by_hand():
     assert torch.allclose(gaps, torch.tensor([0.35, 0.0, 0.1]))
     assert torch.allclose(score_gaps(torch.tensor([0.9, float("nan"), 0.6])), torch.tensor([0.3, 0.0, 0.0]))
     assert torch.allclose(penalty_coefficients(gaps, 0.9), torch.exp(0.9 * torch.tanh(gaps)))
-    growth = trace_growth(torch.tensor([1.0, 3.0, 1.0]), torch.tensor([2.0, 2.0, 0.0]))
+    # rho = (Tr^{t-1} - Tr^{t-2}) / Tr^{t-1} for three modalities, epochs t-2 (row 0) and t-1 (row 1)
+    growth = trace_growth(torch.tensor([[1.0, 3.0, 1.0], [2.0, 2.0, 0.0]]))
     assert torch.allclose(growth, torch.tensor([0.5, -0.5, 0.0]))
+    # Moving averages over w = 2 epochs: (mean(1, 3) - mean(0, 1)) / mean(1, 3) = (2 - 0.5) / 2
+    assert torch.allclose(trace_growth(torch.tensor([[0.0], [1.0], [3.0]])), torch.tensor([0.75]))
+
+
+def test_inforeg_keeps_the_last_epoch_traces_it_logs(tiny_splits):
+    reg = build("inforeg", tiny_splits, inforeg_average=2)
+    rows = [reg.train_epoch(tiny_splits.train, epoch) for epoch in range(4)]
+    logged = torch.tensor([[row[f"inforeg_trace_{m}"] for m in reg.modalities] for row in rows], dtype=torch.float64)
+    assert torch.allclose(reg.traces, logged[1:], rtol=1e-6)  # epochs 1, 2, 3: w + 1 = 3 rows
+    # Epoch 3's window compares the traces of epochs 1-2 with those of epochs 0-1.
+    assert rows[3]["inforeg_rho_m1"] == pytest.approx(float(trace_growth(logged[:3])[1]), rel=1e-5)
 
 
 def test_inforeg_pulls_only_the_better_modality_towards_its_snapshot(tiny_splits):

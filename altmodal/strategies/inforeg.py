@@ -19,16 +19,18 @@ the code), the head with the other modalities zeroed for other fusions, or the a
 
 Options and departures: ``inforeg_unimodal_loss=slice`` adds each modality's head-slice
 cross-entropy to the loss, the code's default and the paper's InfoReg* (Table 3); ``heads``
-adds auxiliary unimodal heads (:class:`UnimodalHeads`) instead. Not reproduced from the code:
-its window test on the audio trace only with a 10-epoch moving average (threshold 0.05), and its
-asymmetric coefficients 0.95 exp(tanh(S_a - S_v)) / 0.1 exp(tanh(S_v - S_a)) on batch SUMS of
+adds auxiliary unimodal heads (:class:`UnimodalHeads`) instead. The code compares 10-epoch
+moving averages of the trace (``inforeg_average=10``; its history starts as zeros, as here, so
+the window is open early), which steadies a noisy trace. Not reproduced from the code: its window
+test on the audio trace alone for both modalities (threshold 0.05), and its asymmetric
+coefficients 0.95 exp(tanh(S_a - S_v)) / 0.1 exp(tanh(S_v - S_a)) on batch SUMS of
 probabilities, both specific to two modalities. The trace is that of the loss's gradient, before
 the penalty is added (the code includes it).
 
 M modalities and missing ones: the equations are general; s_m and the trace use the samples
 that have m, and a modality no sample of the global batch has is neither compared nor
 penalised. Gradients are combined over processes before the trace and the penalty, so every
-process holds the same state. The last two epoch traces, the running trace of the current
+process holds the same state. The last w + 1 epoch traces, the running trace of the current
 epoch and the snapshot w^{t-1} (one copy of the encoders' weights) are buffers, so a resumed
 run continues exactly; per epoch the history logs ``inforeg_trace_<m>``, ``inforeg_rho_<m>`` and
 ``inforeg_penalised_<m>`` (share of steps with the penalty on).
@@ -54,6 +56,9 @@ from altmodal.strategies.parts import UnimodalHeads, true_class_scores, unimodal
 class InfoRegOptions(JointOptions):
     inforeg_beta: float = option(0.9, "beta of the penalty coefficient exp(beta * tanh(Delta))")
     inforeg_k: float = option(0.04, "threshold K: the window is open while the trace's relative growth exceeds it")
+    inforeg_average: int = option(
+        1, "epochs averaged on each side of the trace growth rho (paper: 1, consecutive epochs; code: 10)"
+    )
     inforeg_unimodal_loss: Literal["none", "slice", "heads"] = option(
         "none",
         "none: the fused loss alone (paper); slice: plus each modality's head-slice loss (code, InfoReg*); "
@@ -62,6 +67,7 @@ class InfoRegOptions(JointOptions):
 
     def __post_init__(self) -> None:
         require(self.inforeg_beta >= 0, "inforeg_beta", self.inforeg_beta, "non-negative")
+        require(self.inforeg_average >= 1, "inforeg_average", self.inforeg_average, "at least 1")
 
 
 def score_gaps(scores: Tensor) -> Tensor:
@@ -78,9 +84,12 @@ def penalty_coefficients(gaps: Tensor, beta: float) -> Tensor:
     return torch.exp(beta * torch.tanh(gaps))
 
 
-def trace_growth(previous: Tensor, last: Tensor) -> Tensor:
-    """(M,) rho = (Tr^{t-1} - Tr^{t-2}) / Tr^{t-1}; 0 where Tr^{t-1} is 0."""
-    return torch.where(last > 0, (last - previous) / last.clamp_min(1e-30), torch.zeros_like(last))
+def trace_growth(history: Tensor) -> Tensor:
+    """(M,) rho from the last w + 1 epoch traces (w + 1, M), oldest first: the mean of the last w
+    minus the mean of the w before, over the mean of the last w (0 where that is 0). With w = 1
+    this is (Tr^{t-1} - Tr^{t-2}) / Tr^{t-1}."""
+    recent, before = history[1:].mean(0), history[:-1].mean(0)
+    return torch.where(recent > 0, (recent - before) / recent.clamp_min(1e-30), torch.zeros_like(recent))
 
 
 class InfoReg(Joint):
@@ -96,7 +105,8 @@ class InfoReg(Joint):
             UnimodalHeads(self.modalities, dim, spec.num_classes) if options.inforeg_unimodal_loss == "heads" else None
         )
         count = len(self.modalities)
-        self.register_buffer("traces", torch.zeros(2, count, dtype=torch.float64))  # Tr^{t-2}, Tr^{t-1}
+        # The last w + 1 epoch traces, oldest first (zeros before the first epochs, as the code).
+        self.register_buffer("traces", torch.zeros(options.inforeg_average + 1, count, dtype=torch.float64))
         self.register_buffer("running", torch.zeros(2, count, dtype=torch.float64))  # this epoch: sum, batches
         size = sum(p.numel() for p in self.encoders.parameters())
         self.register_buffer("snapshot", torch.zeros(size))
@@ -107,12 +117,12 @@ class InfoReg(Joint):
 
     def on_epoch_start(self, epoch: int) -> None:
         if epoch >= 2:
-            self.rho = trace_growth(self.traces[0], self.traces[1]).cpu()
+            self.rho = trace_growth(self.traces).cpu()
             self.snapshot.copy_(torch.cat([p.detach().reshape(-1) for p in self.encoders.parameters()]))
 
     def on_epoch_end(self, epoch: int) -> None:
-        self.traces[0] = self.traces[1]
-        self.traces[1] = self.running[0] / self.running[1].clamp_min(1)
+        latest = self.running[0] / self.running[1].clamp_min(1)
+        self.traces.copy_(torch.cat([self.traces[1:], latest[None]]))
         self.running.zero_()
 
     def training_step(self, batch: Batch) -> StepOutput:
