@@ -7,7 +7,7 @@ Groups of runs (each over every seed):
 - ``ablation``: MLA without projection, with fixed fusion, with separate heads, the two
   reference-code presets, reversed and random modality order, one modality per iteration (and,
   with ``--ablation full``, each head-projection choice: batch-mean h, the reference alpha
-  schedule, Frobenius normalisation, added projection);
+  schedule, Frobenius normalisation, added projection, OGD and PCA-OGD instead of OWM);
 - ``missing``: every strategy trained and tested with modalities missing at each rate.
 Every finished ``main`` run is also re-evaluated with modalities missing at test time only.
 
@@ -55,6 +55,8 @@ FULL_ABLATION: dict[str, dict[str, Any]] = {
     "P Frobenius-normalised": {"normalize_p": True},
     "projection added": {"projection_mode": "add"},
     "entropy per batch": {"test_fusion": "batch-entropy"},
+    "projection: OGD": {"projection_method": "ogd"},
+    "projection: PCA-OGD": {"projection_method": "pca-ogd"},
 }
 
 

@@ -144,13 +144,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from altmodal.report import write_report
     from altmodal.tables import markdown
 
-    settings = settings_from(args, skip=list(fields_of(BenchmarkConfig)))
-    dataset = str(settings.get("dataset", DataConfig().dataset))
-    info = DATASETS.get(dataset)
-    base = {**(info.benchmark if info else {}), **settings}
+    settings = settings_from(args, skip=[*fields_of(BenchmarkConfig), "suite", "media_root"])
     names = fields_of(BenchmarkConfig)
     grid_values = {k: coerce(BenchmarkConfig, k, v, "command line") for k, v in vars(args).items() if k in names}
     bench = build(BenchmarkConfig, grid_values)
+    if args.suite:
+        return run_suite_command(args, bench, settings)
+    dataset = str(settings.get("dataset", DataConfig().dataset))
+    info = DATASETS.get(dataset)
+    base = {**(info.benchmark if info else {}), **settings}
     modalities = modalities_of(base)
     grid = cells(bench, modalities)
     out = Path(args.out or f"runs/benchmark-{Path(dataset).stem}")
@@ -159,6 +161,27 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     report = write_report(results, grid, base, modalities, out, command)
     print(markdown(report["tables"]["main"], "strategy", mark_best=True))
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[str, Any]) -> int:
+    from altmodal.suite import render, run_suite
+
+    if "dataset" in settings:
+        raise ConfigError("--suite chooses the datasets: leave out --dataset")
+    out = Path(args.out or f"runs/suite-{args.suite}")
+    summary = run_suite(
+        args.suite,
+        out,
+        strategies=bench.strategies,
+        seeds=bench.seeds if "seeds" in vars(args) else None,
+        settings=settings,
+        media_root=Path(args.media_root),
+        jobs=bench.jobs,
+        progress=not args.quiet,
+    )
+    print(render(summary).split("\n## ")[0])
+    print(f"suite report: {out / 'suite.md'}")
     return 0
 
 
@@ -210,7 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", help="run the paper's experiments on a dataset and write a report")
     parser_for_runs(bench, with_strategy=False)
     add_arguments(bench, BenchmarkConfig, "grid")
-    bench.add_argument("--out", help="report and runs folder (default: runs/benchmark-<dataset>)")
+    bench.add_argument("--out", help="report and runs folder (default: runs/benchmark-<dataset> or -<suite>)")
+    bench.add_argument(
+        "--suite",
+        help="run a suite of datasets instead of one (dev: 9 datasets, 3 seeds; quick: one seed, fewer epochs) "
+        "and write suite.md with each strategy's wins, ties and losses",
+    )
+    bench.add_argument(
+        "--media-root",
+        default="../shared/data",
+        help="raw media folder for the suite's AV-digits entry (default: ../shared/data; skipped when absent)",
+    )
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=cmd_benchmark)
 

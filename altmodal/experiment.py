@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"epoch", "training", "history", "best", "rng"}
 SECTIONS: dict[str, type] = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig}
-DEFAULT_STRATEGY = "joint"
+DEFAULT_STRATEGY = "mla"
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,7 @@ def final_metrics(
         "test": summarize(test_outputs, strategy.num_classes),
         "val": summarize(strategy.collect(splits.val, all_subsets=False), strategy.num_classes),
         "analyses": analyses(test_outputs),
+        **({"strategy_summary": strategy.summary()} if strategy.summary() else {}),
         "seconds_per_epoch": float(np.mean([row["seconds"] for row in history])) if history else 0.0,
     }
 

@@ -1,4 +1,4 @@
-"""Head gradient modification (HGM): orthogonal weight modification of MLA's shared head.
+"""Head gradient modification (HGM) of MLA's shared head: OWM (the paper), and OGD / PCA-OGD.
 
 Paper: Zhang et al., CVPR 2024, section 3.2, after OWM (Zeng et al., "Continual learning of
 context-dependent processing in neural networks", Nature Machine Intelligence 2019).
@@ -25,6 +25,9 @@ projected gradient to the raw one (``mode="add"``).
 
 With Adam, the per-coordinate scaling of the update undoes the projection's direction: use SGD,
 the paper's optimizer, when HGM matters.
+
+OGD-ALL and PCA-OGD (:class:`FeatureBasisProjector`, below) are the alternatives a reviewer asked
+for: hard projections against stored features of the other modalities instead of OWM's soft one.
 """
 
 from __future__ import annotations
@@ -151,3 +154,157 @@ class HeadProjector(nn.Module):
         if self.alpha is None:
             return reference_alpha(batch_index, batches_per_epoch)
         return self.alpha
+
+
+# ----- OGD and PCA-OGD: project against the other modalities' stored feature bases -------------
+#
+# With h~ = [z; 1] and Theta = [W, b] (C x (d+1)), the head's logits are Theta h~, so a step
+# Theta <- Theta - lr * G changes the logits of a stored feature by -lr * G h~. OGD-ALL (Farajtabar
+# et al., AISTATS 2020) removes from every row of G the span of the stored h~: G <- G (I - Q Q^T),
+# with Q an orthonormal basis of that span; on a linear head this keeps the stored features' logits
+# EXACTLY (not to first order). PCA-OGD (Doan et al., AISTATS 2021) replaces the stored samples by
+# the top principal directions of a larger pool, UNCENTERED here: centring would drop the mean
+# feature, which is what drives the logits of non-negative (ReLU) features. For MLA, the step of
+# modality m is projected against the OTHER modalities' bases only (m must still fit its own
+# features), and the bases are recomputed from the memories at each refresh (every epoch or every K
+# head steps), because the encoders drift and stored features go stale.
+#
+# Momentum and weight decay break the guarantee: SGD's momentum buffer mixes the projected steps of
+# different modalities, and weight decay shrinks Theta along every direction. The guarantee holds
+# exactly for plain SGD on the head (momentum 0, weight decay 0); MLA's defaults (momentum 0.9,
+# weight decay 1e-4) keep it approximately.
+
+
+def augment(features: Tensor) -> Tensor:
+    """(n, d) features -> (n, d + 1) rows [z, 1], so that the head's logits are Theta h~."""
+    return torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
+
+
+def span_basis(vectors: Tensor) -> Tensor:
+    """(n, D) vectors -> (D, r) an orthonormal basis of their span (r: the numerical rank)."""
+    if vectors.shape[0] == 0:
+        return vectors.new_zeros(vectors.shape[1], 0)
+    U, S, _ = torch.linalg.svd(vectors.T.double(), full_matrices=False)  # (D, n), (n,)
+    tolerance = S.max() * max(vectors.shape) * torch.finfo(torch.float64).eps
+    return U[:, S > tolerance].to(vectors.dtype)
+
+
+def top_directions(pool: Tensor, k: int, energy: float) -> Tensor:
+    """(n, D) pool -> (D, r) its top principal directions, uncentered: the fewest (at most ``k``)
+    whose squared singular values reach the share ``energy`` of the total."""
+    if pool.shape[0] == 0 or k == 0:
+        return pool.new_zeros(pool.shape[1], 0)
+    U, S, _ = torch.linalg.svd(pool.T.double(), full_matrices=False)
+    power = S**2
+    share = torch.cumsum(power, 0) / power.sum().clamp_min(torch.finfo(torch.float64).tiny)
+    needed = int((share < energy).sum()) + 1
+    rank = int((S > S.max() * max(pool.shape) * torch.finfo(torch.float64).eps).sum())
+    return U[:, : max(min(needed, k, rank), 0)].to(pool.dtype)
+
+
+def project_out(grad: Tensor, basis: Tensor) -> Tensor:
+    """(C, D) gradient with the span of the orthonormal ``basis`` (D, r) removed from each row:
+    G (I - Q Q^T)."""
+    return grad - (grad @ basis) @ basis.T
+
+
+class FeatureBasisProjector(nn.Module):
+    """OGD-ALL or PCA-OGD for a head shared by several modalities.
+
+    Per modality, a FIFO memory of the augmented features h~ of its steps (OGD: the stored samples;
+    PCA-OGD: the pool); per modality, the orthonormal basis of the OTHER modalities' spans, padded
+    with zero columns to (d+1, d+1) and recomputed by :meth:`refresh`. Everything is in buffers,
+    so it travels with ``state_dict`` (checkpoints, resume).
+
+    Args:
+        head: the shared linear head; its weight AND bias gradients are projected.
+        modalities: the modalities that step the head.
+        method: ``ogd`` (span of the stored features) or ``pca-ogd`` (top uncentered directions).
+        memory: features kept per modality (OGD's n_mem, or PCA-OGD's pool n_pca).
+        k: PCA-OGD's largest number of directions per modality.
+        energy: PCA-OGD's share of the pool's energy its directions must reach.
+        refresh_every: recompute the bases every this many head steps; 0: at each epoch's start.
+    """
+
+    memory: Tensor
+    stored: Tensor
+    others: Tensor
+    steps: Tensor
+
+    def __init__(
+        self,
+        head: nn.Linear,
+        modalities: Sequence[str],
+        *,
+        method: str = "ogd",
+        memory: int = 64,
+        k: int = 64,
+        energy: float = 0.99,
+        refresh_every: int = 0,
+    ):
+        super().__init__()
+        if method not in ("ogd", "pca-ogd"):
+            raise ValueError(f"unknown projection method {method!r}; methods: ogd, pca-ogd")
+        weight = head.weight
+        size = weight.shape[1] + 1
+        self.modalities = list(modalities)
+        self.method = method
+        self.k = k
+        self.energy = energy
+        self.refresh_every = refresh_every
+        count, dtype, device = len(self.modalities), weight.dtype, weight.device
+        self.register_buffer("memory", torch.zeros(count, memory, size, dtype=dtype, device=device))
+        self.register_buffer("stored", torch.zeros(count, dtype=torch.long, device=device))
+        self.register_buffer("others", torch.zeros(count, size, size, dtype=dtype, device=device))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=weight.device))
+
+    def stored_features(self, modality: str) -> Tensor:
+        """(n, d+1) the augmented features in the modality's memory (in no particular order)."""
+        j = self.modalities.index(modality)
+        return self.memory[j, : min(int(self.stored[j]), self.memory.shape[1])]
+
+    def basis(self, modality: str) -> Tensor:
+        """(d+1, r) the modality's own basis from its memory."""
+        rows = self.stored_features(modality)
+        return span_basis(rows) if self.method == "ogd" else top_directions(rows, self.k, self.energy)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute, for every modality, the basis of the other modalities' spans."""
+        bases = [self.basis(m) for m in self.modalities]
+        self.others.zero_()
+        for j in range(len(self.modalities)):
+            rest = [bases[i] for i in range(len(bases)) if i != j]
+            if rest:
+                joint = span_basis(torch.cat(rest, dim=1).T)
+                self.others[j, :, : joint.shape[1]] = joint
+
+    def on_epoch_start(self) -> None:
+        if self.refresh_every == 0:
+            self.refresh()
+
+    @torch.no_grad()
+    def push(self, modality: str, features: Tensor) -> None:
+        """Append the (n, d) features of a step to the modality's memory (the oldest drop out)."""
+        j, capacity = self.modalities.index(modality), self.memory.shape[1]
+        rows = augment(features.to(self.memory.dtype))[-capacity:]
+        if capacity == 0 or len(rows) == 0:
+            return
+        slots = (int(self.stored[j]) + torch.arange(len(rows), device=self.memory.device)) % capacity
+        self.memory[j, slots] = rows
+        self.stored[j] += len(rows)
+
+    @torch.no_grad()
+    def step(self, head: nn.Linear, modality: str, features: Tensor) -> None:
+        """Project the head's gradients (already combined over processes) against the other
+        modalities' bases, then store this step's (n, d) features (the same on every process)."""
+        if self.refresh_every > 0 and int(self.steps) % self.refresh_every == 0:
+            self.refresh()
+        self.steps += 1
+        basis = self.others[self.modalities.index(modality)]
+        if head.weight.grad is not None and head.bias is not None and head.bias.grad is not None:
+            grad = torch.cat([head.weight.grad, head.bias.grad[:, None]], dim=1)
+            grad = project_out(grad, basis.to(grad.dtype))
+            head.weight.grad.copy_(grad[:, :-1])
+            head.bias.grad.copy_(grad[:, -1])
+        self.push(modality, features)

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from altmodal.data.registry import DataConfig, load_splits
-from altmodal.experiment import RunConfig, resolve, train_run
-from altmodal.runs import Run
+from altmodal.experiment import RunConfig, resolve
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -45,17 +44,24 @@ def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     return path
 
 
-def interrupted_run(config: RunConfig, out: Path, after_epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Train ``config`` into ``out`` and stop it (as a kill would) right after the checkpoint of
-    epoch ``after_epoch``."""
+def train_interrupted(config: RunConfig, out: Path, monkeypatch: pytest.MonkeyPatch, after_epoch: int = 0) -> dict:
+    """Train ``config`` in ``out``, interrupted right after epoch ``after_epoch`` has been
+    checkpointed, then resume it to the end; returns (the checkpoint's state, the final metrics)."""
+    from altmodal.experiment import train_run
+    from altmodal.runs import Run
+
     original = Run.on_epoch_end
+    seen: dict = {}
 
     def interrupt(self: Run, strategy: object, state: dict) -> None:
         original(self, strategy, state)
         if state["epoch"] == after_epoch:
+            seen.update(state)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Run, "on_epoch_end", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_run(config, out)
     monkeypatch.setattr(Run, "on_epoch_end", original)
+    assert (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists()
+    return {"cut": seen, "metrics": train_run(config, out)}

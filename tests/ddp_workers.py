@@ -24,6 +24,18 @@ def train_every_strategy(rank: int, world: int, store: str, out: str, settings_j
         shutdown()
 
 
+def train_runs(rank: int, world: int, store: str, out: str, runs_json: str) -> None:
+    """Train each run of ``runs_json`` ({folder name: settings}) in ``out``."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        context = Dist(rank=rank, world_size=world)
+        for name, settings in json.loads(runs_json).items():
+            train_run(resolve(settings), os.path.join(out, name), dist=context)
+    finally:
+        shutdown()
+
+
 def average_batchnorm(rank: int, world: int, store: str, out: str) -> None:
     import torch
 

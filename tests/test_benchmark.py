@@ -122,3 +122,14 @@ def test_the_peers_are_benchmark_strategies_with_their_options():
     assert resolved[0].options["pareto_gamma"] == 1.5 and resolved[1].options["dgl_alpha"] == 2
     assert resolved[2].options["gblend_mode"] == "offline"
     assert resolved[3].options["inforeg_unimodal_loss"] == "slice"
+
+
+def test_peers_and_projection_methods_are_selectable():
+    strategies = ("relearn:relearn-every=5", "umt", "mla", "mla:projection-method=pca-ogd:pca-k=8")
+    grid = cells(BenchmarkConfig(strategies=strategies, seeds=(0,), train_missing_rates=(), ablation="full"), ["a"])
+    configs = {cell.label: cell.config({"dataset": "synthetic"}) for cell in grid}
+    assert configs["relearn:relearn-every=5"].options["relearn_every"] == 5
+    assert configs["umt"].strategy == "umt"
+    pca = configs["mla:projection-method=pca-ogd:pca-k=8"].options
+    assert pca["projection_method"] == "pca-ogd" and pca["pca_k"] == 8
+    assert configs["projection: OGD"].options["projection_method"] == "ogd"

@@ -1,10 +1,11 @@
 import json
 
+import pytest
 import torch
 
 from altmodal.experiment import train_run
 from altmodal.runs import Run
-from tests.conftest import interrupted_run, tiny_config
+from tests.conftest import tiny_config
 
 
 def test_best_epoch_is_chosen_on_validation(tmp_path):
@@ -22,8 +23,19 @@ def header_index(lines, name):
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     config = tiny_config(epochs=4)
     whole = train_run(config, tmp_path / "whole")
-    interrupted_run(config, tmp_path / "cut", 1, monkeypatch)
+
+    original = Run.on_epoch_end
+
+    def interrupt_after_epoch_1(self, strategy, state):
+        original(self, strategy, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "on_epoch_end", interrupt_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, tmp_path / "cut")
     assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "metrics.json").exists()
+    monkeypatch.setattr(Run, "on_epoch_end", original)
     resumed = train_run(config, tmp_path / "cut")
     assert resumed["test"] == whole["test"]
     a = torch.load(tmp_path / "whole" / "model.pt")["model"]

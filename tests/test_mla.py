@@ -8,7 +8,7 @@ from altmodal.experiment import resolve, train_run
 from altmodal.runs import Run
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, tiny_config, train_interrupted
 
 ENC = EncoderConfig(dim=8, hidden=(16,))
 
@@ -201,3 +201,36 @@ def test_random_order_with_one_modality_per_iteration_visits_each_modality_once_
     cycles = [steps[i : i + 3] for i in range(0, 12, 3)]
     assert all(sorted(c) == ["m0", "m1", "m2"] for c in cycles)
     assert len({tuple(c) for c in cycles}) > 1
+
+
+def test_ogd_step_of_one_modality_keeps_the_others_stored_logits_exactly(tiny_splits):
+    config = resolve({"strategy": "mla", "projection_method": "ogd", "ogd_memory": 8, "cycle": "iteration"})
+    mla = build_strategy("mla", tiny_splits, ENC, config.options)
+    mla.configure(TrainConfig(lr=0.1, batch_size=16, momentum=0.0, weight_decay=0.0))
+    batch = first_batch(tiny_splits)
+    mla.batch_index = 1  # iteration 1 steps m1, whose features are stored
+    mla.training_step(batch)
+    mla.on_epoch_start(1)  # the refresh: m0's steps are now projected against m1's memory
+    stored = mla.projector.stored_features("m1")[:, :-1]
+    assert stored.shape == (8, 8)  # the last 8 of the step's 16 (memory 8 < d + 1 = 9)
+    before = mla.head("shared")(stored).detach()
+    mla.batch_index = 0
+    mla.training_step(first_batch(tiny_splits, 32))
+    assert torch.allclose(mla.head("shared")(stored), before, atol=1e-5)
+    assert int(mla.projector.stored[0]) == 8
+
+
+def test_pca_ogd_state_is_checkpointed_and_resume_is_exact(tmp_path, monkeypatch):
+    config = tiny_config(strategy="mla", projection_method="pca-ogd", pca_pool=100, epochs=3)
+    whole = train_run(config, tmp_path / "whole")
+    resumed = train_interrupted(config, tmp_path / "cut", monkeypatch)["metrics"]
+    assert resumed["test"] == whole["test"]
+    a = torch.load(tmp_path / "whole" / "model.pt")["model"]
+    b = torch.load(tmp_path / "cut" / "model.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a) and (a["projector.stored"] > 0).all()
+
+
+def test_ogd_basis_must_leave_the_head_room(tiny_splits):
+    config = resolve({"strategy": "mla", "projection_method": "ogd", "ogd_memory": 9})
+    with pytest.raises(ValueError, match=r"--ogd-memory 9 leaves no room: 1 other modalities x 9 directions"):
+        build_strategy("mla", tiny_splits, ENC, config.options)

@@ -18,7 +18,7 @@ from altmodal.strategies.gblend import blend_weights, carve_holdout, super_epoch
 from altmodal.strategies.inforeg import penalty_coefficients, score_gaps, trace_growth
 from altmodal.strategies.mmpareto import mgda_weights, rescale
 from altmodal.strategies.parts import true_class_scores, unimodal_losses
-from tests.conftest import interrupted_run, tiny_config
+from tests.conftest import tiny_config, train_interrupted
 
 PEERS = ["mmpareto", "dgl", "gblend", "inforeg"]
 
@@ -253,8 +253,7 @@ def test_peers_train_with_missing_modalities(name, settings, tmp_path):
 def test_interrupted_peer_resumes_to_the_same_model(name, settings, cut, tmp_path, monkeypatch):
     config = tiny_config(strategy=name, epochs=3 if name == "gblend" else 4, **settings)
     whole = train_run(config, tmp_path / "whole")
-    interrupted_run(config, tmp_path / "cut", cut, monkeypatch)
-    resumed = train_run(config, tmp_path / "cut")
+    resumed = train_interrupted(config, tmp_path / "cut", monkeypatch, after_epoch=cut)["metrics"]
     assert resumed["test"] == whole["test"]
     a = torch.load(tmp_path / "whole" / "model.pt")["model"]
     b = torch.load(tmp_path / "cut" / "model.pt")["model"]

@@ -2,7 +2,17 @@ import pytest
 import torch
 from torch import nn
 
-from altmodal.projection import HeadProjector, owm_update, project, reference_alpha
+from altmodal.projection import (
+    FeatureBasisProjector,
+    HeadProjector,
+    augment,
+    owm_update,
+    project,
+    project_out,
+    reference_alpha,
+    span_basis,
+    top_directions,
+)
 
 
 def test_owm_update_by_hand():
@@ -90,3 +100,86 @@ def test_skip_first_and_normalisation():
     assert torch.equal(projector.P, torch.eye(4)) and torch.equal(head.weight.grad, torch.ones(2, 4))
     projector.step(head.weight, "a", torch.ones(4), alpha=0.1)
     assert torch.linalg.matrix_norm(projector.P) == pytest.approx(1.0)
+
+
+# ----- OGD and PCA-OGD ---------------------------------------------------------------------------
+
+
+def test_ogd_projection_leaves_the_stored_features_logits_unchanged():
+    torch.manual_seed(0)
+    head = nn.Linear(16, 4)
+    projector = FeatureBasisProjector(head, ["a", "b"], method="ogd", memory=6)
+    stored = torch.randn(6, 16).relu()
+    projector.push("b", stored)
+    projector.refresh()
+    head.weight.grad, head.bias.grad = torch.randn(4, 16), torch.randn(4)
+    before_stored, fresh = head(stored).detach(), torch.randn(5, 16)
+    before_new = head(fresh).detach()
+    projector.step(head, "a", torch.randn(3, 16))
+    with torch.no_grad():
+        for p in head.parameters():
+            p -= 0.5 * p.grad
+    assert torch.allclose(head(stored), before_stored, atol=1e-5)
+    assert (head(fresh) - before_new).abs().max() > 0.1  # the step did move the head elsewhere
+    assert projector.stored.tolist() == [3, 6]  # a's step stored a's features
+
+
+def test_ogd_step_of_a_modality_does_not_project_against_its_own_features():
+    head = nn.Linear(3, 2)
+    projector = FeatureBasisProjector(head, ["a", "b"], method="ogd", memory=2)
+    projector.push("a", torch.tensor([[1.0, 0.0, 0.0]]))
+    projector.refresh()
+    head.weight.grad, head.bias.grad = torch.ones(2, 3), torch.ones(2)
+    projector.step(head, "a", torch.zeros(0, 3))
+    assert torch.equal(head.weight.grad, torch.ones(2, 3)) and torch.equal(head.bias.grad, torch.ones(2))
+    projector.step(head, "b", torch.zeros(0, 3))  # b is projected against a's [1, 0, 0, 1]
+    assert torch.allclose(head.weight.grad, torch.tensor([[0.0, 1.0, 1.0]] * 2), atol=1e-6)
+    assert torch.allclose(head.bias.grad, torch.zeros(2), atol=1e-6)
+
+
+def test_span_basis_and_project_out_by_hand():
+    vectors = torch.tensor([[1.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    Q = span_basis(vectors)
+    assert Q.shape == (3, 2) and torch.allclose(Q.T @ Q, torch.eye(2), atol=1e-6)
+    grad = torch.tensor([[1.0, -1.0, 5.0]])
+    assert torch.allclose(project_out(grad, Q), torch.tensor([[1.0, -1.0, 0.0]]), atol=1e-6)
+    assert torch.allclose(augment(torch.zeros(2, 2)), torch.tensor([[0.0, 0.0, 1.0]] * 2))
+
+
+def test_pca_basis_spans_the_top_uncentered_directions():
+    generator = torch.Generator().manual_seed(0)
+    e = torch.eye(8, dtype=torch.float64)
+    n = 500
+    # A large mean along e0, spread along e1, a little along e2, tiny noise elsewhere.
+    pool = 20 * e[0] + 3 * torch.randn(n, 1, generator=generator, dtype=torch.float64) * e[1]
+    pool = pool + 0.5 * torch.randn(n, 1, generator=generator, dtype=torch.float64) * e[2]
+    pool = pool + 1e-3 * torch.randn(n, 8, generator=generator, dtype=torch.float64)
+    Q = top_directions(pool, k=5, energy=0.99)
+    assert Q.shape[1] == 2  # e0 (the mean, 400 of ~409.3) and e1 (9) reach 99%; e2 (0.25) is left
+    inside = [float((Q @ Q.T @ e[i]).norm()) for i in range(3)]
+    assert inside[0] == pytest.approx(1, abs=1e-3) and inside[1] == pytest.approx(1, abs=1e-3) and inside[2] < 0.01
+    assert top_directions(pool, k=1, energy=0.99).shape[1] == 1
+    assert top_directions(pool, k=5, energy=1.0).shape[1] == 5
+
+
+def test_pca_memory_is_a_fifo_pool():
+    head = nn.Linear(2, 2)
+    projector = FeatureBasisProjector(head, ["a"], method="pca-ogd", memory=3, k=1)
+    projector.push("a", torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
+    projector.push("a", torch.tensor([[3.0, 0.0], [4.0, 0.0]]))
+    assert sorted(projector.stored_features("a")[:, 0].tolist()) == [2.0, 3.0, 4.0]
+    assert set(projector.state_dict()) == {"memory", "stored", "others", "steps"}
+
+
+def test_each_modality_is_projected_against_all_the_others():
+    head = nn.Linear(3, 2)
+    projector = FeatureBasisProjector(head, ["a", "b", "c"], method="ogd", memory=1)
+    for m, row in zip("abc", torch.eye(3)):
+        projector.push(m, row[None] * 2)
+    projector.refresh()
+    e = torch.eye(4)
+    spans = [projector.others[j] @ projector.others[j].T for j in range(3)]
+    # "a" must keep b's [0, 2, 0, 1] and c's [0, 0, 2, 1] but may move along its own [2, 0, 0, 1].
+    assert torch.allclose(spans[0] @ torch.tensor([0.0, 2, 0, 1]), torch.tensor([0.0, 2, 0, 1]), atol=1e-6)
+    assert torch.allclose(spans[0] @ torch.tensor([0.0, 0, 2, 1]), torch.tensor([0.0, 0, 2, 1]), atol=1e-6)
+    assert float(torch.linalg.matrix_rank(spans[0])) == 2 and float((spans[0] @ e[0]).norm()) < 0.99

@@ -17,10 +17,12 @@ from altmodal.strategies.mla import MLA
 from altmodal.strategies.mmpareto import MMPareto
 from altmodal.strategies.ogm_ge import OGMGE
 from altmodal.strategies.qmf import QMF
+from altmodal.strategies.relearn import Relearn
 from altmodal.strategies.ume import UME, Unimodal
+from altmodal.strategies.umt import UMT
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF, MMPareto, DGL, GBlend, InfoReg)
+    cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF, Relearn, UMT, MMPareto, DGL, GBlend, InfoReg)
 }
 
 

@@ -7,7 +7,11 @@ ModuleDict) and whatever heads it needs. It answers four questions:
 - ``fuse(features, present)``: the fused prediction from the modalities present;
 - ``training_step(batch)``: one optimisation step (or several: MLA steps once per modality),
   calling :meth:`Strategy.optimize` for each, which owns ``backward`` and ``optimizer.step``;
-- optionally ``on_epoch_start`` / ``on_epoch_end`` for per-epoch state (OGM's window, QMF's history).
+- optionally ``on_fit_start`` (work before the first epoch that needs the data, e.g. UMT's
+  teachers) and ``on_epoch_start`` / ``on_epoch_end`` for per-epoch state (OGM's window, QMF's
+  history, D&R's diagnosis); numbers these hooks put in ``epoch_extras`` join the epoch's history
+  row; ``on_fit_end`` fits state on the validation split once the best epoch is back (MLA's
+  fusion choice), and ``summary`` reports it in metrics.json.
 
 :meth:`Strategy.fit` (the epoch loop: train, validate, keep the best epoch on the VALIDATION
 split, checkpoint) and :meth:`Strategy.collect` (predict a whole split) are written once here.
@@ -119,6 +123,8 @@ class Strategy(nn.Module):
         """Position of the current batch in the epoch (set by the loop)."""
         self.batches_per_epoch = 1
         self.best_epoch = -1
+        self.epoch_extras: dict[str, float] = {}
+        """Numbers an epoch hook reports for the current epoch's history row."""
 
     @property
     def modalities(self) -> list[str]:
@@ -161,11 +167,23 @@ class Strategy(nn.Module):
     def training_step(self, batch: Batch) -> StepOutput:
         raise NotImplementedError
 
+    def on_fit_start(self, splits: Splits) -> None:
+        """Called once by :meth:`fit` before the first epoch it trains (after a resume has
+        restored the state), with the run's splits."""
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each training epoch."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after each training epoch, before validation."""
+
+    def on_fit_end(self, splits: Splits) -> None:
+        """Called once the best epoch's parameters are back, before the final evaluation (for
+        state fitted on the validation split, such as MLA's fusion choice)."""
+
+    def summary(self) -> dict[str, Any]:
+        """Strategy-specific results worth recording in metrics.json (e.g. a fitted choice)."""
+        return {}
 
     # ----- optimisation helpers -----------------------------------------------------------------
     def configure(self, config: TrainConfig, dist: Dist | None = None) -> None:
@@ -270,6 +288,7 @@ class Strategy(nn.Module):
             best = dict(resume["best"])
             start = int(resume["epoch"]) + 1
             _set_rng_state(resume["rng"])
+        self.on_fit_start(splits)
         bar = _progress(range(start, config.epochs), progress and self.dist.is_main, f"{self.name}")
         for epoch in bar:
             started = time.perf_counter()
@@ -301,6 +320,7 @@ class Strategy(nn.Module):
                 callback.on_epoch_end(self, state)
         self.load_state_dict(best["model"])
         self.best_epoch = int(best["epoch"])
+        self.on_fit_end(splits)
         return history
 
     def train_epoch(self, dataset: MultimodalDataset, epoch: int) -> dict[str, float]:
@@ -309,6 +329,7 @@ class Strategy(nn.Module):
         self.train()
         self.epoch = epoch
         self.batches_per_epoch = -(-len(dataset) // self.config.batch_size)
+        self.epoch_extras = {}
         self.on_epoch_start(epoch)
         n, size = len(dataset), self.config.batch_size
         total = 0.0
@@ -344,6 +365,7 @@ class Strategy(nn.Module):
                 row[f"train_loss_{m}"] = float(sums[0, j] / sums[2, j])
                 row[f"train_accuracy_{m}"] = float(sums[1, j] / sums[2, j])
         row.update({key: float(np.mean(values)) for key, values in extras.items()})
+        row.update(self.epoch_extras)
         return row
 
     @torch.no_grad()

@@ -8,6 +8,12 @@ the head from forgetting what the other modalities taught it. At test time each 
 modality's prediction is scored by its entropy and the predictions are fused with per-sample
 weights (:func:`altmodal.fusion.entropy_weights`).
 
+Test-time fusion: the default (``test_fusion="auto"``, preset ``altmodal``) chooses, after
+training, between the paper's entropy weights, a plain average of the logits and a small stacked
+classifier, by accuracy on the run's own validation split (:mod:`altmodal.fusion_choice`); the
+entropy rule stays in use during training, so the best epoch is selected as in the paper.
+``--preset paper`` (``test_fusion="entropy"``) is the paper's method exactly.
+
 Granularity: ``cycle="batch"`` (default, as the reference code) runs the steps of every modality
 one after the other on each mini-batch; ``cycle="iteration"`` takes one modality per mini-batch.
 Order: fixed (the modality order given), reversed, or random per cycle. Samples without modality
@@ -27,6 +33,15 @@ Differences from the reference code (``--preset reference-code`` reproduces them
 - its fixed-weight fusion weights: the stored code's default is 0.5/0.5 for two modalities (the
   specification names 0.55/0.45, our default for ``test_fusion=fixed``) and 0.35/0.25/0.40 for
   audio/visual/text.
+``projection_method`` picks the head projection: ``owm`` (the paper's HGM, default), ``ogd``
+(OGD-ALL: remove from the head's gradient, weight and bias, the span of the OTHER modalities'
+stored features, refreshed every epoch or every ``ogd_refresh`` head steps) or ``pca-ogd`` (the
+same against the top uncentered principal directions of a pool of each modality's recent
+features); see :mod:`altmodal.projection`. The features a step stores are gathered from every
+process and ordered by sample index, so the memories are the same on every process. Caveat: the
+OGD guarantee (the other modalities' stored logits do not move) is exact only for plain SGD on
+the head; momentum mixes steps projected against different bases and weight decay shrinks every
+direction, so with the paper's momentum 0.9 and weight decay 1e-4 it holds approximately.
 ``heads="separate"`` gives each modality its own head (same alternation and fusion), to measure
 what sharing the head contributes; there is nothing for HGM to protect then, so it is off.
 """
@@ -44,8 +59,10 @@ from torch import Tensor, nn
 
 from altmodal.config import option, require
 from altmodal.data.batch import Batch
-from altmodal.fusion import batch_entropy_weights, combine, entropy_weights, fixed_weights
-from altmodal.projection import HeadProjector
+from altmodal.data.dataset import Splits
+from altmodal.fusion import ConcatHead, batch_entropy_weights, combine, entropy_weights, fixed_weights
+from altmodal.fusion_choice import ChosenFusion
+from altmodal.projection import FeatureBasisProjector, HeadProjector
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 
 REFERENCE_CODE: dict[str, Any] = {
@@ -63,15 +80,17 @@ class MLAOptions:
     """MLA's options; ``preset`` sets several at once and explicit settings override it."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {},
+        "altmodal": {},
+        "paper": {"test_fusion": "entropy", "fusion_head": False},
         "reference-code": REFERENCE_CODE,
         "reference-code-as-released": {**REFERENCE_CODE, "projection": False},
     }
 
-    preset: Literal["paper", "reference-code", "reference-code-as-released"] = option(
-        "paper",
-        "paper: the paper's equations; reference-code: every behaviour of the published code; "
-        "reference-code-as-released: the same with the projection never applied, as that code runs",
+    preset: Literal["altmodal", "paper", "reference-code", "reference-code-as-released"] = option(
+        "altmodal",
+        "altmodal: the paper's training with the test-time fusion chosen on validation; paper: the paper's "
+        "equations; reference-code: every behaviour of the published code; reference-code-as-released: the "
+        "same with the projection never applied, as that code runs",
     )
     cycle: Literal["batch", "iteration"] = option(
         "batch", "batch: every modality steps on each mini-batch; iteration: one modality per mini-batch"
@@ -79,6 +98,14 @@ class MLAOptions:
     order: Literal["fixed", "reversed", "random"] = option("fixed", "modality order within a cycle")
     heads: Literal["shared", "separate"] = option("shared", "one head shared by all modalities, or one each")
     projection: bool = option(True, "head gradient modification (HGM) on the shared head")
+    projection_method: Literal["owm", "ogd", "pca-ogd"] = option(
+        "owm", "HGM: OWM (the paper), OGD-ALL or PCA-OGD against the other modalities' feature bases"
+    )
+    ogd_memory: int = option(0, "OGD: features stored per modality (0: (d+1) // (2 (M-1)), half the head's room)")
+    pca_pool: int = option(1000, "PCA-OGD: recent features pooled per modality")
+    pca_k: int = option(0, "PCA-OGD: most directions per modality (0: (d+1) // (2 (M-1)))")
+    pca_energy: float = option(0.99, "PCA-OGD: share of the pool's energy the directions reach")
+    ogd_refresh: int = option(0, "OGD/PCA-OGD: recompute the bases every this many head steps (0: every epoch)")
     h_source: Literal["running", "batch"] = option(
         "running", "HGM feature vector: running mean of the modality's features, or the batch mean"
     )
@@ -95,17 +122,28 @@ class MLAOptions:
     leak_optimizer: bool = option(
         False, "apply momentum and weight decay to encoders stepped earlier in the batch (reference code)"
     )
-    test_fusion: Literal["entropy", "fixed", "batch-entropy"] = option(
-        "entropy", "entropy: per-sample dynamic fusion; fixed: fusion_weights; batch-entropy: the reference code's"
+    test_fusion: Literal["auto", "entropy", "fixed", "batch-entropy"] = option(
+        "auto",
+        "auto: entropy, mean or stacked fusion, chosen after training on the validation split; entropy: the "
+        "paper's per-sample dynamic fusion; fixed: fusion_weights; batch-entropy: the reference code's",
     )
     fusion_weights: tuple[float, ...] = option(
         (), "fixed fusion weights per modality (default 0.55,0.45 for two; 0.35,0.25,0.40 for three; else equal)"
     )
     fusion_space: Literal["logits", "probs"] = option("logits", "fuse logits or probabilities")
+    fusion_head: bool = option(
+        True,
+        "with test_fusion=auto: also train a linear fusion head on the DETACHED features (it never changes "
+        "the encoders) as one more candidate rule",
+    )
 
     def __post_init__(self) -> None:
         require(0 <= self.h_momentum < 1, "h_momentum", self.h_momentum, "in [0, 1)")
         require(self.alpha > 0, "alpha", self.alpha, "positive")
+        for name in ("ogd_memory", "pca_k", "ogd_refresh"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "non-negative")
+        require(self.pca_pool >= 1, "pca_pool", self.pca_pool, "at least 1")
+        require(0 < self.pca_energy <= 1, "pca_energy", self.pca_energy, "in (0, 1]")
         weights = self.fusion_weights
         require(
             all(w >= 0 for w in weights) and (not weights or sum(weights) > 0),
@@ -134,8 +172,10 @@ class MLA(Strategy):
             self.heads = nn.ModuleDict({"shared": head})
         else:
             self.heads = nn.ModuleDict({m: nn.Linear(dim, spec.num_classes) for m in self.modalities})
-        self.projector: HeadProjector | None = None
-        if options.projection and options.heads == "shared":
+        self.projector: HeadProjector | FeatureBasisProjector | None = None
+        if options.projection and options.heads == "shared" and options.projection_method != "owm":
+            self.projector = basis_projector(self.head("shared"), self.modalities, options)
+        elif options.projection and options.heads == "shared":
             self.projector = HeadProjector(
                 self.head("shared"),
                 self.modalities,
@@ -153,6 +193,13 @@ class MLA(Strategy):
                 f"({', '.join(self.modalities)})"
             )
         self.fusion_weights = tuple(weights)
+        auto = options.test_fusion == "auto"
+        self.chosen_fusion = ChosenFusion(self.modalities, spec.num_classes) if auto else None
+        self.fusion_head = ConcatHead(self.modalities, dim, spec.num_classes) if auto and options.fusion_head else None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if isinstance(self.projector, FeatureBasisProjector):
+            self.projector.on_epoch_start()
 
     def head(self, modality: str) -> nn.Linear:
         return self.heads["shared" if "shared" in self.heads else modality]  # type: ignore[return-value]
@@ -164,6 +211,9 @@ class MLA(Strategy):
     def fuse(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
         logits = self.unimodal_logits(features)
         kind = self.options.test_fusion
+        if self.chosen_fusion is not None:
+            head = self.fusion_head(features) if self.fusion_head is not None else None
+            return self.chosen_fusion(logits, present, head)  # type: ignore[no-any-return]
         if kind == "entropy":
             weights = entropy_weights(logits, present)
         elif kind == "fixed":
@@ -171,6 +221,20 @@ class MLA(Strategy):
         else:
             weights = batch_entropy_weights(logits, present)
         return combine(logits, weights, self.options.fusion_space)
+
+    def on_fit_end(self, splits: Splits) -> None:
+        if self.chosen_fusion is not None:
+            val = self.collect(splits.val, all_subsets=False)
+            head = None
+            if self.fusion_head is not None:
+                with torch.no_grad():
+                    head = self.fusion_head({m: f.to(self.device) for m, f in val.features.items()})
+            self.chosen_fusion.fit(val.unimodal, val.present, val.label, self.config.seed, head)
+
+    def summary(self) -> dict[str, Any]:
+        if self.chosen_fusion is None:
+            return {}
+        return {"fusion": self.chosen_fusion.chosen, "fusion_scores": self.chosen_fusion.scores}
 
     # ----- training ----------------------------------------------------------------------------
     def step_order(self) -> list[str]:
@@ -194,6 +258,7 @@ class MLA(Strategy):
         total = torch.zeros((), device=self.device)
         report: dict[str, tuple[Tensor, Tensor]] = {}
         stepped: list[str] = []
+        seen: dict[str, Tensor] = {}  # modality -> its step's detached (n, d) features
         for m in self.step_order():
             rows = batch.present[m]
             count = self.dist.sum(rows.sum().float())  # samples with m in the global batch
@@ -205,19 +270,50 @@ class MLA(Strategy):
             logits = head(features)
             loss = F.cross_entropy(logits, sub.label, reduction="sum") / count
             params = [*self.encoders[m].parameters(), *head.parameters()]
-            self.optimize(loss, params, edit=self._edit(m, head, features.detach(), count, stepped))
+            edit = self._edit(m, head, features.detach(), count, stepped, sub.index)
+            self.optimize(loss, params, edit=edit)
             stepped.append(m)
+            seen[m] = features.detach()
             total = total + loss.detach()
             report[m] = (logits.detach(), sub.label)
+        if self.fusion_head is not None:
+            self._train_fusion_head(batch, seen)
         return StepOutput(total, report)
 
-    def _edit(self, modality: str, head: nn.Linear, features: Tensor, count: Tensor, stepped: list[str]) -> Any:
-        """The gradient edit of m's step: project the head gradient with the global mean of the
-        step's ``count`` features; with ``leak_optimizer``, hand zero gradients to the encoders
-        stepped earlier in the batch."""
+    def _train_fusion_head(self, batch: Batch, seen: Mapping[str, Tensor]) -> None:
+        """One step of the fusion head on the batch's detached features: those of the modality
+        steps (absent rows zero), and, for a modality that did not step on this batch (one
+        modality per iteration), its encoder's output without gradients."""
+        with torch.no_grad():
+            features = self.encode(batch) if len(seen) < len(self.modalities) else {}
+        for m, rows in seen.items():
+            index = batch.present[m].nonzero().squeeze(1)
+            features[m] = torch.zeros(len(batch.label), rows.shape[1], device=rows.device).index_put((index,), rows)
+        scored = torch.stack([batch.present[m] for m in self.modalities]).any(dim=0)
+        assert self.fusion_head is not None
+        loss = self.cross_entropy(self.fusion_head(features), batch.label, scored)
+        self.optimize(loss, list(self.fusion_head.parameters()))
+
+    def _edit(
+        self,
+        modality: str,
+        head: nn.Linear,
+        features: Tensor,
+        count: Tensor,
+        stepped: list[str],
+        index: Tensor | None = None,
+    ) -> Any:
+        """The gradient edit of m's step: project the head gradient (OWM: with the global mean of
+        the step's ``count`` features; OGD/PCA-OGD: against the other modalities' bases, storing
+        the step's features of every process in sample order); with ``leak_optimizer``, hand zero
+        gradients to the encoders stepped earlier in the batch."""
 
         def edit() -> None:
-            if self.projector is not None:
+            if isinstance(self.projector, FeatureBasisProjector):
+                rows = self.dist.gather(features)
+                order = self.dist.gather(index).argsort() if index is not None else slice(None)
+                self.projector.step(head, modality, rows[order])
+            elif self.projector is not None:
                 mean = self.dist.sum(features.sum(dim=0)) / count
                 alpha = self.projector.alpha_for(self.batch_index, self.batches_per_epoch)
                 self.projector.step(head.weight, modality, mean, alpha)  # type: ignore[arg-type]
@@ -227,3 +323,31 @@ class MLA(Strategy):
                         p.grad = torch.zeros_like(p)
 
         return edit
+
+
+def basis_projector(head: nn.Linear, modalities: list[str], options: MLAOptions) -> FeatureBasisProjector:
+    """The OGD / PCA-OGD projector of ``options``; a basis size of 0 becomes (d+1) // (2 (M-1)).
+
+    Raises:
+        ValueError: the other modalities' bases could fill the head's d+1 directions.
+    """
+    room, others = head.in_features + 1, max(len(modalities) - 1, 1)
+    auto = room // (2 * others)
+    if options.projection_method == "ogd":
+        size, flag, value = options.ogd_memory or auto, "--ogd-memory", options.ogd_memory
+    else:
+        size, flag, value = options.pca_k or auto, "--pca-k", options.pca_k
+    if others * size >= room:
+        raise ValueError(
+            f"mla: {flag} {value} leaves no room: {others} other modalities x {size} directions must stay "
+            f"below the head's d+1 = {room}; lower {flag}"
+        )
+    return FeatureBasisProjector(
+        head,
+        modalities,
+        method=options.projection_method,
+        memory=size if options.projection_method == "ogd" else options.pca_pool,
+        k=size,
+        energy=options.pca_energy,
+        refresh_every=options.ogd_refresh,
+    )

@@ -17,7 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from altmodal.data.batch import Batch
-from altmodal.strategies.base import DataSpec, StepOutput, Strategy
+from altmodal.data.dataset import Splits
+from altmodal.data.registry import without_empty_samples
+from altmodal.distributed import Dist
+from altmodal.strategies.base import DataSpec, StepOutput, Strategy, TrainConfig
 from altmodal.strategies.joint import present_rows
 
 
@@ -61,3 +64,12 @@ class Unimodal(UME):
                 "pick one with --modalities"
             )
         super().__init__(encoders, spec, options, dim)
+
+
+def train_alone(model: Unimodal, splits: Splits, config: TrainConfig, dist: Dist) -> dict[str, float]:
+    """Train ``model`` as ``altmodal train --strategy unimodal`` would: on its modality only
+    (samples without it left out), best epoch on validation; returns that epoch's history row."""
+    (modality,) = model.modalities
+    own = without_empty_samples(splits.map(lambda view: view.with_modalities([modality])))
+    history = model.fit(own, config, dist=dist)
+    return history[model.best_epoch]

@@ -1,0 +1,218 @@
+"""Benchmark suites: many datasets in one command, each with its own report, and a summary of
+which strategy is best where.
+
+A suite is a list of datasets chosen to cover different imbalances (a dominant modality, a
+near-useless one, three balanced ones, naive fusion below the best single view, complementary
+modalities, few samples, an unseen speaker). Every dataset gets the benchmark's main grid (each
+modality alone, every strategy, test-time missing modalities) in ``OUT/<dataset>/`` with its
+``report.md``; ``OUT/suite.md`` then lists, per dataset, each strategy's fused accuracy, its
+laziness and whether it wins, ties (within one standard deviation of the best mean) or loses,
+and counts wins, ties and losses per strategy.
+
+``dev`` runs 3 seeds at the datasets' own settings; ``quick`` is the same list with one seed and
+fewer epochs, for iteration. AV-digits needs the raw FSDD + MNIST folder (``--media-root``); it
+is prepared once into ``OUT/cache/avdigits`` and left out, with a note, when the folder is absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from altmodal.benchmark import BenchmarkConfig, cells, labels, modalities_of, run_grid, slug
+from altmodal.metrics import mean_std
+from altmodal.report import write_report
+from altmodal.runs import atomic_write, write_json
+from altmodal.tables import Results, fmt, values
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One dataset of a suite: its name in the summary and the settings of its runs."""
+
+    name: str
+    settings: Mapping[str, Any]
+    media: str | None = None
+    """A media corpus that ``altmodal prepare`` must cache first (from ``--media-root``)."""
+
+
+def _mfeat(*views: str) -> dict[str, Any]:
+    return {"dataset": "mfeat", "modalities": views}
+
+
+def _synthetic(*options: str) -> dict[str, Any]:
+    return {"dataset": "synthetic", "dataset_options": options}
+
+
+DEV: tuple[Entry, ...] = (
+    Entry("mfeat fou,mor", _mfeat("fou", "mor")),
+    Entry("mfeat fou,zer,mor", _mfeat("fou", "zer", "mor")),
+    Entry("mfeat fac,mor (fusion below the best view)", _mfeat("fac", "mor")),
+    Entry("mfeat fac,kar,pix (three strong views)", _mfeat("fac", "kar", "pix")),
+    Entry("synthetic: dominant m0", _synthetic()),
+    Entry("synthetic: near-useless m1", _synthetic("strengths=1.5,0.1")),
+    Entry("synthetic: 3 modalities, 300 samples", _synthetic("modalities=3", "samples=300")),
+    Entry("synthetic: complementary", _synthetic("shared=0.1", "strengths=0.9,0.9")),
+    Entry(
+        "AV-digits, unseen speakers",
+        {
+            "dataset": "avdigits",
+            "dataset_options": ("split=speaker", "val_speakers=1"),
+            "epochs": 10,
+            "resnet_width": 16,
+        },
+        media="avdigits",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Suite:
+    entries: tuple[Entry, ...]
+    seeds: tuple[int, ...]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Settings laid over every feature-file entry (e.g. fewer epochs)."""
+
+
+SUITES: dict[str, Suite] = {
+    "dev": Suite(DEV, (0, 1, 2)),
+    "quick": Suite(tuple(e for e in DEV if e.media is None), (0,), {"epochs": 30}),
+}
+
+
+def run_suite(
+    name: str,
+    out: Path,
+    *,
+    strategies: Sequence[str],
+    seeds: Sequence[int] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    media_root: Path | None = None,
+    jobs: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every dataset of the suite ``name`` (finished runs are skipped) and write the summary."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; suites: {', '.join(SUITES)}")
+    suite = SUITES[name]
+    bench = BenchmarkConfig(
+        strategies=tuple(strategies),
+        seeds=tuple(seeds or suite.seeds),
+        missing_rates=(0.5,),
+        train_missing_rates=(),
+        ablation="none",
+        jobs=jobs,
+    )
+    datasets: list[dict[str, Any]] = []
+    for entry in suite.entries:
+        base = {**entry.settings, **(suite.overrides if entry.media is None else {}), **(settings or {})}
+        if entry.media is not None:
+            cache = _prepared(entry.media, media_root, out / "cache" / entry.media)
+            if cache is None:
+                datasets.append({"name": entry.name, "skipped": f"no raw {entry.media} folder (--media-root)"})
+                continue
+            base["data_dir"] = str(cache)
+        folder = out / _slug(entry.name)
+        modalities = modalities_of(base)
+        grid = cells(bench, modalities)
+        results = run_grid(grid, base, folder, missing_rates=bench.missing_rates, jobs=bench.jobs, progress=progress)
+        write_report(results, grid, base, modalities, folder, f"altmodal benchmark --suite {name}")
+        datasets.append(
+            {"name": entry.name, "folder": folder.name, **summarize(results, labels(grid, "main"), modalities)}
+        )
+    summary = {
+        "suite": name,
+        "seeds": list(bench.seeds),
+        "strategies": list(strategies),
+        "datasets": datasets,
+        "record": record(datasets, strategies),
+    }
+    write_json(out / "suite.json", summary)
+    text = render(summary)
+    atomic_write(out / "suite.md", lambda fh: fh.write(text.encode()))
+    return summary
+
+
+def _prepared(corpus: str, root: Path | None, cache: Path) -> Path | None:
+    if (cache / "meta.json").is_file():
+        return cache
+    if root is None or not root.is_dir():
+        return None
+    from altmodal.prepare import prepare
+
+    prepare(corpus, root, cache)
+    return cache
+
+
+def _slug(text: str) -> str:
+    return slug(text.split(" (")[0].lower().replace(",", " "))
+
+
+def summarize(results: Results, strategies: Sequence[str], modalities: Sequence[str]) -> dict[str, Any]:
+    """Per strategy: fused accuracy per seed, its least-trained modality's laziness ratio (inside
+    the model over alone, mean over seeds) and the verdict against the best mean."""
+    rows: dict[str, dict[str, Any]] = {}
+    for label in strategies:
+        fused = values(results, "main", label, ["test", "fused", "accuracy"])
+        ratios = []
+        for m in modalities:
+            inside = values(results, "main", label, ["test", "unimodal", m, "accuracy"])
+            alone = values(results, "alone", m, ["test", "unimodal", m, "accuracy"])
+            if inside and alone:
+                ratios.append(mean_std(inside)[0] / max(mean_std(alone)[0], 1e-12))
+        missing = [
+            r["missing"]["0.5"]["accuracy"]
+            for c, r in results.items()
+            if c.group == "main" and c.label == label and "0.5" in r.get("missing", {})
+        ]
+        rows[label] = {"fused": fused, "laziness": min(ratios) if ratios else math.nan, "missing_0.5": missing}
+    best = max(rows, key=lambda s: mean_std(rows[s]["fused"])[0])
+    best_mean, best_std = mean_std(rows[best]["fused"])
+    for label, row in rows.items():
+        mean, std = mean_std(row["fused"])
+        row["gap"] = mean - best_mean
+        row["verdict"] = "win" if label == best else ("tie" if best_mean - mean <= max(std, best_std) else "loss")
+    return {"best": best, "strategies": rows}
+
+
+def record(datasets: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Wins, ties and losses per strategy over the datasets that ran."""
+    out = {s: {"win": 0, "tie": 0, "loss": 0} for s in strategies}
+    for d in datasets:
+        for s, row in d.get("strategies", {}).items():
+            out[s][row["verdict"]] += 1
+    return out
+
+
+def render(summary: Mapping[str, Any]) -> str:
+    strategies = summary["strategies"]
+    lines = [
+        f"# Suite `{summary['suite']}`",
+        f"Seeds {', '.join(map(str, summary['seeds']))}. Fused test accuracy (mean ± sd over seeds); "
+        "laziness = the least-trained modality's accuracy inside the model over its accuracy alone; "
+        "win = best mean, tie = within one standard deviation of it, loss = further below. Each "
+        "dataset's full report is in its folder.",
+        "",
+        "| strategy | wins | ties | losses |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {s} | {r['win']} | {r['tie']} | {r['loss']} |" for s, r in summary["record"].items()]
+    for d in summary["datasets"]:
+        lines += ["", f"## {d['name']}"]
+        if "skipped" in d:
+            lines.append(f"Skipped: {d['skipped']}.")
+            continue
+        lines += ["| strategy | fused accuracy | laziness | missing 0.5 | verdict |", "|---|---|---|---|---|"]
+        for s in strategies:
+            row = d["strategies"][s]
+            lazy = "–" if math.isnan(row["laziness"]) else f"{row['laziness']:.2f}"
+            fused = fmt(row["fused"], bold=s == d["best"])
+            lines.append(f"| {s} | {fused} | {lazy} | {fmt(row['missing_0.5'])} | {row['verdict']} |")
+        lines.append(f"\nReport: `{d['folder']}/report.md`")
+    return "\n".join(lines) + "\n"

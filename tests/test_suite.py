@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from altmodal import suite
+from altmodal.benchmark import Cell
+from altmodal.cli import main
+from altmodal.metrics import mean_std
+from tests.conftest import TINY
+
+TINY_RUN = {"epochs": 1, "hidden": (16,), "dim": 8, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, monkeypatch_module):
+    entries = (
+        suite.Entry("tiny a", {"dataset": "synthetic", "dataset_options": TINY, **TINY_RUN}),
+        suite.Entry(
+            "tiny b (m1 weak)", {"dataset": "synthetic", "dataset_options": (*TINY, "strengths=1,0.1"), **TINY_RUN}
+        ),
+        suite.Entry("media", {"dataset": "avdigits"}, media="avdigits"),
+    )
+    monkeypatch_module.setitem(suite.SUITES, "tiny", suite.Suite(entries, (0,)))
+    out = tmp_path_factory.mktemp("suite")
+    args = ["benchmark", "--suite", "tiny", "--strategies", "joint,mla", "--out", str(out)]
+    assert main([*args, "--media-root", str(out / "absent"), "--jobs", "1", "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_each_dataset_gets_a_report_and_the_summary_counts_every_verdict(ran):
+    summary = json.loads((ran / "suite.json").read_text())
+    assert [d["name"] for d in summary["datasets"]] == ["tiny a", "tiny b (m1 weak)", "media"]
+    assert "no raw avdigits folder" in summary["datasets"][2]["skipped"]
+    for d in summary["datasets"][:2]:
+        assert (ran / d["folder"] / "report.md").is_file()
+        rows = d["strategies"]
+        assert rows[d["best"]]["verdict"] == "win"
+        assert mean_std(rows[d["best"]]["fused"])[0] == max(mean_std(r["fused"])[0] for r in rows.values())
+        assert all(len(r["fused"]) == 1 for r in rows.values())
+    assert {s: sum(r.values()) for s, r in summary["record"].items()} == {"joint": 2, "mla": 2}
+    text = (ran / "suite.md").read_text()
+    assert "| strategy | wins | ties | losses |" in text and "Skipped: no raw avdigits folder" in text
+
+
+def test_verdicts_follow_the_spread():
+    fused = {"a": (0.9, 0.8), "b": (0.84, 0.84), "c": (0.7, 0.7)}
+    results = {
+        Cell("main", label, seed): {"metrics": {"test": {"fused": {"accuracy": value}, "unimodal": {}}}}
+        for label, pair in fused.items()
+        for seed, value in enumerate(pair)
+    }
+    rows = suite.summarize(results, list(fused), [])["strategies"]
+    assert [rows[s]["verdict"] for s in fused] == ["win", "tie", "loss"]
+    assert rows["c"]["gap"] == pytest.approx(-0.15)
