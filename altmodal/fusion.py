@@ -24,7 +24,7 @@ reference code's variant (one weight per modality per test batch) for parity onl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,11 +47,15 @@ class FusionHead(nn.Module):
 
     def unimodal(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's prediction: by default the head with only that modality present."""
-        out = {}
-        for m in self.modalities:
-            alone = {k: f if k == m else torch.zeros_like(f) for k, f in features.items()}
-            out[m] = self(alone)
-        return out
+        return each_alone(self, {m: features[m] for m in self.modalities})
+
+
+def each_alone(head: Callable[[Mapping[str, Tensor]], Tensor], features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """modality -> the logits ``head`` gives with every OTHER modality's features zeroed."""
+    out = {}
+    for m in features:
+        out[m] = head({k: f if k == m else torch.zeros_like(f) for k, f in features.items()})
+    return out
 
 
 class ConcatHead(FusionHead):

@@ -113,6 +113,17 @@ def test_parallel_grid_matches_serial(tmp_path):
         assert serial[cell]["metrics"]["test"] == parallel[cell]["metrics"]["test"]
 
 
+def test_the_peers_are_benchmark_strategies_with_their_options():
+    names = ("mmpareto", "dgl:dgl-alpha=2", "gblend:gblend_mode=offline", "inforeg:inforeg_unimodal_loss=slice")
+    config = BenchmarkConfig(strategies=names, seeds=(0,), train_missing_rates=(), ablation="none")
+    grid = [cell for cell in cells(config, ["m0", "m1"]) if cell.group == "main"]
+    resolved = [cell.config({"dataset": "synthetic"}) for cell in grid]
+    assert [c.strategy for c in resolved] == ["mmpareto", "dgl", "gblend", "inforeg"]
+    assert resolved[0].options["pareto_gamma"] == 1.5 and resolved[1].options["dgl_alpha"] == 2
+    assert resolved[2].options["gblend_mode"] == "offline"
+    assert resolved[3].options["inforeg_unimodal_loss"] == "slice"
+
+
 def test_peers_and_projection_methods_are_selectable():
     strategies = ("relearn:relearn-every=5", "umt", "mla", "mla:projection-method=pca-ogd:pca-k=8")
     grid = cells(BenchmarkConfig(strategies=strategies, seeds=(0,), train_missing_rates=(), ablation="full"), ["a"])

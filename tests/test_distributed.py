@@ -53,7 +53,8 @@ def test_two_processes_match_one_process(tmp_path):
 
 def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
     """... and D&R's k-means and OGD's memories, which see every process's samples in sample
-    order, match one process."""
+    order, match one process; so do MMPareto's cosines and InfoReg's traces and scores (with its
+    penalty on), computed from gradients and predictions combined over processes."""
     settings = {
         "dataset": "synthetic",
         "dataset_options": list(TINY),
@@ -67,6 +68,8 @@ def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
     matched = {
         "relearn-diagnosed": {**settings, "strategy": "relearn", "relearn_every": 1, "epochs": 2},
         "mla-ogd": {**settings, "strategy": "mla", "projection_method": "ogd", "ogd_refresh": 3, "epochs": 2},
+        "mmpareto-2": {**settings, "strategy": "mmpareto", "epochs": 2},
+        "inforeg-window": {**settings, "strategy": "inforeg", "inforeg_k": -1.0, "epochs": 3},
     }
     mp.spawn(
         ddp_workers.train_runs,

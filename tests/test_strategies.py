@@ -81,10 +81,19 @@ def test_ge_noise_has_the_gradient_std():
     assert torch.equal(modulate(grad, 0.5, noise=False, generator=None), 0.5 * grad)
 
 
-def test_ogm_records_coefficients_in_history(tmp_path):
-    train_run(tiny_config(strategy="ogm_ge", epochs=1), tmp_path / "ogm")
-    header = (tmp_path / "ogm" / "history.csv").read_text().splitlines()[0]
-    assert "ogm_coeff_m0" in header and "ogm_coeff_m1" in header
+HISTORY_EXTRAS = {
+    "ogm_ge": ["ogm_coeff_m0", "ogm_coeff_m1"],
+    "mmpareto": ["pareto_conflict_m0", "pareto_conflict_m1"],
+    "gblend": ["gblend_w_m0", "gblend_w_m1", "gblend_w_fused"],
+    "inforeg": ["inforeg_trace_m0", "inforeg_trace_m1", "inforeg_penalised_m0", "inforeg_penalised_m1"],
+}
+
+
+@pytest.mark.parametrize("name", list(HISTORY_EXTRAS))
+def test_per_epoch_state_is_recorded_in_history(name, tmp_path):
+    train_run(tiny_config(strategy=name, epochs=1), tmp_path / name)
+    header = (tmp_path / name / "history.csv").read_text().splitlines()[0].split(",")
+    assert set(HISTORY_EXTRAS[name]) <= set(header)
 
 
 def test_qmf_confidence_and_ranking_targets_from_a_known_history():
