@@ -20,6 +20,7 @@ from typing import Any
 from altmodal.config import ConfigError, add_arguments, read_config_file
 from altmodal.data.features import DataError
 from altmodal.data.registry import DATASETS, DataConfig
+from altmodal.data.splits import PROTOCOLS
 from altmodal.distributed import init_from_env, shutdown
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import RunConfig, evaluate_run, layer, option_classes, resolve, train_run
@@ -131,8 +132,14 @@ def print_summary(config: RunConfig, out: str, metrics: Mapping[str, Any]) -> No
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    present = [m for m in args.present.split(",") if m] if args.present else None
-    result = evaluate_run(args.run, present=present, missing_rate=args.missing_rate, split=args.split)
+    present = [m.strip() for m in args.present.split(",") if m.strip()] if args.present is not None else None
+    result = evaluate_run(
+        args.run,
+        present=present,
+        missing_rate=args.missing_rate,
+        missing_protocol=args.missing_protocol,
+        split=args.split,
+    )
     print(json.dumps(result, indent=2))
     return 0
 
@@ -202,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", required=True, help="the run folder")
     evaluate.add_argument("--present", help="only these modalities present, comma-separated")
     evaluate.add_argument("--missing-rate", type=float, default=0.0, help="drop modalities at this rate (>=1 kept)")
+    evaluate.add_argument(
+        "--missing-protocol",
+        choices=list(PROTOCOLS),
+        help="what --missing-rate means (default: the run's --missing-protocol); see `altmodal train --help`",
+    )
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.set_defaults(handler=cmd_evaluate)
 

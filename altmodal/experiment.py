@@ -20,7 +20,7 @@ import torch
 
 from altmodal.config import ConfigError, build, coerce, fields_of, first_line, flatten, to_dict
 from altmodal.data.registry import DataConfig, dataset_defaults, load_splits
-from altmodal.data.splits import missing_mask
+from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import EncoderConfig
 from altmodal.metrics import analyses, subset_name, summarize
@@ -131,7 +131,7 @@ def layer(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
 
 
 def load_run_config(run: Run) -> RunConfig:
-    return resolve(flatten(run.read_json("config.json")), str(run.file("config.json")))
+    return resolve(flatten(run.read_object("config.json")), str(run.file("config.json")))
 
 
 def seed_everything(seed: int) -> None:
@@ -147,28 +147,54 @@ def train_run(
     progress: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train (or resume, or skip if finished) the run in ``out``; return its metrics."""
+    """Train (or resume, or skip if finished) the run in ``out``; return its metrics.
+
+    Raises:
+        ConfigError: ``out`` is a file, a folder of other files (without ``overwrite``), a run of
+            another config, or in use by another process.
+    """
     dist = dist or Dist(device=resolve_device(config.train.device))
     run = Run(out, main=dist.is_main)
-    if run.has("config.json") and not overwrite:
-        previous = run.read_json("config.json")
+    run.check_folder()
+    foreign = run.foreign_files()
+    if foreign and not overwrite:
+        raise ConfigError(
+            f"{run.path}: the folder holds files of its own ({', '.join(foreign[:3])}) and no run; "
+            "choose a new or empty --out, or pass --overwrite to write the run there"
+        )
+    with run.lock():
+        return _train_locked(config, run, dist, progress, overwrite)
+
+
+def _train_locked(config: RunConfig, run: Run, dist: Dist, progress: bool, overwrite: bool) -> dict[str, Any]:
+    started_before = any(run.has(name) for name in ("checkpoint.pt", "history.csv", "metrics.json", "model.pt"))
+    if run.has("config.json") and started_before and not overwrite:
+        previous = run.read_object("config.json")
         if previous != config.to_dict():
             raise ConfigError(f"{run.path} holds a run with another config; choose another --out or pass --overwrite")
         if run.finished:
             log.info("%s: finished already, skipping", run.path)
-            return run.read_json("metrics.json")  # type: ignore[no-any-return]
+            return run.read_object("metrics.json")
     elif overwrite and dist.is_main:
-        for name in ("checkpoint.pt", "metrics.json", "model.pt", "history.csv"):
+        for name in ("checkpoint.pt", "metrics.json", "model.pt", "history.csv", "missing.json"):
             run.remove(name)
     dist.barrier()
-    run.write_json("config.json", config.to_dict())
     seed_everything(config.train.seed)
     splits = load_splits(config.data, config.train.seed)
     strategy = build_strategy(config.strategy, splits, config.encoder, config.options)
+    if len(strategy.modalities) == 1 and config.strategy != "unimodal":
+        log.warning(
+            "%s: %s is a multimodal strategy, trained here on one modality (%s); use --strategy unimodal "
+            "or select more modalities",
+            run.path,
+            config.strategy,
+            strategy.modalities[0],
+        )
+    # Written once the data and the model are known to be valid: a failed start leaves no run.
+    run.write_json("config.json", config.to_dict())
     resume = run.load("checkpoint.pt") if run.has("checkpoint.pt") else None
-    if resume is not None and not (isinstance(resume, Mapping) and CHECKPOINT_KEYS <= set(resume)):
-        raise ValueError(f"{run.file('checkpoint.pt')}: not an altmodal checkpoint; delete it to start afresh")
     if resume is not None:
+        check_checkpoint(resume, run.file("checkpoint.pt"))
         log.info("%s: resuming after epoch %d", run.path, resume["epoch"])
     started = time.perf_counter()
     history = strategy.fit(splits, config.train, dist=dist, resume=resume, callback=run, progress=progress)
@@ -180,6 +206,25 @@ def train_run(
     run.remove("checkpoint.pt")
     dist.barrier()
     return metrics
+
+
+def check_checkpoint(state: Any, path: Path) -> None:
+    """Raise a ValueError naming ``path`` unless ``state`` has a checkpoint's layout."""
+    problem = ""
+    if not isinstance(state, Mapping) or not CHECKPOINT_KEYS <= set(state):
+        problem = f"not an altmodal checkpoint (it needs the entries {', '.join(sorted(CHECKPOINT_KEYS))})"
+    elif not isinstance(state["epoch"], int) or state["epoch"] < 0:
+        problem = f"'epoch' is {state['epoch']!r}, not an epoch number"
+    elif not isinstance(state["history"], list) or not all(isinstance(r, Mapping) for r in state["history"]):
+        problem = "'history' is not a list of per-epoch rows"
+    elif len(state["history"]) != state["epoch"] + 1:
+        problem = f"'history' has {len(state['history'])} rows for {state['epoch'] + 1} epochs"
+    elif not isinstance(state["best"], Mapping) or not {"epoch", "score", "model"} <= set(state["best"]):
+        problem = "'best' lacks the best epoch, its score or its parameters"
+    elif not isinstance(state["training"], Mapping) or not isinstance(state["rng"], Mapping):
+        problem = "'training' or 'rng' is not a table of states"
+    if problem:
+        raise ValueError(f"{path}: {problem}; delete it to start the run afresh")
 
 
 def restore(strategy: Strategy, saved: Any, path: Path) -> None:
@@ -204,6 +249,8 @@ def final_metrics(
         "options": config.options,
         "epochs": config.train.epochs,
         "best_epoch": strategy.best_epoch,
+        "missing": missing_block(splits.test, config.data.missing_protocol, config.data.test_missing_rate),
+        "absent": config.encoder.absent,
         "test": summarize(test_outputs, strategy.num_classes),
         "val": summarize(strategy.collect(splits.val, all_subsets=False), strategy.num_classes),
         "analyses": analyses(test_outputs),
@@ -211,21 +258,33 @@ def final_metrics(
     }
 
 
+def missing_block(dataset: Any, protocol: str, rate: float) -> dict[str, Any]:
+    """The missing-modality protocol, its nominal rate and what it realised in ``dataset``."""
+    return {"protocol": protocol, "rate": rate, **missing_summary(dataset.present, dataset.rows)}
+
+
 def evaluate_run(
     path: str | Path,
     *,
     present: Sequence[str] | None = None,
     missing_rate: float = 0.0,
+    missing_protocol: str | None = None,
     split: str = "test",
     seed: int | None = None,
     dist: Dist | None = None,
 ) -> dict[str, Any]:
     """Re-evaluate a finished run's best model on a split, optionally with only ``present``
-    modalities or with modalities dropped at ``missing_rate`` (the paper's protocol)."""
+    modalities or with modalities dropped at ``missing_rate`` under ``missing_protocol`` (default:
+    the run's). The result's ``missing`` entry states the protocol and the realised shares."""
     if not 0 <= missing_rate < 1:
         raise ConfigError(f"missing rate {missing_rate} must be in [0, 1)")
+    if missing_protocol is not None and missing_protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown missing protocol {missing_protocol!r}; protocols: {', '.join(PROTOCOLS)}")
+    if present is not None and not present:
+        raise ConfigError("--present names no modality; give one or more, comma-separated")
     run = Run(path)
     config = load_run_config(run)
+    protocol = missing_protocol or config.data.missing_protocol
     seed_everything(config.train.seed)
     splits = load_splits(config.data, config.train.seed)
     # model.pt holds every parameter: pretrained weight files are not needed (nor read) again.
@@ -246,13 +305,14 @@ def evaluate_run(
         dataset = dataset.with_present(keep)
     if missing_rate > 0:
         mask_seed = config.train.seed + 1 if seed is None else seed
-        dataset = dataset.with_present(missing_mask(dataset.present, dataset.rows, missing_rate, mask_seed))
+        dataset = dataset.with_present(missing_mask(dataset.present, dataset.rows, missing_rate, mask_seed, protocol))
     outputs = strategy.collect(dataset)
+    rate = missing_rate if missing_rate > 0 else config.data.test_missing_rate
     result: dict[str, Any] = {
         "run": str(run.path),
         "split": split,
         "present": list(present) if present else strategy.modalities,
-        "missing_rate": missing_rate,
+        "missing": missing_block(dataset, protocol, rate),
         split: summarize(outputs, strategy.num_classes),
     }
     if present:

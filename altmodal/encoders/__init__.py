@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -42,6 +42,11 @@ class EncoderConfig:
     text_width: int = option(128, "model width of the text encoder")
     text_layers: int = option(2, "transformer layers of the text encoder")
     text_heads: int = option(4, "attention heads of the text encoder")
+    absent: Literal["zero-inputs", "zero-features"] = option(
+        "zero-inputs",
+        "what an absent modality feeds the model: its encoder's output for a zero input (the paper's "
+        "code; the default, fairer to fusion-head baselines) or zero features (the encoder skipped)",
+    )
     weights: tuple[str, ...] = option(
         (),
         "local pretrained weights of one modality's encoder as modality=path (repeat the flag for more)",

@@ -36,7 +36,9 @@ def build_strategy(
     encoders = {m: build_encoder(train.kinds.get(m, "mlp"), train.input_shape(m), encoder, m) for m in train.modalities}
     spec = DataSpec(tuple(train.modalities), train.num_classes, len(train.labels))
     built = build(cls.options_class, options) if cls.options_class is not None else None
-    return cls(encoders, spec, built, encoder.dim)  # type: ignore[call-arg]
+    strategy = cls(encoders, spec, built, encoder.dim)  # type: ignore[call-arg]
+    strategy.absent = encoder.absent
+    return strategy
 
 
 __all__ = ["STRATEGIES", "DataSpec", "StepOutput", "Strategy", "TrainConfig", "build_strategy", "strategy_class"]
