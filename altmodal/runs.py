@@ -37,9 +37,6 @@ from altmodal.config import ConfigError, first_line
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
-RUN_FILES = ("config.json", "history.csv", "checkpoint.pt", "model.pt", "metrics.json", "missing.json")
-"""The files a run folder holds (besides its lock and temporary files)."""
-
 ADVICE = {
     "checkpoint.pt": "delete it to start the run afresh",
     "model.pt": "the trained model is lost: train the run again (the same command with --overwrite)",
@@ -115,15 +112,12 @@ class Run:
             raise ConfigError(f"{self.path}: is a file, not a run folder; choose a folder")
 
     def foreign_files(self) -> list[str]:
-        """Files of the folder that no run wrote (empty for a run folder, a new or an empty one).
-
-        A folder holding a ``config.json`` is a run folder; without one, anything but the run's
-        own file names (left by a run stopped before its config was written) is foreign.
-        """
+        """The folder's files when it is not a run folder (empty for a run folder, a new or an
+        empty one). A run writes its ``config.json`` before any other file, so a folder without
+        one that holds anything besides a lock or temporary files belongs to someone else."""
         if not self.path.is_dir() or self.has("config.json"):
             return []
-        own = (*RUN_FILES, LOCK)
-        return sorted(p.name for p in self.path.iterdir() if p.name not in own and not _temporary(p.name))
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK and not _temporary(p.name))
 
     @property
     def finished(self) -> bool:
