@@ -102,6 +102,9 @@ def test_qmf_confidence_and_ranking_targets_from_a_known_history():
     loss = ranking_loss(conf, target.float(), margin.float())
     # Sample 2 (lowest loss) must sit 1.0 above sample 0: 0.5 vs 0.9 violates by 1.4.
     assert loss.tolist() == pytest.approx([0.9 - 0.2 + 0.5, 0.2 - 0.5 + 0.5, 0.9 - 0.5 + 1.0])
+    # The released code's tolerance form: a violation within the history gap is not penalised.
+    tolerant = ranking_loss(conf, target.float(), margin.float(), "tolerance")
+    assert tolerant.tolist() == pytest.approx([0.9 - 0.2 - 0.5, 0.0, 0.0])
 
 
 def test_qmf_history_accumulates_per_sample_losses(tiny_splits):
