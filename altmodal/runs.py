@@ -21,8 +21,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import logging
+import os
 import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence

@@ -63,4 +63,3 @@ def step_with_unused_parameters(model, x, rank: int | None, context: Dist) -> No
     loss.backward()
     context.reduce_gradients(model.parameters())
     torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1).step()
-

@@ -41,9 +41,9 @@ def test_a_classes_array_of_the_wrong_kind_is_refused(tmp_path, classes, message
 
 def test_a_classes_array_that_would_be_ignored_is_refused(tmp_path):
     names = np.array(["x", "y", "z"])
-    with pytest.raises(DataError, match="'classes' names integer labels 0..K-1, but the labels are strings"):
+    with pytest.raises(DataError, match=r"'classes' names integer labels 0\.\.K-1, but the labels are strings"):
         read_npz(features_file(tmp_path, label=np.array(["p", "q", "r"] * 20), classes=names))
-    with pytest.raises(DataError, match="'classes' names labels 0..K-1, but a label is -1"):
+    with pytest.raises(DataError, match=r"'classes' names labels 0\.\.K-1, but a label is -1"):
         read_npz(features_file(tmp_path, label=np.arange(60) % 3 - 1, classes=names))
     dataset, _ = read_npz(features_file(tmp_path, classes=names))
     assert list(dataset.classes) == ["x", "y", "z"]

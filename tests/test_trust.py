@@ -73,7 +73,10 @@ def test_a_planted_checkpoint_does_not_run_when_training_resumes(finished_run, t
     (run / "metrics.json").unlink()
     marker = tmp_path / "marker"
     plant(run / "checkpoint.pt", marker)
-    for argv in (["train", "--out", str(run), *FAST], ["train", "--config", str(run / "config.json"), "--out", str(run)]):
+    for argv in (
+        ["train", "--out", str(run), *FAST],
+        ["train", "--config", str(run / "config.json"), "--out", str(run)],
+    ):
         assert main([*argv, "--quiet"]) == 2
         assert f"{run / 'checkpoint.pt'}: holds objects other than tensors" in one_line_error(capsys)
         assert not marker.exists()
@@ -85,7 +88,9 @@ def test_a_planted_file_does_not_run_in_a_rerun_benchmark(tmp_path, capsys, plan
     argv = ["benchmark", "--strategies", "joint", "--seeds", "0", "--ablation", "none"]
     argv += ["--train-missing-rates", "", "--missing-rates", "0.5", "--jobs", "1", "--out", str(root), *FAST]
     common = settings_from(build_parser().parse_args(argv), skip=list(fields_of(BenchmarkConfig)))
-    grid = cells(BenchmarkConfig(strategies=("joint",), seeds=(0,), ablation="none", train_missing_rates=()), ["m0", "m1"])
+    grid = cells(
+        BenchmarkConfig(strategies=("joint",), seeds=(0,), ablation="none", train_missing_rates=()), ["m0", "m1"]
+    )
     marker = tmp_path / "marker"
     for cell in grid:  # every run of the grid: started (checkpoint) or finished (model)
         config = cell.config(common)

@@ -70,9 +70,11 @@ def warn_rare_classes(splits: Splits) -> None:
     in train)."""
     classes = splits.train.classes
     counts = {name: np.bincount(splits[name].labels[splits[name].rows], minlength=len(classes)) for name in SPLITS}
-    total = sum(counts.values())
+    total = np.sum(list(counts.values()), axis=0)
     for name, what in (("train", "never trained"), ("val", "never validated"), ("test", "never tested")):
-        lacking = [f"{classes[c]!r} ({total[c]} samples)" for c in np.flatnonzero((counts[name] == 0) & (total > 0))]
+        lacking = [
+            f"{classes[int(c)]!r} ({total[c]} samples)" for c in np.flatnonzero((counts[name] == 0) & (total > 0))
+        ]
         if lacking:
             log.warning(
                 "%s: %d classes have no %s sample and are %s: %s",
@@ -130,8 +132,9 @@ def missing_mask(
     - ``share`` (the paper's code, CPM-Net masks): ``rate`` IS the share of the rows' (sample,
       modality) entries that end up missing. Every sample keeps one present modality, chosen
       uniformly, and the remaining kept entries are drawn uniformly among the other present ones;
-      once 1 - rate <= 1/M every sample keeps exactly one (the share is then 1 - 1/M). CPM-Net redraws until the share is
-      within 0.005 of the target; here the number of kept entries is exact.
+      once 1 - rate <= 1/M every sample keeps exactly one (the share is then 1 - 1/M). CPM-Net
+      redraws until the share is within 0.005 of the target; here the number of kept entries is
+      exact.
 
     Rows outside ``rows`` keep their masks. Seeded, so train and test masks are reproducible.
 

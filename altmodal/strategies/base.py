@@ -437,7 +437,9 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     saved = state["numpy"]
     keys = np.asarray(saved["keys"], dtype=np.int64).astype(np.uint32)
-    np.random.set_state((saved["kind"], keys, int(saved["pos"]), int(saved["has_gauss"]), float(saved["cached_gaussian"])))
+    np.random.set_state(
+        (saved["kind"], keys, int(saved["pos"]), int(saved["has_gauss"]), float(saved["cached_gaussian"]))
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

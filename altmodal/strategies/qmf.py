@@ -14,9 +14,9 @@ min-max-normalised histories, by a margin equal to the normalised history gap:
 This is the margin-ranking loss of confidence-aware learning that QMF builds on, and the default
 (``qmf_ranking=margin``). The released QMF code adds the margin to the second input of
 MarginRankingLoss with the target negated, which turns the margin into a tolerance:
-relu(t (c_i - c_j) - |h_i - h_j|); ``qmf_ranking=tolerance`` uses that form. As in that code, the history is updated with the batch's losses before the regulariser is
-computed. Under data parallelism every process records every sample's loss, so the histories stay
-identical.
+relu(t (c_i - c_j) - |h_i - h_j|); ``qmf_ranking=tolerance`` uses that form. As in that code,
+the history is updated with the batch's losses before the regulariser is computed. Under data
+parallelism every process records every sample's loss, so the histories stay identical.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import zlib
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
