@@ -13,6 +13,9 @@ from altmodal.data.features import DataError
 
 log = logging.getLogger(__name__)
 
+HUGE = 1e100
+"""Features whose largest training magnitude exceeds this are rescaled before standardising."""
+
 
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """Per-sample split names ('train'/'val'/'test'), stratified by class and drawn from ``seed``.
@@ -88,8 +91,9 @@ def warn_rare_classes(splits: Splits) -> None:
 
 def standardize(splits: Splits) -> Splits:
     """Standardise every modality per feature with the TRAINING split's mean and std (present
-    samples only); features constant on train are only centred. Each feature is first divided by
-    its largest training magnitude, so values near the float64 limit do not overflow."""
+    samples only); features constant on train are only centred. A feature with values beyond
+    ``HUGE`` is first divided by its largest training magnitude, so that its variance does not
+    overflow float64."""
     train = splits.train
     arrays: dict[str, np.ndarray] = {}
     for m, array in train.arrays.items():
@@ -98,7 +102,7 @@ def standardize(splits: Splits) -> Splits:
             raise DataError(f"{train.name}: modality {m!r} is absent from every training sample")
         sample = np.asarray(array[rows], dtype=np.float64)
         scale = np.abs(sample).max(axis=0)
-        scale[~(scale > 0)] = 1.0
+        scale[~(scale > HUGE)] = 1.0  # only features whose squares could overflow are rescaled
         sample = sample / scale
         mean = sample.mean(axis=0)
         std = sample.std(axis=0)
