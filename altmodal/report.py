@@ -40,14 +40,14 @@ def curves(results: Results, root: Path, base: Mapping[str, Any], modalities: Se
 
 
 PROTOCOL_TEXT = {
-    "independent": "each modality of each sample dropped with probability rate, one modality restored where a "
-    "sample lost all (the paper's text)",
-    "share": "rate is the share of (sample, modality) entries missing, every sample keeps one (the paper's code, "
-    "CPM-Net masks)",
+    "independent": "as the paper's text: each modality of each sample dropped with probability rate, one modality "
+    "restored where a sample lost all",
+    "share": "as the paper's code, CPM-Net masks: rate is the share of (sample, modality) entries missing, every "
+    "sample keeps one",
 }
 ABSENT_TEXT = {
-    "zero-inputs": "an absent modality's encoder is run on a zero input (the paper's code)",
-    "zero-features": "an absent modality enters the fusion as zero features (its encoder skipped)",
+    "zero-inputs": "an absent modality's encoder is run on a zero input, as in the paper's code",
+    "zero-features": "an absent modality enters the fusion as zero features, its encoder skipped",
 }
 
 

@@ -140,7 +140,8 @@ def missing_shares(results: Results) -> Table:
                     value = block.get("missing", {}).get(key) if isinstance(block, Mapping) else None
                     if isinstance(value, (int, float)):
                         cells.setdefault(rate, []).append(float(value))
-            rows.append({"label": f"{title}: {what}", "cells": cells})
+            if cells:
+                rows.append({"label": f"{title}: {what}", "cells": cells})
     columns = sorted({rate for row in rows for rate in row["cells"]}, key=float)
     return {"columns": columns, "rows": rows}
 

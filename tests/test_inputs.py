@@ -13,7 +13,7 @@ from altmodal.data.corpora.writer import resume, start
 from altmodal.data.dataset import MultimodalDataset
 from altmodal.data.features import DataError, read_npz
 from altmodal.data.registry import DataConfig, load_splits
-from altmodal.data.splits import make_splits, standardize, warn_rare_classes
+from altmodal.data.splits import make_splits, standardize
 from tests.conftest import write_npz
 
 
@@ -68,6 +68,8 @@ def test_classes_missing_from_a_split_are_named_in_a_warning(caplog):
     dataset = MultimodalDataset(
         "d", {"a": np.zeros((n, 2))}, {"a": np.ones(n, bool)}, labels, ["w", "x", "y", "z"], np.arange(n)
     )
+    from altmodal.data.splits import warn_rare_classes
+
     with caplog.at_level(logging.WARNING):
         warn_rare_classes(make_splits(dataset, split))
     assert "1 classes have no train sample and are never trained: 'z' (1 samples)" in caplog.text

@@ -17,8 +17,10 @@ import torch
 from altmodal.benchmark import BenchmarkConfig, cells, run_path
 from altmodal.cli import build_parser, main, settings_from
 from altmodal.config import fields_of
-from altmodal.runs import LOCK, Run
+from altmodal.runs import Run
 from tests.test_cli import FAST
+
+LOCK = ".lock"  # the lock file a process working in a run folder holds
 
 
 class Payload:
