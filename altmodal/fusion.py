@@ -6,7 +6,8 @@ Late-fusion heads (joint training; OGM-GE uses them too) map modality-keyed feat
 - ``concat``: one linear layer over the concatenated features. Modality m's prediction is its
   share of the head, ``W[:, cols_m] f_m + b / M`` (the protocol of OGM-GE's and MLA's code).
 - ``sum``: one linear layer per modality, logits summed. Modality m's prediction is
-  ``W_m f_m + (sum_k b_k) / M``, so the shares add up to the fused logits as for concat.
+  ``W_m f_m + b_m / M``, its own layer with its own bias over M, as the reference code (OGM-GE's
+  sum fusion) computes it; unlike concat's, the shares do not add up to the fused logits.
 - ``film``: FiLM (Perez et al., 2018). The reference code has audio produce a scale and shift for
   the visual feature. With M modalities the LAST modality is the one modulated and every other
   modality, in order, applies its own scale and shift: ``h = g_m(f_m) * h + b_m(f_m)``.
@@ -86,8 +87,7 @@ class SumHead(FusionHead):
 
     def unimodal(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         layers: dict[str, nn.Linear] = {m: self.fc[m] for m in self.modalities}  # type: ignore[misc]
-        share = torch.stack([layers[m].bias for m in self.modalities]).sum(dim=0) / len(self.modalities)
-        return {m: features[m] @ layers[m].weight.T + share for m in self.modalities}
+        return {m: features[m] @ layers[m].weight.T + layers[m].bias / len(self.modalities) for m in self.modalities}
 
 
 class FiLMHead(FusionHead):

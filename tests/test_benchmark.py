@@ -65,6 +65,26 @@ def test_report_numbers_equal_the_runs_metrics(bench):
     assert re.search(rf"\| (\*\*)?{mean:.3f} ± {std:.3f}(\*\*)? \|", row)
 
 
+def test_the_report_states_the_missing_protocol_and_what_it_realised(bench):
+    text = (bench / "report.md").read_text()
+    assert "nominal missing rate of the `independent` protocol" in text
+    assert "an absent modality's encoder is run on a zero input" in text
+    assert "| realised share / missing rate | 0.5 |" in text
+    report = json.loads((bench / "report.json").read_text())
+    shares = {row["label"]: row["cells"] for row in report["tables"]["missing_shares"]["rows"]}
+    for label in ("test only: entries missing", "train and test: entries missing"):  # 5 strategies x 2 seeds
+        assert len(shares[label]["0.5"]) == 10 and all(0.3 < v < 0.45 for v in shares[label]["0.5"])
+    assert all(0.6 < v < 0.9 for v in shares["test only: samples with one modality"]["0.5"])
+    grid = cells(BenchmarkConfig(seeds=(0, 1), missing_rates=(0.5,), train_missing_rates=(0.5,)), ["m0", "m1"])
+    cell = next(c for c in grid if c.group == "missing")
+    metrics = json.loads((run_path(bench, cell, cell.config(report["settings"])) / "metrics.json").read_text())
+    assert metrics["missing"]["protocol"] == "independent" and metrics["missing"]["rate"] == 0.5
+    assert set(metrics["missing"]) == {"protocol", "rate", "realised_share", "single_modality_share"}
+    for claim in report["claims"]:
+        assert claim["verdict"] in ("held", "inconclusive", "did not hold") and claim["n"] == 2
+    assert re.search(r"- \*\*(held|inconclusive|did not hold)\*\*: MLA beats the baselines", text)
+
+
 def test_rerun_skips_finished_runs(bench, monkeypatch):
     import altmodal.benchmark as benchmark
 

@@ -73,7 +73,9 @@ def assemble(
         m: custom[m] if m in custom else build_encoder(kinds[m], shapes[m], encoder, m) for m in spec.modalities
     }
     built = build(cls.options_class, options) if cls.options_class is not None else None
-    return cls(encoders, spec, built, encoder.dim)  # type: ignore[call-arg]
+    strategy = cls(encoders, spec, built, encoder.dim)  # type: ignore[call-arg]
+    strategy.absent = encoder.absent
+    return strategy
 
 
 def sample_inputs(dataset: MultimodalDataset, modality: str, n: int = 2) -> Tensor:
