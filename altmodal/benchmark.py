@@ -4,7 +4,8 @@ Groups of runs (each over every seed):
 
 - ``alone``: every modality trained alone (strategy ``unimodal``): the reference for laziness;
 - ``main``: every strategy on all modalities;
-- ``ablation``: MLA without projection, with fixed fusion, with separate heads, the two
+- ``ablation``: the paper's MLA (entropy fusion) and the default's fusion chosen on validation;
+  the paper's MLA without projection, with fixed fusion, with separate heads, the two
   reference-code presets, reversed and random modality order, one modality per iteration (and,
   with ``--ablation full``, each head-projection choice: batch-mean h, the reference alpha
   schedule, Frobenius normalisation, added projection, OGD and PCA-OGD instead of OWM);
@@ -12,8 +13,9 @@ Groups of runs (each over every seed):
 Every finished ``main`` run is also re-evaluated with modalities missing at test time only.
 
 Runs are independent processes' work; finished ones are skipped on a re-run (their folder holds
-``metrics.json``), so an interrupted benchmark resumes where it stopped. The report is written by
-:mod:`altmodal.report`.
+``metrics.json``), so an interrupted benchmark resumes where it stopped. A benchmark holds the
+lock of its folder (a second one on the same folder is refused), and its worker processes exit
+when the benchmark's process dies. The report is written by :mod:`altmodal.report`.
 """
 
 from __future__ import annotations
@@ -32,31 +34,47 @@ from typing import Any, Literal
 from altmodal.config import option, require
 from altmodal.experiment import RunConfig, evaluate_run, layer, resolve, train_run
 from altmodal.runs import Run
+from altmodal.workers import watch_parent
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRATEGIES = ("joint", "ume", "ogm_ge", "qmf", "mla")
+DEFAULT_STRATEGIES = (
+    "mla",
+    "joint",
+    "ume",
+    "ogm_ge",
+    "qmf",
+    "mmpareto",
+    "dgl",
+    "relearn",
+    "umt",
+    "gblend",
+    "inforeg",
+)
 
+PAPER: dict[str, Any] = {"preset": "paper"}
+"""The ablation varies the paper's MLA (entropy fusion), the method whose claims it checks."""
 CORE_ABLATION: dict[str, dict[str, Any]] = {
-    "MLA": {},
-    "no projection": {"projection": False},
-    "fixed fusion": {"test_fusion": "fixed"},
-    "separate heads": {"heads": "separate"},
+    "MLA": PAPER,
+    "fusion chosen on validation (default)": {},
+    "no projection": {**PAPER, "projection": False},
+    "fixed fusion": {**PAPER, "test_fusion": "fixed"},
+    "separate heads": {**PAPER, "heads": "separate"},
     "reference-code": {"preset": "reference-code"},
     "reference-code-as-released": {"preset": "reference-code-as-released"},
-    "order reversed": {"order": "reversed"},
-    "order random": {"order": "random"},
-    "one modality per iteration": {"cycle": "iteration"},
+    "order reversed": {**PAPER, "order": "reversed"},
+    "order random": {**PAPER, "order": "random"},
+    "one modality per iteration": {**PAPER, "cycle": "iteration"},
 }
 FULL_ABLATION: dict[str, dict[str, Any]] = {
     **CORE_ABLATION,
-    "h: batch mean": {"h_source": "batch"},
-    "alpha: reference schedule": {"alpha_schedule": "reference"},
-    "P Frobenius-normalised": {"normalize_p": True},
-    "projection added": {"projection_mode": "add"},
-    "entropy per batch": {"test_fusion": "batch-entropy"},
-    "projection: OGD": {"projection_method": "ogd"},
-    "projection: PCA-OGD": {"projection_method": "pca-ogd"},
+    "h: batch mean": {**PAPER, "h_source": "batch"},
+    "alpha: reference schedule": {**PAPER, "alpha_schedule": "reference"},
+    "P Frobenius-normalised": {**PAPER, "normalize_p": True},
+    "projection added": {**PAPER, "projection_mode": "add"},
+    "entropy per batch": {**PAPER, "test_fusion": "batch-entropy"},
+    "projection: OGD": {**PAPER, "projection_method": "ogd"},
+    "projection: PCA-OGD": {**PAPER, "projection_method": "pca-ogd"},
 }
 
 
@@ -159,10 +177,13 @@ def run_cell(
     metrics = dict(train_run(config, path, dist=Dist(device=resolve_device(device))))
     run = Run(path)
     cached = run.read_json("missing.json") if run.has("missing.json") else {}
+    if not isinstance(cached, dict):
+        cached = {}
     for rate in rates:
         key = f"{rate:g}"
-        if key not in cached:
-            cached[key] = evaluate_run(path, missing_rate=rate, device=device)["test"]["fused"]
+        if not isinstance(cached.get(key), dict) or "missing" not in cached[key]:
+            result = evaluate_run(path, missing_rate=rate, device=device)
+            cached[key] = {**result["test"]["fused"], "missing": result["missing"]}
     if rates:
         run.write_json("missing.json", cached)
     return {"metrics": metrics, "missing": cached}
@@ -177,7 +198,23 @@ def run_grid(
     jobs: int = 0,
     progress: bool = True,
 ) -> dict[Cell, dict[str, Any]]:
-    """Run every cell (skipping finished ones) with ``jobs`` processes; results per cell."""
+    """Run every cell (skipping finished ones) with ``jobs`` processes; results per cell.
+
+    Raises:
+        ConfigError: another process runs a benchmark in ``root``.
+    """
+    with Run(root).lock():
+        return _run_grid(grid, base, root, missing_rates, jobs, progress)
+
+
+def _run_grid(
+    grid: Sequence[Cell],
+    base: Mapping[str, Any],
+    root: Path,
+    missing_rates: Sequence[float],
+    jobs: int,
+    progress: bool,
+) -> dict[Cell, dict[str, Any]]:
     configs = {cell: cell.config(base) for cell in grid}
     paths = {cell: run_path(root, cell, configs[cell]) for cell in grid}
     unique: dict[Path, Cell] = {}
@@ -201,7 +238,9 @@ def run_grid(
             bar.update(1)
     else:
         context = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        with futures.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=context, initializer=watch_parent, initargs=(os.getpid(),)
+        ) as pool:
             pending = {pool.submit(run_cell, *task): path for task, path in zip(tasks, unique)}
             try:
                 for done in futures.as_completed(pending):

@@ -21,6 +21,7 @@ from altmodal.callbacks import Summary, TensorBoardLogger
 from altmodal.config import ConfigError, add_arguments, read_config_file
 from altmodal.data.features import DataError
 from altmodal.data.registry import DATASETS, DataConfig
+from altmodal.data.splits import PROTOCOLS
 from altmodal.distributed import init_from_env, shutdown
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import RunConfig, evaluate_run, layer, option_classes, resolve, train_run
@@ -151,15 +152,27 @@ def _figure(value: float) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    present = [m for m in args.present.split(",") if m] if args.present else None
+    present = [m.strip() for m in args.present.split(",") if m.strip()] if args.present is not None else None
     result = evaluate_run(
-        args.run, present=present, missing_rate=args.missing_rate, split=args.split, device=args.device
+        args.run,
+        present=present,
+        missing_rate=args.missing_rate,
+        missing_protocol=args.missing_protocol,
+        split=args.split,
+        device=args.device,
     )
     if args.json:
         print(json.dumps(without_nan(result), indent=2, allow_nan=False))
         return 0
     shown = f"only {'+'.join(result['present'])} present" if present else "each sample's own modalities"
-    rate = f", modalities dropped at rate {args.missing_rate:g}" if args.missing_rate else ""
+    missing = result.get("missing") or {}
+    rate = (
+        f", modalities dropped at rate {missing['rate']:g} by the {missing['protocol']} protocol: "
+        f"{missing['realised_share']:.1%} of entries missing, {missing['single_modality_share']:.1%} of samples "
+        "with one modality"
+        if args.missing_rate and missing
+        else ""
+    )
     print(f"run: {result['run']}  ({args.split} split, {shown}{rate})")
     print_block(result[args.split], args.split)
     return 0
@@ -287,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", required=True, help="the run folder")
     evaluate.add_argument("--present", help="only these modalities present, comma-separated")
     evaluate.add_argument("--missing-rate", type=float, default=0.0, help="drop modalities at this rate (>=1 kept)")
+    evaluate.add_argument(
+        "--missing-protocol",
+        choices=list(PROTOCOLS),
+        help="what --missing-rate means (default: the run's --missing-protocol); see `altmodal train --help`",
+    )
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -4,7 +4,9 @@ Rather than wrapping the model in DistributedDataParallel, every optimisation st
 gradients of exactly the parameters that step updates, in one flat all-reduce. MLA's alternating
 steps update one encoder plus the head: the other encoders are neither reduced nor touched (no
 hang on unused parameters, no wasted traffic), and their gradients stay None, so the optimizer
-leaves their momentum and weight decay alone.
+leaves their momentum and weight decay alone. Likewise a parameter that no rank computed a
+gradient for in a step (an encoder whose modality is absent from the whole global batch) keeps
+None, exactly as in one process.
 
 Losses are normalised by the GLOBAL number of samples in a step (see :meth:`Dist.count`), so the
 averaged gradient equals the single-process gradient of the same global batch, and a 2-process
@@ -58,20 +60,27 @@ class Dist:
     def reduce_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Combine the gradients of ``params`` over ranks in one flat all-reduce.
 
-        A parameter without a gradient on this rank contributes zeros; all ranks name the same
-        parameters, so they agree on the layout. Losses are normalised by GLOBAL counts, so the
-        reduction is a sum and yields the gradient of the global batch's mean loss.
+        A parameter without a gradient on this rank contributes zeros; a parameter that no rank
+        has a gradient for keeps None, as in a single process, so the optimizer leaves its
+        momentum and weight decay alone (one flag per parameter travels in the same all-reduce).
+        All ranks name the same parameters, so they agree on the layout. Losses are normalised by
+        GLOBAL counts, so the reduction is a sum and yields the gradient of the global batch's
+        mean loss.
         """
         if not self.active:
             return
         params = [p for p in params if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads]).to(self.device)
+        if not params:
+            return
+        pieces = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(self.device) for p in params]
+        flags = torch.tensor([p.grad is not None for p in params], dtype=pieces[0].dtype, device=self.device)
+        flat = torch.cat([*pieces, flags])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        computed = (flat[-len(params) :] > 0).tolist()
         offset = 0
-        for p in params:
+        for p, any_rank in zip(params, computed):
             n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).to(p.device)
+            p.grad = flat[offset : offset + n].view_as(p).to(p.device) if any_rank else None
             offset += n
 
     def broadcast_module(self, module: torch.nn.Module) -> None:

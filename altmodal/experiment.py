@@ -21,7 +21,7 @@ import torch
 from altmodal.config import ConfigError, build, coerce, fields_of, first_line, flatten, to_dict
 from altmodal.data.dataset import Splits
 from altmodal.data.registry import DATASETS, DataConfig, dataset_defaults, load_splits
-from altmodal.data.splits import missing_mask
+from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import EncoderConfig, encoder_kinds, weights_by_modality
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
@@ -133,7 +133,7 @@ def layer(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
 
 
 def load_run_config(run: Run) -> RunConfig:
-    return resolve(flatten(run.read_json("config.json")), str(run.file("config.json")))
+    return resolve(flatten(run.read_object("config.json")), str(run.file("config.json")))
 
 
 def seed_everything(seed: int) -> None:
@@ -201,9 +201,12 @@ def train_run(
             feature file, a ``MultimodalDataset``, or a torch Dataset / DataLoader of modality
             dicts (see :func:`altmodal.data.user.loaded_from`).
         callbacks: more :class:`~altmodal.strategies.base.Callback` objects for the loop.
+
+    Raises:
+        ConfigError: ``out`` is a file, a folder of other files (without ``overwrite``), a run of
+            another config, or in use by another process.
     """
     from altmodal.data.user import fingerprint, loaded_from
-    from altmodal.predictor import Predictor
 
     loaded = None if data is None else loaded_from(data)
     if loaded is not None:
@@ -212,25 +215,55 @@ def train_run(
     config = with_absolute_paths(config)
     dist = dist or Dist(device=resolve_device(config.train.device))
     run = Run(out, main=dist.is_main)
-    if run.has("config.json") and not overwrite:
-        previous = run.read_json("config.json")
+    run.check_folder()
+    foreign = run.foreign_files()
+    if foreign and not overwrite:
+        raise ConfigError(
+            f"{run.path}: the folder holds files of its own ({', '.join(foreign[:3])}) and no run; "
+            "choose a new or empty --out, or pass --overwrite to write the run there"
+        )
+    with run.lock():
+        return _train_locked(config, run, dist, progress, overwrite, encoders, loaded, callbacks)
+
+
+def _train_locked(
+    config: RunConfig,
+    run: Run,
+    dist: Dist,
+    progress: bool,
+    overwrite: bool,
+    encoders: Mapping[str, torch.nn.Module] | None,
+    loaded: Any,
+    callbacks: Sequence[Callback],
+) -> RunResult:
+    started_before = any(run.has(name) for name in ("checkpoint.pt", "history.csv", "metrics.json", *RUN_FILES))
+    if run.has("config.json") and started_before and not overwrite:
+        previous = run.read_object("config.json")
         if previous != config.to_dict():
             raise ConfigError(f"{run.path} holds a run with another config; choose another --out or pass --overwrite")
         if run.finished:
             log.info("%s: finished already, skipping", run.path)
-            return RunResult(run.read_json("metrics.json"), run.path, encoders=encoders)
+            return RunResult(run.read_object("metrics.json"), run.path, encoders=encoders)
     elif overwrite and dist.is_main:
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, "missing.json"):
             run.remove(name)
     dist.barrier()
-    run.write_json("config.json", config.to_dict())
     seed_everything(config.train.seed)
     splits = load_splits(config.data, config.train.seed, loaded)
     strategy = build_strategy(config.strategy, splits, config.encoder, config.options, encoders)
+    if len(strategy.modalities) == 1 and config.strategy != "unimodal":
+        log.warning(
+            "%s: %s is a multimodal strategy, trained here on one modality (%s); use --strategy unimodal "
+            "or select more modalities",
+            run.path,
+            config.strategy,
+            strategy.modalities[0],
+        )
+    # Written once the data and the model are known to be valid: a failed start leaves no run.
+    run.write_json("config.json", config.to_dict())
     resume = run.load("checkpoint.pt") if run.has("checkpoint.pt") else None
-    if resume is not None and not (isinstance(resume, Mapping) and CHECKPOINT_KEYS <= set(resume)):
-        raise ValueError(f"{run.file('checkpoint.pt')}: not an altmodal checkpoint; delete it to start afresh")
     if resume is not None:
+        check_checkpoint(resume, run.file("checkpoint.pt"))
         log.info("%s: resuming after epoch %d", run.path, int(resume["epoch"]) + 1)
     started = time.perf_counter()
     history = strategy.fit(
@@ -249,6 +282,8 @@ def train_run(
     run.write_json("metrics.json", metrics)
     run.remove("checkpoint.pt")
     dist.barrier()
+    from altmodal.predictor import Predictor
+
     model = Predictor(strategy, card, splits.preprocessing, run.path, splits.test.transforms)
     return RunResult(metrics, run.path, model)
 
@@ -306,6 +341,25 @@ def load_model_weights(strategy: Strategy, run: Run) -> None:
         restore(strategy, run.load("model.pt", map_location=strategy.device), run.file("model.pt"))
 
 
+def check_checkpoint(state: Any, path: Path) -> None:
+    """Raise a ValueError naming ``path`` unless ``state`` has a checkpoint's layout."""
+    problem = ""
+    if not isinstance(state, Mapping) or not CHECKPOINT_KEYS <= set(state):
+        problem = f"not an altmodal checkpoint (it needs the entries {', '.join(sorted(CHECKPOINT_KEYS))})"
+    elif not isinstance(state["epoch"], int) or state["epoch"] < 0:
+        problem = f"'epoch' is {state['epoch']!r}, not an epoch number"
+    elif not isinstance(state["history"], list) or not all(isinstance(r, Mapping) for r in state["history"]):
+        problem = "'history' is not a list of per-epoch rows"
+    elif len(state["history"]) != state["epoch"] + 1:
+        problem = f"'history' has {len(state['history'])} rows for {state['epoch'] + 1} epochs"
+    elif not isinstance(state["best"], Mapping) or not {"epoch", "score", "model"} <= set(state["best"]):
+        problem = "'best' lacks the best epoch, its score or its parameters"
+    elif not isinstance(state["training"], Mapping) or not isinstance(state["rng"], Mapping):
+        problem = "'training' or 'rng' is not a table of states"
+    if problem:
+        raise ValueError(f"{path}: {problem}; delete it to start the run afresh")
+
+
 def restore(strategy: Strategy, saved: Any, path: Path) -> None:
     """Load a saved model into ``strategy``; a file of another shape or kind is a clear error."""
     if not isinstance(saved, Mapping) or "model" not in saved:
@@ -332,6 +386,8 @@ def final_metrics(
         "options": config.options,
         "epochs": config.train.epochs,
         "best_epoch": strategy.best_epoch,
+        "missing": missing_block(splits.test, config.data.missing_protocol, config.data.test_missing_rate),
+        "absent": config.encoder.absent,
         "test": summarize(test_outputs, strategy.num_classes),
         "val": summarize(strategy.collect(splits.val, all_subsets=False), strategy.num_classes),
         "analyses": analyses(test_outputs),
@@ -340,21 +396,32 @@ def final_metrics(
     }
 
 
+def missing_block(dataset: Any, protocol: str, rate: float) -> dict[str, Any]:
+    """The missing-modality protocol, its nominal rate and what it realised in ``dataset``."""
+    return {"protocol": protocol, "rate": rate, **missing_summary(dataset.present, dataset.rows)}
+
+
 def evaluate_run(
     path: str | Path,
     *,
     present: Sequence[str] | None = None,
     missing_rate: float = 0.0,
+    missing_protocol: str | None = None,
     split: str = "test",
     seed: int | None = None,
     dist: Dist | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Re-evaluate a finished run's best model on a split, optionally with only ``present``
-    modalities or with modalities dropped at ``missing_rate`` (the paper's protocol), on
-    ``device`` (whichever device the run was trained on)."""
+    modalities or with modalities dropped at ``missing_rate`` under ``missing_protocol`` (default:
+    the run's), on ``device`` (whichever device the run was trained on). The result's ``missing``
+    entry states the protocol and the realised shares."""
     if not 0 <= missing_rate < 1:
         raise ConfigError(f"missing rate {missing_rate} must be in [0, 1)")
+    if missing_protocol is not None and missing_protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown missing protocol {missing_protocol!r}; protocols: {', '.join(PROTOCOLS)}")
+    if present is not None and not present:
+        raise ConfigError("--present names no modality; give one or more, comma-separated")
     run = Run(path)
     config = load_run_config(run)
     if config.data.dataset.startswith(PYTHON_DATA):
@@ -362,6 +429,7 @@ def evaluate_run(
             f"{run.path} was trained on data handed over from Python; evaluate it with "
             "altmodal.load_run(path).evaluate(inputs, labels)"
         )
+    protocol = missing_protocol or config.data.missing_protocol
     seed_everything(config.train.seed)
     splits = load_splits(config.data, config.train.seed)
     # The saved model holds every parameter: pretrained weight files are not needed (nor read) again.
@@ -381,13 +449,14 @@ def evaluate_run(
         dataset = dataset.with_present(keep)
     if missing_rate > 0:
         mask_seed = config.train.seed + 1 if seed is None else seed
-        dataset = dataset.with_present(missing_mask(dataset.present, dataset.rows, missing_rate, mask_seed))
+        dataset = dataset.with_present(missing_mask(dataset.present, dataset.rows, missing_rate, mask_seed, protocol))
     outputs = strategy.collect(dataset)
+    rate = missing_rate if missing_rate > 0 else config.data.test_missing_rate
     result: dict[str, Any] = {
         "run": str(run.path),
         "split": split,
         "present": list(present) if present else strategy.modalities,
-        "missing_rate": missing_rate,
+        "missing": missing_block(dataset, protocol, rate),
         split: summarize(outputs, strategy.num_classes),
     }
     if present:

@@ -6,7 +6,8 @@ Late-fusion heads (joint training; OGM-GE uses them too) map modality-keyed feat
 - ``concat``: one linear layer over the concatenated features. Modality m's prediction is its
   share of the head, ``W[:, cols_m] f_m + b / M`` (the protocol of OGM-GE's and MLA's code).
 - ``sum``: one linear layer per modality, logits summed. Modality m's prediction is
-  ``W_m f_m + (sum_k b_k) / M``, so the shares add up to the fused logits as for concat.
+  ``W_m f_m + b_m / M``, its own layer with its own bias over M, as the reference code (OGM-GE's
+  sum fusion) computes it; unlike concat's, the shares do not add up to the fused logits.
 - ``film``: FiLM (Perez et al., 2018). The reference code has audio produce a scale and shift for
   the visual feature. With M modalities the LAST modality is the one modulated and every other
   modality, in order, applies its own scale and shift: ``h = g_m(f_m) * h + b_m(f_m)``.
@@ -24,7 +25,7 @@ reference code's variant (one weight per modality per test batch) for parity onl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,11 +48,15 @@ class FusionHead(nn.Module):
 
     def unimodal(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's prediction: by default the head with only that modality present."""
-        out = {}
-        for m in self.modalities:
-            alone = {k: f if k == m else torch.zeros_like(f) for k, f in features.items()}
-            out[m] = self(alone)
-        return out
+        return each_alone(self, {m: features[m] for m in self.modalities})
+
+
+def each_alone(head: Callable[[Mapping[str, Tensor]], Tensor], features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """modality -> the logits ``head`` gives with every OTHER modality's features zeroed."""
+    out = {}
+    for m in features:
+        out[m] = head({k: f if k == m else torch.zeros_like(f) for k, f in features.items()})
+    return out
 
 
 class ConcatHead(FusionHead):
@@ -82,8 +87,7 @@ class SumHead(FusionHead):
 
     def unimodal(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         layers: dict[str, nn.Linear] = {m: self.fc[m] for m in self.modalities}  # type: ignore[misc]
-        share = torch.stack([layers[m].bias for m in self.modalities]).sum(dim=0) / len(self.modalities)
-        return {m: features[m] @ layers[m].weight.T + share for m in self.modalities}
+        return {m: features[m] @ layers[m].weight.T + layers[m].bias / len(self.modalities) for m in self.modalities}
 
 
 class FiLMHead(FusionHead):

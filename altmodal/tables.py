@@ -64,6 +64,7 @@ def build_tables(results: Results, grid: Sequence[Cell], modalities: Sequence[st
     tables["laziness"] = laziness(results, strategies, modalities)
     tables["missing_test"] = missing_test(results, strategies)
     tables["missing_train_test"] = missing_train_test(results, grid, strategies)
+    tables["missing_shares"] = missing_shares(results)
     main_results = [r for c, r in results.items() if c.group == "main"]
     subsets = list(main_results[0]["metrics"]["test"]["present"]) if main_results else []
     tables["present_subsets"] = table(
@@ -118,6 +119,33 @@ def missing_train_test(results: Results, grid: Sequence[Cell], strategies: Seque
     return {"columns": ["0"] + [f"{r:g}" for r in rates], "rows": rows}
 
 
+def missing_shares(results: Results) -> Table:
+    """What the masks of the missing-modality runs realised on the test split, per nominal rate:
+    the share of (sample, modality) entries missing and the share of samples with one modality."""
+    rows = []
+    for group, title in (("main", "test only"), ("missing", "train and test")):
+        for key, what in (
+            ("realised_share", "entries missing"),
+            ("single_modality_share", "samples with one modality"),
+        ):
+            cells: dict[str, list[float]] = {}
+            for cell, result in results.items():
+                if cell.group != group:
+                    continue
+                if group == "main":
+                    blocks = list(result.get("missing", {}).items())
+                else:
+                    blocks = [(f"{float(cell.settings['test_missing_rate']):g}", result["metrics"])]
+                for rate, block in blocks:
+                    value = block.get("missing", {}).get(key) if isinstance(block, Mapping) else None
+                    if isinstance(value, (int, float)):
+                        cells.setdefault(rate, []).append(float(value))
+            if cells:
+                rows.append({"label": f"{title}: {what}", "cells": cells})
+    columns = sorted({rate for row in rows for rate in row["cells"]}, key=float)
+    return {"columns": columns, "rows": rows}
+
+
 def analysis_table(results: Results, strategies: Sequence[str], section: str, key: str | None) -> Table:
     columns: list[str] = []
     rows = []
@@ -164,15 +192,21 @@ def markdown(t: Table, first: str, mark_best: bool = False) -> str:
             means = [mean_std(r["cells"].get(col, []))[0] for r in t["rows"] if r["cells"].get(col)]
             if means:
                 best[col] = max(means)
-    lines = ["| " + " | ".join([first, *t["columns"]]) + " |", "|" + "---|" * (len(t["columns"]) + 1)]
+    header = [escape(first), *(escape(c) for c in t["columns"])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * (len(t["columns"]) + 1)]
     for row in t["rows"]:
         cells = []
         for col in t["columns"]:
             vals = row["cells"].get(col, [])
             is_best = bool(vals) and col in best and math.isclose(mean_std(vals)[0], best[col])
             cells.append(fmt(vals, is_best))
-        lines.append("| " + " | ".join([row["label"], *cells]) + " |")
+        lines.append("| " + " | ".join([escape(row["label"]), *cells]) + " |")
     return "\n".join(lines)
+
+
+def escape(text: str) -> str:
+    """A table cell's text with ``|`` escaped, so that names like ``m0|m1`` keep the table whole."""
+    return str(text).replace("|", "\\|")
 
 
 def write_table_csv(path: Path, t: Table, first: str) -> None:

@@ -11,6 +11,7 @@ from tests.conftest import TINY
 ARGS = ["--dataset", "synthetic", "--epochs", "2", "--hidden", "16", "--dim", "8", "--seeds", "0,1"]
 ARGS += [arg for item in TINY for arg in ("--dataset-option", item)]
 ARGS += ["--missing-rates", "0.5", "--train-missing-rates", "0.5", "--jobs", "1", "--quiet"]
+ARGS += ["--strategies", "mla,joint,ume"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,10 @@ def test_every_report_section_and_file_is_there(bench):
 
 
 def test_report_numbers_equal_the_runs_metrics(bench):
-    grid = cells(BenchmarkConfig(seeds=(0, 1), missing_rates=(0.5,), train_missing_rates=(0.5,)), ["m0", "m1"])
+    config = BenchmarkConfig(
+        strategies=("mla", "joint", "ume"), seeds=(0, 1), missing_rates=(0.5,), train_missing_rates=(0.5,)
+    )
+    grid = cells(config, ["m0", "m1"])
     base = json.loads((bench / "report.json").read_text())["settings"]
     accuracies = []
     for cell in grid:
@@ -59,6 +63,26 @@ def test_report_numbers_equal_the_runs_metrics(bench):
     mean, std = mean_std(accuracies)
     row = next(line for line in (bench / "report.md").read_text().splitlines() if line.startswith("| mla |"))
     assert re.search(rf"\| (\*\*)?{mean:.3f} ± {std:.3f}(\*\*)? \|", row)
+
+
+def test_the_report_states_the_missing_protocol_and_what_it_realised(bench):
+    text = (bench / "report.md").read_text()
+    assert "nominal missing rate of the `independent` protocol" in text
+    assert "an absent modality's encoder is run on a zero input" in text
+    assert "| realised share / missing rate | 0.5 |" in text
+    report = json.loads((bench / "report.json").read_text())
+    shares = {row["label"]: row["cells"] for row in report["tables"]["missing_shares"]["rows"]}
+    for label in ("test only: entries missing", "train and test: entries missing"):  # 5 strategies x 2 seeds
+        assert len(shares[label]["0.5"]) == 10 and all(0.3 < v < 0.45 for v in shares[label]["0.5"])
+    assert all(0.6 < v < 0.9 for v in shares["test only: samples with one modality"]["0.5"])
+    grid = cells(BenchmarkConfig(seeds=(0, 1), missing_rates=(0.5,), train_missing_rates=(0.5,)), ["m0", "m1"])
+    cell = next(c for c in grid if c.group == "missing")
+    metrics = json.loads((run_path(bench, cell, cell.config(report["settings"])) / "metrics.json").read_text())
+    assert metrics["missing"]["protocol"] == "independent" and metrics["missing"]["rate"] == 0.5
+    assert set(metrics["missing"]) == {"protocol", "rate", "realised_share", "single_modality_share"}
+    for claim in report["claims"]:
+        assert claim["verdict"] in ("held", "inconclusive", "did not hold") and claim["n"] == 2
+    assert re.search(r"- \*\*(held|inconclusive|did not hold)\*\*: MLA beats the baselines", text)
 
 
 def test_rerun_skips_finished_runs(bench, monkeypatch):
@@ -111,6 +135,17 @@ def test_parallel_grid_matches_serial(tmp_path):
     parallel = run_grid(grid, base, tmp_path / "parallel", jobs=2, progress=False)
     for cell in grid:
         assert serial[cell]["metrics"]["test"] == parallel[cell]["metrics"]["test"]
+
+
+def test_the_peers_are_benchmark_strategies_with_their_options():
+    names = ("mmpareto", "dgl:dgl-alpha=2", "gblend:gblend_mode=offline", "inforeg:inforeg_unimodal_loss=slice")
+    config = BenchmarkConfig(strategies=names, seeds=(0,), train_missing_rates=(), ablation="none")
+    grid = [cell for cell in cells(config, ["m0", "m1"]) if cell.group == "main"]
+    resolved = [cell.config({"dataset": "synthetic"}) for cell in grid]
+    assert [c.strategy for c in resolved] == ["mmpareto", "dgl", "gblend", "inforeg"]
+    assert resolved[0].options["pareto_gamma"] == 1.5 and resolved[1].options["dgl_alpha"] == 2
+    assert resolved[2].options["gblend_mode"] == "offline"
+    assert resolved[3].options["inforeg_unimodal_loss"] == "slice"
 
 
 def test_peers_and_projection_methods_are_selectable():

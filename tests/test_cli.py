@@ -43,7 +43,15 @@ def test_evaluate_with_present_and_missing_rate(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert only_m1["test"]["fused"]["accuracy"] == pytest.approx(metrics["test"]["present"]["m1"]["accuracy"])
     assert main(["evaluate", "--run", str(out), "--missing-rate", "0.5", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["missing_rate"] == 0.5
+    missing = json.loads(capsys.readouterr().out)["missing"]
+    assert missing["protocol"] == "independent" and missing["rate"] == 0.5
+    # two modalities, each dropped with probability 0.5, one restored where both went: 3/8 missing
+    assert missing["realised_share"] == pytest.approx(0.375, abs=0.08)
+    assert missing["single_modality_share"] == pytest.approx(0.75, abs=0.12)
+    assert main(["evaluate", "--run", str(out), "--missing-rate", "0.5", "--missing-protocol", "share", "--json"]) == 0
+    missing = json.loads(capsys.readouterr().out)["missing"]
+    assert missing["protocol"] == "share" and missing["realised_share"] == pytest.approx(0.5, abs=0.01)
+    assert missing["single_modality_share"] == pytest.approx(1.0)
 
 
 def test_mfeat_end_to_end(tmp_path):

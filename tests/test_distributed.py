@@ -53,7 +53,8 @@ def test_two_processes_match_one_process(tmp_path):
 
 def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
     """... and D&R's k-means and OGD's memories, which see every process's samples in sample
-    order, match one process."""
+    order, match one process; so do MMPareto's cosines and InfoReg's traces and scores (with its
+    penalty on), computed from gradients and predictions combined over processes."""
     settings = {
         "dataset": "synthetic",
         "dataset_options": list(TINY),
@@ -67,6 +68,8 @@ def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
     matched = {
         "relearn-diagnosed": {**settings, "strategy": "relearn", "relearn_every": 1, "epochs": 2},
         "mla-ogd": {**settings, "strategy": "mla", "projection_method": "ogd", "ogd_refresh": 3, "epochs": 2},
+        "mmpareto-2": {**settings, "strategy": "mmpareto", "epochs": 2},
+        "inforeg-window": {**settings, "strategy": "inforeg", "inforeg_k": -1.0, "epochs": 3},
     }
     mp.spawn(
         ddp_workers.train_runs,
@@ -141,9 +144,26 @@ def _epochs_done(run):
     return len(path.read_text().splitlines()) - 1 if path.exists() else 0
 
 
-def test_batchnorm_statistics_are_averaged_over_ranks(tmp_path):
-    mp.spawn(ddp_workers.average_batchnorm, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        stats = torch.load(tmp_path / f"rank{rank}.pt")
+@pytest.fixture(scope="module")
+def collective_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("collectives")
+    mp.spawn(ddp_workers.collectives, args=(2, str(out / "store"), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+
+
+def test_batchnorm_statistics_are_averaged_over_ranks(collective_results):
+    for stats in collective_results:
         assert torch.allclose(stats["mean"], torch.full((3,), 0.5))
         assert torch.allclose(stats["var"], torch.full((3,), 2.0))
+
+
+def test_parameters_no_rank_computed_keep_no_gradient(collective_results):
+    single = ddp_workers.tiny_model()
+    initial = {k: v.clone() for k, v in single.state_dict().items()}
+    ddp_workers.step_with_unused_parameters(single, torch.arange(12.0).view(4, 3), None, ddp_workers.Dist())
+    for saved in collective_results:
+        assert saved["grads"]["b.weight"] is None and saved["grads"]["b.bias"] is None
+        assert saved["grads"]["c.weight"] is not None  # computed on rank 0 only: summed, not dropped
+        for key, value in single.state_dict().items():
+            assert torch.allclose(saved["state"][key], value, atol=1e-6), key
+    assert torch.equal(single.state_dict()["b.weight"], initial["b.weight"])  # no weight decay applied

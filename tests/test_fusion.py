@@ -86,11 +86,20 @@ def test_fusion_heads_shapes(kind, modalities):
     assert set(unimodal) == set(modalities) and all(v.shape == (5, 4) for v in unimodal.values())
 
 
-@pytest.mark.parametrize("cls", [ConcatHead, SumHead])
-def test_concat_and_sum_shares_add_up_to_the_fused_logits(cls):
-    head = cls(["a", "b", "c"], 6, 4)
+def test_concat_shares_add_up_to_the_fused_logits():
+    head = ConcatHead(["a", "b", "c"], 6, 4)
     features = {m: torch.randn(5, 6) for m in "abc"}
     assert torch.allclose(sum(head.unimodal(features).values()), head(features), atol=1e-5)
+
+
+def test_sum_share_is_the_modality_layer_with_its_own_bias_over_m():
+    head = SumHead(["a", "b", "c"], 6, 4)
+    with torch.no_grad():
+        for k, m in enumerate("abc"):
+            head.fc[m].bias.fill_(float(k + 1))
+    f = {m: torch.randn(5, 6) for m in "abc"}
+    expected = f["b"] @ head.fc["b"].weight.T + 2.0 / 3
+    assert torch.allclose(head.unimodal(f)["b"], expected, atol=1e-6)
 
 
 def test_concat_share_is_the_modality_columns_plus_bias_over_m():

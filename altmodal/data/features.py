@@ -10,7 +10,8 @@ Format (every array's first axis is the sample axis, N samples):
 - ``present_<modality>`` (optional): (N,) booleans; False marks the modality absent for that
   sample. The values in an absent row are ignored (they may be NaN) and read as zeros. This is the
   only way a file marks absence: a NaN in a row marked present is an error.
-- ``classes`` (optional): (K,) strings, the class names for integer labels.
+- ``classes`` (optional): (K,) strings, the class names for integer labels 0..K-1 (an error with
+  string or negative labels, which name their classes themselves).
 """
 
 from __future__ import annotations
@@ -94,7 +95,12 @@ def check_modality(raw: dict[str, np.ndarray], m: str, source: str) -> tuple[np.
         raise DataError(f"{source}: array {m!r} has non-numeric dtype {array.dtype}")
     if array.ndim == 0:
         raise DataError(f"{source}: array {m!r} is a scalar; it needs one row per sample")
-    if array.ndim > 1 and 0 in array.shape[1:]:
+    if array.ndim == 1:
+        raise DataError(
+            f"{source}: array {m!r} is 1-D (shape {array.shape}); a modality holds one feature vector "
+            f"per sample: reshape it to ({len(array)}, 1) for a single feature"
+        )
+    if 0 in array.shape[1:]:
         raise DataError(f"{source}: array {m!r} has no features per sample (shape {array.shape})")
     mask = raw.get(PRESENT_PREFIX + m)
     if mask is None:
@@ -111,19 +117,36 @@ def check_modality(raw: dict[str, np.ndarray], m: str, source: str) -> tuple[np.
 def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file (no pickled objects); errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a feature file (.npz)")
     if not path.is_file():
         raise DataError(f"{path}: no such feature file")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not an .npz file (a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
+            raw = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    for key, value in raw.items():
+        if not isinstance(value, np.ndarray):
+            raise DataError(f"{path}: member {key!r} is not a .npy array; save every array with numpy.savez")
+    return raw
 
 
 def encode_labels(label: np.ndarray, class_names: np.ndarray | None, source: str) -> tuple[np.ndarray, list[str]]:
     """Map labels to 0..K-1; return them with the class names."""
+    if class_names is not None:
+        if class_names.ndim != 1 or class_names.dtype.kind not in "US":
+            raise DataError(
+                f"{source}: 'classes' must be a 1-D array of class names (strings), got {class_names.dtype} "
+                f"of shape {class_names.shape}"
+            )
+        if label.dtype.kind in "US":
+            raise DataError(
+                f"{source}: 'classes' names integer labels 0..K-1, but the labels are strings (they name "
+                "their classes themselves); drop 'classes' or store integer labels"
+            )
     if np.issubdtype(label.dtype, np.floating):
         if not np.isfinite(label).all():
             row = int(np.flatnonzero(~np.isfinite(label))[0])
@@ -134,7 +157,12 @@ def encode_labels(label: np.ndarray, class_names: np.ndarray | None, source: str
         label = label.astype(np.int64)
     if np.issubdtype(label.dtype, np.integer):
         values = np.unique(label)
-        if values[0] >= 0 and class_names is not None:
+        if values[0] < 0 and class_names is not None:
+            raise DataError(
+                f"{source}: 'classes' names labels 0..K-1, but a label is {values[0]}; "
+                "drop 'classes' or store labels from 0"
+            )
+        if class_names is not None:
             names = [str(c) for c in class_names.astype(str)]
             if values[-1] >= len(names):
                 raise DataError(f"{source}: label {values[-1]} is out of range for the {len(names)} names in 'classes'")

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -13,7 +14,14 @@ from altmodal.config import option, require
 from altmodal.data.dataset import MultimodalDataset, Splits, Transform
 from altmodal.data.features import DataError, read_npz
 from altmodal.data.mfeat import load_mfeat
-from altmodal.data.splits import carve_validation, make_splits, missing_mask, standardize, stratified_split
+from altmodal.data.splits import (
+    carve_validation,
+    make_splits,
+    missing_mask,
+    standardize,
+    stratified_split,
+    warn_rare_classes,
+)
 from altmodal.data.synthetic import generate, synthetic_config
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,12 @@ class DataConfig:
     standardize: bool = option(True, "standardise feature data with training-split statistics")
     train_missing_rate: float = option(0.0, "drop modalities of training samples at this rate (>=1 kept)")
     test_missing_rate: float = option(0.0, "drop modalities of val/test samples at this rate (>=1 kept)")
+    missing_protocol: Literal["independent", "share"] = option(
+        "independent",
+        "what a missing rate means: independent (each modality of each sample dropped with probability "
+        "rate, one restored where a sample lost all: the paper's text) or share (rate = the share of "
+        "entries missing, every sample keeps one: the paper's code)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction", "train_missing_rate", "test_missing_rate"):
@@ -149,6 +163,11 @@ def load(config: DataConfig) -> Loaded:
                 f"`altmodal prepare {config.dataset} --root RAW --out DIR`"
             )
         return info.load(config, options)
+    if Path(config.dataset).is_dir():
+        raise DataError(
+            f"{config.dataset}: is a directory, not a feature file; give a .npz file "
+            "(or, for a prepared media cache, the dataset name with --data-dir)"
+        )
     if config.dataset.endswith(".npz") or Path(config.dataset).suffix:
         dataset, split = read_npz(config.dataset)
         _no_options(config.dataset, options)
@@ -212,14 +231,16 @@ def load_splits(config: DataConfig, seed: int, loaded: Loaded | None = None) -> 
         split = carve_validation(split, dataset.labels, config.val_fraction, seed)
         log.info("%s: no 'val' samples; a stratified share of the training samples validates", dataset.name)
     splits = make_splits(dataset, split)
+    warn_rare_classes(splits)
     if loaded.features and config.standardize:
         splits = standardize(splits)
     present = dict(splits.train.present)
+    protocol = config.missing_protocol
     if config.train_missing_rate > 0:
-        present = missing_mask(present, splits.train.rows, config.train_missing_rate, seed)
+        present = missing_mask(present, splits.train.rows, config.train_missing_rate, seed, protocol)
     if config.test_missing_rate > 0:
         rows = np.concatenate([splits.val.rows, splits.test.rows])
-        present = missing_mask(present, rows, config.test_missing_rate, seed + 1)
+        present = missing_mask(present, rows, config.test_missing_rate, seed + 1, protocol)
     splits = without_empty_samples(splits.map(lambda view: view.with_present(present)))
     return Splits(
         train=splits.train.with_transforms(loaded.train_transforms),

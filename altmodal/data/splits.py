@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from altmodal.data.dataset import SPLITS, MultimodalDataset, Splits
 from altmodal.data.features import DataError
+
+log = logging.getLogger(__name__)
+
+HUGE = 1e100
+"""Features whose largest training magnitude exceeds this are rescaled before standardising."""
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
@@ -61,27 +67,56 @@ def make_splits(dataset: MultimodalDataset, split: np.ndarray) -> Splits:
 
 
 Stats = dict[str, dict[str, np.ndarray]]
-"""modality -> {"mean": (...), "std": (...)}, each of one sample's shape."""
+"""modality -> {"scale": ..., "mean": ..., "std": ...}, each of one sample's shape."""
+
+
+def warn_rare_classes(splits: Splits) -> None:
+    """Log a warning naming the classes a split lacks: a class without training samples is never
+    learned, one without validation samples never counts in model selection, one without test
+    samples is never tested (stratified splits put every sample of a class of one or two samples
+    in train)."""
+    classes = splits.train.classes
+    counts = {name: np.bincount(splits[name].labels[splits[name].rows], minlength=len(classes)) for name in SPLITS}
+    total = np.sum(list(counts.values()), axis=0)
+    for name, what in (("train", "never trained"), ("val", "never validated"), ("test", "never tested")):
+        lacking = [
+            f"{classes[int(c)]!r} ({total[c]} samples)" for c in np.flatnonzero((counts[name] == 0) & (total > 0))
+        ]
+        if lacking:
+            log.warning(
+                "%s: %d classes have no %s sample and are %s: %s",
+                splits.train.name,
+                len(lacking),
+                name,
+                what,
+                ", ".join(lacking[:5]) + (", ..." if len(lacking) > 5 else ""),
+            )
 
 
 def standardization_stats(train: MultimodalDataset) -> Stats:
-    """Per-feature mean and std of every modality over the PRESENT samples of ``train``;
-    features constant on train get std 1 (they are only centred)."""
+    """Per-feature statistics of every modality over the PRESENT samples of ``train``: a feature
+    with values beyond ``HUGE`` is first divided by its largest training magnitude (``scale``), so
+    that its variance does not overflow float64; features constant on train get std 1 (they are
+    only centred)."""
     stats: Stats = {}
     for m, array in train.arrays.items():
         rows = train.rows[np.asarray(train.present[m])[train.rows]]
         if len(rows) == 0:
             raise DataError(f"{train.name}: modality {m!r} is absent from every training sample")
         sample = np.asarray(array[rows], dtype=np.float64)
+        scale = np.abs(sample).max(axis=0)
+        scale[~(scale > HUGE)] = 1.0  # only features whose squares could overflow are rescaled
+        sample = sample / scale
         std = sample.std(axis=0)
         std[std < 1e-12] = 1.0
-        stats[m] = {"mean": sample.mean(axis=0), "std": std}
+        stats[m] = {"scale": scale, "mean": sample.mean(axis=0), "std": std}
     return stats
 
 
 def apply_standardization(array: np.ndarray, present: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
-    """``(array - mean) / std`` as float32, absent rows zero."""
-    out = ((np.asarray(array, dtype=np.float64) - stats["mean"]) / stats["std"]).astype(np.float32)
+    """``(array / scale - mean) / std`` as float32, absent rows zero."""
+    scaled = np.asarray(array, dtype=np.float64) / stats["scale"]
+    out = ((scaled - stats["mean"]) / stats["std"]).astype(np.float32)
     out[~np.asarray(present, dtype=bool)] = 0
     return out
 
@@ -99,28 +134,75 @@ def _with_arrays(view: MultimodalDataset, arrays: Mapping[str, np.ndarray]) -> M
     return dataclasses.replace(view, arrays=dict(arrays))
 
 
-def missing_mask(present: Mapping[str, np.ndarray], rows: np.ndarray, rate: float, seed: int) -> dict[str, np.ndarray]:
-    """Drop modalities of the samples in ``rows`` at ``rate``, keeping at least one per sample.
+PROTOCOLS = ("independent", "share")
+"""Missing-modality protocols (see :func:`missing_mask`)."""
 
-    The paper's protocol: each present modality of each sample is dropped independently with
-    probability ``rate``; a sample that would lose all of them keeps one, chosen uniformly among
-    those it had. Rows outside ``rows`` keep their masks. Seeded, so train and test masks are
-    reproducible.
+
+def missing_mask(
+    present: Mapping[str, np.ndarray], rows: np.ndarray, rate: float, seed: int, protocol: str = "independent"
+) -> dict[str, np.ndarray]:
+    """Drop modalities of the samples in ``rows`` at ``rate``; every sample keeps at least one.
+
+    Two protocols, which the paper's text and its code disagree on:
+
+    - ``independent`` (the paper's text, after GCNet): each present modality of each sample is
+      dropped independently with probability ``rate``; a sample that would lose all of them keeps
+      one, chosen uniformly among those it had (the text is silent on such samples). The restore
+      step makes the realised share of missing entries lower than ``rate`` (with two modalities,
+      rate 0.5 leaves 37.5% of entries missing).
+    - ``share`` (the paper's code, CPM-Net masks): ``rate`` IS the share of the rows' (sample,
+      modality) entries that end up missing. Every sample keeps one present modality, chosen
+      uniformly, and the remaining kept entries are drawn uniformly among the other present ones;
+      once 1 - rate <= 1/M every sample keeps exactly one (the share is then 1 - 1/M). CPM-Net
+      redraws until the share is within 0.005 of the target; here the number of kept entries is
+      exact.
+
+    Rows outside ``rows`` keep their masks. Seeded, so train and test masks are reproducible.
 
     Returns:
         modality -> (N,) bool mask, the new presence.
     """
     if not 0 <= rate < 1:
         raise ValueError(f"missing rate {rate} must be in [0, 1)")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown missing protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
     modalities: Sequence[str] = list(present)
     before = np.stack([np.asarray(present[m], dtype=bool) for m in modalities], axis=1)  # (N, M)
     after = before.copy()
     if rate > 0 and len(rows):
         rng = np.random.default_rng([seed, 104729])
-        sub = before[rows]
-        keep = sub & (rng.random(sub.shape) >= rate)
-        lost = np.flatnonzero(~keep.any(axis=1) & sub.any(axis=1))
-        for i in lost:  # restore one of the modalities the sample had
-            keep[i, rng.choice(np.flatnonzero(sub[i]))] = True
-        after[rows] = keep
+        draw = _independent if protocol == "independent" else _overall_share
+        after[rows] = draw(before[rows], rate, rng)
     return {m: after[:, j] for j, m in enumerate(modalities)}
+
+
+def _independent(sub: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    keep = sub & (rng.random(sub.shape) >= rate)
+    lost = np.flatnonzero(~keep.any(axis=1) & sub.any(axis=1))
+    for i in lost:  # restore one of the modalities the sample had
+        keep[i, rng.choice(np.flatnonzero(sub[i]))] = True
+    return keep
+
+
+def _overall_share(sub: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    keep = np.zeros_like(sub)
+    rows = np.flatnonzero(sub.any(axis=1))
+    scores = np.where(sub, rng.random(sub.shape), -1.0)
+    keep[rows, scores[rows].argmax(axis=1)] = True  # one present modality per sample, uniformly
+    target = round((1 - rate) * sub.size)
+    others = np.flatnonzero((sub & ~keep).ravel())
+    extra = int(np.clip(target - len(rows), 0, len(others)))
+    keep.ravel()[rng.choice(others, size=extra, replace=False)] = True
+    return keep
+
+
+def missing_summary(present: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, float]:
+    """What a mask leaves in ``rows``: the share of (sample, modality) entries missing and the
+    share of samples with exactly one modality."""
+    table = np.stack([np.asarray(present[m], dtype=bool)[rows] for m in present], axis=1)  # (n, M)
+    if table.size == 0:
+        return {"realised_share": 0.0, "single_modality_share": 0.0}
+    return {
+        "realised_share": float(1 - table.mean()),
+        "single_modality_share": float((table.sum(axis=1) == 1).mean()),
+    }

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -57,6 +57,11 @@ class EncoderConfig:
         flag="--encoder",
         repeat=True,
         metavar="MODALITY=KIND",
+    )
+    absent: Literal["zero-inputs", "zero-features"] = option(
+        "zero-inputs",
+        "what an absent modality feeds the model: its encoder's output for a zero input (the paper's "
+        "code; the default, fairer to fusion-head baselines) or zero features (the encoder skipped)",
     )
     weights: tuple[str, ...] = option(
         (),

@@ -12,15 +12,21 @@ from altmodal.config import build
 from altmodal.data.dataset import MultimodalDataset, Splits
 from altmodal.encoders import EncoderConfig, build_encoder, check_encoder, encoder_kinds
 from altmodal.strategies.base import Callback, DataSpec, StepOutput, Strategy, TrainConfig
+from altmodal.strategies.dgl import DGL
+from altmodal.strategies.gblend import GBlend
+from altmodal.strategies.inforeg import InfoReg
 from altmodal.strategies.joint import Joint
 from altmodal.strategies.mla import MLA
+from altmodal.strategies.mmpareto import MMPareto
 from altmodal.strategies.ogm_ge import OGMGE
 from altmodal.strategies.qmf import QMF
 from altmodal.strategies.relearn import Relearn
 from altmodal.strategies.ume import UME, Unimodal
 from altmodal.strategies.umt import UMT
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF, Relearn, UMT)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF, Relearn, UMT, MMPareto, DGL, GBlend, InfoReg)
+}
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -67,7 +73,9 @@ def assemble(
         m: custom[m] if m in custom else build_encoder(kinds[m], shapes[m], encoder, m) for m in spec.modalities
     }
     built = build(cls.options_class, options) if cls.options_class is not None else None
-    return cls(encoders, spec, built, encoder.dim)  # type: ignore[call-arg]
+    strategy = cls(encoders, spec, built, encoder.dim)  # type: ignore[call-arg]
+    strategy.absent = encoder.absent
+    return strategy
 
 
 def sample_inputs(dataset: MultimodalDataset, modality: str, n: int = 2) -> Tensor:

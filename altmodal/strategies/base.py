@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from altmodal.config import first_line, option, require
-from altmodal.data.batch import Batch, zero_absent
+from altmodal.data.batch import Batch
 from altmodal.data.dataset import EpochBatches, MultimodalDataset, Splits, iterate
 from altmodal.data.pipeline import prefetch
 from altmodal.distributed import Dist
@@ -191,6 +191,9 @@ class Strategy(nn.Module):
 
     name: ClassVar[str] = ""
     options_class: ClassVar[type | None] = None
+    absent: str = "zero-inputs"
+    """What an absent modality feeds the model: ``zero-inputs`` (its encoder's output for the
+    zero input, the paper's code) or ``zero-features`` (zeros, the encoder skipped)."""
 
     def __init__(self, encoders: Mapping[str, nn.Module], spec: DataSpec, options: Any = None):
         super().__init__()
@@ -228,15 +231,17 @@ class Strategy(nn.Module):
 
     # ----- the model -------------------------------------------------------------------------
     def encode(self, batch: Batch) -> dict[str, Tensor]:
-        """modality -> (B, D) features; rows of absent samples are zeros.
+        """modality -> (B, D) features of every row.
 
-        Only the present rows go through an encoder, so absent (zero-filled) inputs never reach
-        its normalisation statistics.
+        With ``absent == "zero-inputs"`` every row goes through the encoder (absent rows hold zero
+        inputs). With ``"zero-features"`` only the present rows do, so absent inputs never reach
+        its normalisation statistics, and absent rows get zero features.
         """
         out: dict[str, Tensor] = {}
         for m in self.modalities:
             x, encoder = batch.inputs[m], self.encoders[m]
-            index = batch.index_of(m)  # found on the host: no wait for the device
+            # rows found on the host: no wait for the device
+            index = None if self.absent == "zero-inputs" else batch.index_of(m)
             if index is None:
                 out[m] = encoder(x)
             elif len(index):
@@ -244,6 +249,17 @@ class Strategy(nn.Module):
                 out[m] = encoded.new_zeros(x.shape[0], encoded.shape[1]).index_put((index,), encoded)
             else:
                 out[m] = torch.zeros(x.shape[0], int(encoder.out_dim), device=x.device)  # type: ignore[arg-type]
+        return out
+
+    def absent_features(self, batch: Batch) -> dict[str, Tensor]:
+        """modality -> (1, D) the features an absent sample has (see ``absent``); call in eval mode."""
+        out = {}
+        for m in self.modalities:
+            x = batch.inputs[m]
+            if self.absent == "zero-inputs":
+                out[m] = self.encoders[m](x.new_zeros((1, *x.shape[1:])))
+            else:
+                out[m] = torch.zeros(1, int(self.encoders[m].out_dim), device=x.device)  # type: ignore[arg-type]
         return out
 
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -526,7 +542,9 @@ class Strategy(nn.Module):
             batch = batch.to(self.device)
             with self.autocast():
                 encoded = self.encode(batch)
+                blank = self.absent_features(batch) if names else {}
             features = {m: f.float() for m, f in encoded.items()}  # heads score in float32
+            blank = {m: f.float() for m, f in blank.items()}
             keep("label", batch.label)
             keep("index", batch.index)
             keep("fused", self.fuse(features, batch.present).float())
@@ -537,7 +555,7 @@ class Strategy(nn.Module):
                 keep(f"features/{m}", features[m].float())
             for subset in names:
                 present = {m: batch.present[m] & (m in subset) for m in self.modalities}
-                masked = {m: zero_absent(features[m], present[m]) for m in self.modalities}
+                masked = {m: torch.where(present[m].unsqueeze(1), features[m], blank[m]) for m in self.modalities}
                 keep(f"subset/{subset_name(subset)}", self.fuse(masked, present).float())
         cat = {k: torch.cat(v) for k, v in parts.items()}
 
@@ -582,7 +600,16 @@ def _validation_row(val: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    """Every random generator's state as tensors, numbers and strings (safe to load)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    numpy_state = {
+        "kind": str(kind),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": numpy_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -590,7 +617,11 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    keys = np.asarray(saved["keys"], dtype=np.int64).astype(np.uint32)
+    np.random.set_state(
+        (saved["kind"], keys, int(saved["pos"]), int(saved["has_gauss"]), float(saved["cached_gaussian"]))
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

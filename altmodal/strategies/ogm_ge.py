@@ -26,6 +26,7 @@ from torch import Tensor
 from altmodal.config import option, require
 from altmodal.data.batch import Batch
 from altmodal.strategies.joint import Joint, JointOptions
+from altmodal.strategies.parts import true_class_scores
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,8 @@ class OGMGE(Joint):
         opts = self.options
         if not opts.ogm_start <= self.epoch <= opts.ogm_end:
             return None, {}
-        scores = []
-        for m in self.modalities:
-            rows = batch.present[m]
-            prob = torch.softmax(unimodal[m].float(), dim=1).gather(1, batch.label[:, None]).squeeze(1)
-            scores.append(self.dist.sum((prob * rows).sum()) / self.dist.count(rows))
-        coefficients = ogm_coefficients(torch.stack(scores), opts.ogm_alpha)  # (M,), left on the device
+        scores = true_class_scores(self, unimodal, batch).nan_to_num(0.0)
+        coefficients = ogm_coefficients(scores, opts.ogm_alpha)  # (M,), left on the device
         generator = self.step_generator()
 
         def edit() -> None:

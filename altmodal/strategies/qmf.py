@@ -11,12 +11,12 @@ min-max-normalised histories, by a margin equal to the normalised history gap:
 
     L_rank = mean over pairs of relu(t_ij * (c_i - c_j) + |h_i - h_j|),   t_ij = sign(h_i - h_j).
 
-This is the margin-ranking loss of confidence-aware learning that QMF builds on. The released
-QMF code adds the margin to the second input of MarginRankingLoss with the target negated, which
-turns the margin into a tolerance (relu(t (c_i - c_j) - |h_i - h_j|)); the margin form is used
-here. As in that code, the history is updated with the batch's losses before the regulariser is
-computed. Under data parallelism every process records every sample's loss, so the histories stay
-identical.
+This is the margin-ranking loss of confidence-aware learning that QMF builds on, and the default
+(``qmf_ranking=margin``). The released QMF code adds the margin to the second input of
+MarginRankingLoss with the target negated, which turns the margin into a tolerance:
+relu(t (c_i - c_j) - |h_i - h_j|); ``qmf_ranking=tolerance`` uses that form. As in that code,
+the history is updated with the batch's losses before the regulariser is computed. Under data
+parallelism every process records every sample's loss, so the histories stay identical.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,11 @@ class QMFOptions:
     qmf_temperature: float = option(10.0, "energy temperature T of the confidence logsumexp(o)/T")
     qmf_lambda: float = option(0.1, "weight of the ranking regulariser")
     qmf_fused_loss: bool = option(True, "add the cross-entropy of the fused logits to the loss")
+    qmf_ranking: Literal["margin", "tolerance"] = option(
+        "margin",
+        "ranking term: margin (relu(t(c_i - c_j) + |dh|), confidence-aware learning's loss) or tolerance "
+        "(relu(t(c_i - c_j) - |dh|), the released QMF code)",
+    )
 
     def __post_init__(self) -> None:
         require(self.qmf_temperature > 0, "qmf_temperature", self.qmf_temperature, "positive")
@@ -69,9 +74,11 @@ def ranking_targets(history: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sign(h_i - h_j), (h_i - h_j).abs()
 
 
-def ranking_loss(conf: Tensor, target: Tensor, margin: Tensor) -> Tensor:
-    """(B,) per-pair hinge: the higher-loss sample's confidence must sit ``margin`` below."""
-    return F.relu(target * (conf - torch.roll(conf, -1)) + margin) * (target != 0)
+def ranking_loss(conf: Tensor, target: Tensor, margin: Tensor, form: str = "margin") -> Tensor:
+    """(B,) per-pair hinge. ``margin``: the higher-loss sample's confidence must sit ``margin``
+    below; ``tolerance`` (released code): it may sit up to ``margin`` above without a penalty."""
+    sign = 1.0 if form == "margin" else -1.0
+    return F.relu(target * (conf - torch.roll(conf, -1)) + sign * margin) * (target != 0)
 
 
 class QMF(Strategy):
@@ -112,7 +119,8 @@ class QMF(Strategy):
             history = normalise_history(self.history[j], self.seen[j])
             target, margin = ranking_targets(history, batch.index)
             pairs = rows & torch.roll(rows, -1)
-            rank = ranking_loss(confidence(logits[m], opts.qmf_temperature), target.float(), margin.float())
+            conf = confidence(logits[m], opts.qmf_temperature)
+            rank = ranking_loss(conf, target.float(), margin.float(), opts.qmf_ranking)
             loss = loss + opts.qmf_lambda * self.mean_loss(rank, pairs)
         if opts.qmf_fused_loss:
             loss = loss + self.cross_entropy(self._fuse(logits, batch.present), batch.label)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -107,7 +108,7 @@ def read_mnist(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
         try:
             with gzip.open(file, "rt", encoding="utf-8") as handle:
                 values = np.asarray(json.load(handle)["data"], dtype=np.float32)
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error) as err:  # EOF: truncated
             raise DataError(f"{file}: not a readable gzip JSON file with a 'data' list ({err})") from err
         if values.size == 0 or values.size % 784:
             raise DataError(f"{file}: holds {values.size} values, not a whole number of 28x28 images")

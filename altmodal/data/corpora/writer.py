@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -87,7 +88,7 @@ def resume(out: Path, plan: Plan) -> State | None:
         arrays: dict[str, np.ndarray] = {
             m.name: np.load(out / f"{m.name}.npy", mmap_mode="r+") for m in plan.modalities
         }
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         log.warning("%s: the unfinished cache cannot be resumed (%s); starting again", out, err)
         return None
     n = len(plan.items)

@@ -81,7 +81,30 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise MediaError(path, f"cannot decode audio ({err})") from err
     if data.shape[0] == 0:
         raise MediaError(path, "the audio file holds no samples")
+    declared = wav_declared_frames(path)
+    if declared is not None and declared > data.shape[0]:
+        raise MediaError(path, f"truncated: the header declares {declared} frames, the file holds {data.shape[0]}")
     return np.ascontiguousarray(data[:, 0]), int(rate)
+
+
+def wav_declared_frames(path: Path) -> int | None:
+    """The frame count a WAV file's header declares (its ``data`` chunk size over the block
+    size), or None for other formats and for streamed WAVs without a size."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block = 0
+        while True:
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"data":
+                return size // block if block and size != 0xFFFFFFFF else None
+            body = fh.read(size + size % 2)
+            if name == b"fmt " and len(body) >= 14:
+                block = int.from_bytes(body[12:14], "little")
 
 
 def audio_fbank(path: str | Path, config: FbankConfig = FbankConfig()) -> np.ndarray:
