@@ -31,9 +31,14 @@ def build(name, splits, **options):
 
 
 def frozen_step(strategy, batch):
-    """Run one training step but keep the parameters: the gradients it would apply stay in .grad."""
-    strategy.optimizer.step = lambda *a, **k: None
-    return strategy.training_step(batch)
+    """Run one training step but keep the parameters: the gradients it would apply stay in .grad
+    (the loop clears them after each step; they are put back)."""
+    applied = {}
+    strategy.optimizer.step = lambda *a, **k: applied.update({p: p.grad for p in strategy.parameters()})
+    out = strategy.training_step(batch)
+    for p, grad in applied.items():
+        p.grad = grad
+    return out
 
 
 def encoder_params(strategy, m):
