@@ -219,7 +219,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     names = fields_of(BenchmarkConfig)
     grid_values = {k: coerce(BenchmarkConfig, k, v, "command line") for k, v in vars(args).items() if k in names}
     bench = build(BenchmarkConfig, grid_values)
-    if args.suite:
+    if getattr(args, "suite", None):
         return run_suite_command(args, bench, settings)
     dataset = str(settings.get("dataset", DataConfig().dataset))
     info = DATASETS.get(dataset)
@@ -235,6 +235,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+MEDIA_ROOT = "../shared/data"
+"""Where ``benchmark --suite`` looks for raw media (AV-digits) unless --media-root says."""
+
+
 def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[str, Any]) -> int:
     from altmodal.suite import render, run_suite
 
@@ -247,7 +251,7 @@ def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[st
         strategies=bench.strategies,
         seeds=bench.seeds if "seeds" in vars(args) else None,
         settings=settings,
-        media_root=Path(args.media_root),
+        media_root=Path(getattr(args, "media_root", MEDIA_ROOT)),
         jobs=bench.jobs,
         progress=not args.quiet,
     )
@@ -328,12 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="report and runs folder (default: runs/benchmark-<dataset> or -<suite>)")
     bench.add_argument(
         "--suite",
+        default=argparse.SUPPRESS,
         help="run a suite of datasets instead of one (dev: 9 datasets, 3 seeds; quick: one seed, fewer epochs) "
         "and write suite.md with each strategy's wins, ties and losses",
     )
     bench.add_argument(
         "--media-root",
-        default="../shared/data",
+        default=argparse.SUPPRESS,
         help="raw media folder for the suite's AV-digits entry (default: ../shared/data; skipped when absent)",
     )
     bench.add_argument("--quiet", action="store_true", help="no progress bar")

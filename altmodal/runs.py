@@ -49,6 +49,7 @@ ADVICE = {
     "checkpoint.pt": "delete it to start the run afresh",
     "model.pt": "the trained model is lost: train the run again (the same command with --overwrite)",
     "model.safetensors": "the trained model is lost: train the run again (the same command with --overwrite)",
+    "preprocessing.safetensors": "the run cannot predict: train it again (the same command with --overwrite)",
 }
 
 
@@ -198,7 +199,8 @@ class Run(Callback):
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: not found; is {self.path} a finished run folder?") from None
         except Exception as err:  # safetensors raises its own error types for a damaged file
-            raise ValueError(f"{path}: cannot be read ({first_line(err)})") from err
+            advice = ADVICE.get(name, "replace or delete it")
+            raise ValueError(f"{path}: cannot be read ({first_line(err)}); {advice}") from err
         return {k: v.to(device) for k, v in tensors.items()}
 
     def has(self, name: str) -> bool:

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from altmodal.data.registry import DataConfig, load_splits
 from altmodal.experiment import RunConfig, resolve
+
+# The tests' models are tiny: one thread is faster than several (no thread start-up per op).
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -50,9 +50,12 @@ def finished_run(tmp_path_factory):
     return out
 
 
-def copy_run(source: Path, target: Path) -> Path:
+def copy_run(source: Path, target: Path, weights: bool = True) -> Path:
+    """A copy of a finished run; without ``weights``, an older run's folder whose weights would
+    be in model.pt (the file the tests plant)."""
     target.mkdir()
-    for name in ("config.json", "metrics.json", "model.pt", "history.csv"):
+    names = ["config.json", "metrics.json", "history.csv", "model.json", "preprocessing.safetensors"]
+    for name in names + (["model.safetensors"] if weights else []):
         (target / name).write_bytes((source / name).read_bytes())
     return target
 
@@ -61,7 +64,7 @@ def copy_run(source: Path, target: Path) -> Path:
 
 
 def test_a_planted_model_file_does_not_run_in_evaluate(finished_run, tmp_path, capsys):
-    run = copy_run(finished_run, tmp_path / "run")
+    run = copy_run(finished_run, tmp_path / "run", weights=False)
     marker = tmp_path / "marker"
     plant(run / "model.pt", marker)
     assert main(["evaluate", "--run", str(run)]) == 2
@@ -120,7 +123,7 @@ def test_train_refuses_a_folder_of_the_users_own_files(tmp_path, capsys):
     assert "holds files of its own (history.csv, metrics.json, model.pt) and no run" in one_line_error(capsys)
     assert {name: (out / name).read_text() for name in owned} == owned
     assert main(["train", "--out", str(out), *FAST, "--overwrite"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["strategy"] == "joint"
+    assert json.loads((out / "metrics.json").read_text())["strategy"] == "mla"
 
 
 def test_a_file_given_as_a_run_folder_is_one_clear_line(tmp_path, capsys):
@@ -212,12 +215,13 @@ def test_a_failed_start_leaves_no_config_behind(tmp_path, capsys):
     assert main(["train", "--out", str(out), *FAST]) == 0
 
 
-def test_a_corrupt_model_of_a_finished_run_says_how_to_recover(finished_run, tmp_path, capsys):
-    run = copy_run(finished_run, tmp_path / "run")
-    (run / "model.pt").write_bytes(b"PK\x03\x04 truncated")
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_a_corrupt_model_of_a_finished_run_says_how_to_recover(finished_run, tmp_path, capsys, name):
+    run = copy_run(finished_run, tmp_path / "run", weights=False)
+    (run / name).write_bytes(b"PK\x03\x04 truncated")
     assert main(["evaluate", "--run", str(run)]) == 2
     err = one_line_error(capsys)
-    assert "model.pt: cannot be read" in err and "train the run again (the same command with --overwrite)" in err
+    assert f"{name}: cannot be read" in err and "train the run again (the same command with --overwrite)" in err
     assert "delete it" not in err
 
 
