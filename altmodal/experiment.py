@@ -378,7 +378,7 @@ def final_metrics(
     test_outputs: Outputs | None = None,
 ) -> dict[str, Any]:
     test_outputs = strategy.collect(splits.test) if test_outputs is None else test_outputs
-    return {
+    metrics: dict[str, Any] = {
         "dataset": config.data.dataset,
         "strategy": config.strategy,
         "seed": config.train.seed,
@@ -391,9 +391,12 @@ def final_metrics(
         "test": summarize(test_outputs, strategy.num_classes),
         "val": summarize(strategy.collect(splits.val, all_subsets=False), strategy.num_classes),
         "analyses": analyses(test_outputs),
-        **({"strategy_summary": strategy.summary()} if strategy.summary() else {}),
         "seconds_per_epoch": float(np.mean([row["seconds"] for row in history])) if history else 0.0,
     }
+    summary = strategy.summary()
+    if summary:
+        metrics["strategy_summary"] = summary
+    return metrics
 
 
 def missing_block(dataset: Any, protocol: str, rate: float) -> dict[str, Any]:

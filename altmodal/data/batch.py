@@ -136,6 +136,14 @@ def zero_absent(x: Tensor, present: Tensor) -> Tensor:
     return x * present.view(shape).to(x.dtype)
 
 
+def spread_rows(values: Tensor, index: Tensor | None, size: int) -> Tensor:
+    """(size, ...) with ``values`` at the rows ``index`` and zeros elsewhere (``values`` itself when
+    ``index`` is None: every row)."""
+    if index is None:
+        return values
+    return values.new_zeros(size, *values.shape[1:]).index_put((index,), values)
+
+
 def collate(samples: Sequence[Mapping[str, Any]]) -> Batch:
     """Stack per-sample dicts into a :class:`Batch`.
 

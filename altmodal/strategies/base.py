@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from altmodal.config import first_line, option, require
-from altmodal.data.batch import Batch
+from altmodal.data.batch import Batch, spread_rows
 from altmodal.data.dataset import EpochBatches, MultimodalDataset, Splits, iterate
 from altmodal.data.pipeline import prefetch
 from altmodal.distributed import Dist
@@ -245,8 +245,7 @@ class Strategy(nn.Module):
             if index is None:
                 out[m] = encoder(x)
             elif len(index):
-                encoded = encoder(x.index_select(0, index))
-                out[m] = encoded.new_zeros(x.shape[0], encoded.shape[1]).index_put((index,), encoded)
+                out[m] = spread_rows(encoder(x.index_select(0, index)), index, x.shape[0])
             else:
                 out[m] = torch.zeros(x.shape[0], int(encoder.out_dim), device=x.device)  # type: ignore[arg-type]
         return out

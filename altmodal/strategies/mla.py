@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from altmodal.config import option, require
-from altmodal.data.batch import Batch
+from altmodal.data.batch import Batch, spread_rows
 from altmodal.data.dataset import Splits
 from altmodal.fusion import ConcatHead, batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.fusion_choice import ChosenFusion
@@ -291,10 +291,7 @@ class MLA(Strategy):
         with torch.no_grad():
             features = self.encode(batch) if len(seen) < len(self.modalities) else {}
         for m, rows in seen.items():
-            index = batch.index_of(m)  # found on the host
-            features[m] = (
-                rows if index is None else rows.new_zeros(len(batch.label), rows.shape[1]).index_put((index,), rows)
-            )
+            features[m] = spread_rows(rows, batch.index_of(m), len(batch.label))
         scored = torch.stack([batch.present[m] for m in self.modalities]).any(dim=0)
         assert self.fusion_head is not None
         loss = self.cross_entropy(self.fusion_head(features), batch.label, scored)
