@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from altmodal.encoders import EncoderConfig
@@ -81,13 +82,24 @@ def test_the_default_run_is_mla_and_feature_files_train_at_lr_0_01(tmp_path):
     assert resolve({"dataset": str(tmp_path / "x.npz"), "lr": 0.002}).train.lr == 0.002
 
 
-def test_the_fusion_head_learns_from_detached_features_only(tiny_splits):
-    config = resolve({"strategy": "mla", "dataset": "synthetic"})
-    mla = build_strategy("mla", tiny_splits, EncoderConfig(dim=8, hidden=(16,)), config.options)
-    mla.configure(TrainConfig(lr=0.1, batch_size=16))
-    batch = tiny_splits.train.gather(torch.arange(16).numpy())
-    before = {k: v.clone() for k, v in mla.state_dict().items()}
-    mla._train_fusion_head(batch, {})
-    changed = {k for k, v in mla.state_dict().items() if not torch.equal(before[k], v)}
-    assert changed == {"fusion_head.fc.weight", "fusion_head.fc.bias"}
-    assert all(p.grad is None for p in mla.encoders.parameters())
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5])
+def test_the_fusion_head_never_changes_what_mla_learns(tiny_splits, grad_clip):
+    # it shares the last modality's backward pass and optimizer step (its own step when the
+    # gradient norm is clipped): the encoders and the shared head end an epoch exactly as without it
+    options = resolve({"strategy": "mla", "dataset": "synthetic"}).options
+    states, initial = {}, None
+    for fusion_head in (True, False):
+        torch.manual_seed(0)
+        mla = build_strategy(
+            "mla", tiny_splits, EncoderConfig(dim=8, hidden=(16,)), {**options, "fusion_head": fusion_head}
+        )
+        mla.configure(TrainConfig(lr=0.1, batch_size=16, grad_clip=grad_clip))
+        if fusion_head:
+            initial = mla.state_dict()["fusion_head.fc.weight"].clone()
+        mla.train_epoch(tiny_splits.train, 0)
+        states[fusion_head] = mla.state_dict()
+        assert all(p.grad is None for p in mla.parameters())
+    with_head, without = states[True], states[False]
+    assert set(with_head) - set(without) == {"fusion_head.fc.weight", "fusion_head.fc.bias"}
+    assert all(torch.equal(without[k], with_head[k]) for k in without)
+    assert not torch.equal(with_head["fusion_head.fc.weight"], initial)

@@ -40,7 +40,7 @@ from altmodal.data.pipeline import prefetch
 from altmodal.distributed import Dist
 from altmodal.encoders import channels_last
 from altmodal.metrics import Outputs, subset_name, subsets, summarize
-from altmodal.optim import build_optimizer, build_scheduler
+from altmodal.optim import EpochSchedule, build_optimizer, build_scheduler, step
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Strategy(nn.Module):
         self.dist = Dist()
         self.config = TrainConfig()
         self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.scheduler: EpochSchedule | None = None
         self.scaler: torch.amp.GradScaler | None = None
         self.data_seconds = 0.0
         """Seconds the last training epoch waited for its batches."""
@@ -335,9 +335,10 @@ class Strategy(nn.Module):
         ``edit`` modify them, clip their norm (``grad_clip``), step, and set them back to None.
 
         Only ``params`` are touched: a step that trains one encoder and a head neither zeroes
-        nor reduces nor clears the other encoders. With a gradient scaler (``precision=16``)
-        the gradients are unscaled before ``edit`` and clipping, so both see the true gradients;
-        backward, edit and step run outside autocast, in float32.
+        nor reduces nor clears nor updates the other encoders (:func:`altmodal.optim.step`).
+        With a gradient scaler (``precision=16``) the gradients are unscaled before ``edit`` and
+        clipping, so both see the true gradients; backward, edit and step run outside autocast,
+        in float32.
         """
         assert self.optimizer is not None, "call configure() first"
         touched = list(self.parameters() if params is None else params)
@@ -356,7 +357,7 @@ class Strategy(nn.Module):
                 nn.utils.clip_grad_norm_([p for p in touched if p.grad is not None], self.config.grad_clip)
             first_momentum(self.optimizer, touched)
             if self.scaler is None:
-                self.optimizer.step()
+                step(self.optimizer, touched)
             else:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()

@@ -257,45 +257,54 @@ class MLA(Strategy):
     def training_step(self, batch: Batch) -> StepOutput:
         """One unimodal step per modality in :meth:`step_order`. Which samples take part, and
         whether a modality has any in the global batch, is read from the batch's host-side
-        presence masks and counts: nothing in the step waits for the device."""
+        presence masks and counts: nothing in the step waits for the device.
+
+        The fusion head (``test_fusion=auto``) learns in the same backward pass and optimizer
+        step as the last modality: its loss reads detached features only and its parameters are
+        its own, so the gradients and updates are those of a separate step (with ``grad_clip``,
+        whose norm would mix the two, it keeps a step of its own)."""
         total = torch.zeros((), device=self.device)
         report: dict[str, tuple[Tensor, Tensor]] = {}
         stepped: list[str] = []
         seen: dict[str, Tensor] = {}  # modality -> its step's detached (n, d) features
-        for m in self.step_order():
-            count = self.global_count(batch, m)  # samples with m in the global batch
-            if count == 0:
-                continue
+        counts = {m: self.global_count(batch, m) for m in self.step_order()}  # samples with m, global batch
+        order = [m for m, count in counts.items() if count > 0]
+        fusion_pending = self.fusion_head is not None
+        for m in order:
             sub = batch.select(batch.rows(m))
             features = self.encoders[m](sub.inputs[m])  # (n, d)
             head = self.head(m)
             logits = head(features)
-            loss = F.cross_entropy(logits, sub.label, reduction="sum") / count
+            loss = F.cross_entropy(logits, sub.label, reduction="sum") / counts[m]
             params = [*self.encoders[m].parameters(), *head.parameters()]
             if self.options.leak_optimizer:
                 params += [p for other in stepped for p in self.encoders[other].parameters()]
-            edit = self._edit(m, head, features.detach(), count, stepped, sub.index)
-            self.optimize(loss, params, edit=edit)
-            stepped.append(m)
+            edit = self._edit(m, head, features.detach(), counts[m], stepped, sub.index)
             seen[m] = features.detach()
+            optimised = loss
+            if fusion_pending and m == order[-1] and self.config.grad_clip == 0:
+                optimised = loss + self._fusion_loss(batch, seen)
+                params += self.fusion_head.parameters()  # type: ignore[union-attr]
+                fusion_pending = False
+            self.optimize(optimised, params, edit=edit)
+            stepped.append(m)
             total = total + loss.detach()
             report[m] = (logits.detach(), sub.label)
-        if self.fusion_head is not None:
-            self._train_fusion_head(batch, seen)
+        if fusion_pending:
+            self.optimize(self._fusion_loss(batch, seen), list(self.fusion_head.parameters()))  # type: ignore[union-attr]
         return StepOutput(total, report)
 
-    def _train_fusion_head(self, batch: Batch, seen: Mapping[str, Tensor]) -> None:
-        """One step of the fusion head on the batch's detached features: those of the modality
-        steps (absent rows zero), and, for a modality that did not step on this batch (one
-        modality per iteration), its encoder's output without gradients."""
+    def _fusion_loss(self, batch: Batch, seen: Mapping[str, Tensor]) -> Tensor:
+        """The fusion head's loss on the batch's detached features: those of the modality steps
+        (absent rows zero), and, for a modality that did not step on this batch (one modality
+        per iteration), its encoder's output without gradients."""
         with torch.no_grad():
             features = self.encode(batch) if len(seen) < len(self.modalities) else {}
         for m, rows in seen.items():
             features[m] = spread_rows(rows, batch.index_of(m), len(batch.label))
         scored = torch.stack([batch.present[m] for m in self.modalities]).any(dim=0)
         assert self.fusion_head is not None
-        loss = self.cross_entropy(self.fusion_head(features), batch.label, scored)
-        self.optimize(loss, list(self.fusion_head.parameters()))
+        return self.cross_entropy(self.fusion_head(features), batch.label, scored)
 
     def _edit(
         self,
