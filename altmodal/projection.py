@@ -40,10 +40,12 @@ from torch import Tensor, nn
 
 def owm_update(P: Tensor, h: Tensor, alpha: float, *, inplace: bool = False) -> Tensor:
     """One OWM update of the (d, d) projector ``P`` with the feature vector ``h`` (d,); with
-    ``inplace`` P itself is updated (the same numbers, two tensor operations fewer)."""
+    ``inplace`` P itself is updated (the same numbers, fewer tensor operations)."""
     k = P @ h  # (d,)
-    change = torch.outer(k, k).div_(alpha + h @ k)
-    return P.sub_(change) if inplace else P - change
+    denominator = (h @ k).add_(alpha)
+    if inplace:  # P - k k^T / denominator, rounded exactly as below, in one pass over P
+        return P.addcdiv_(torch.outer(k, k), denominator, value=-1)
+    return P - torch.outer(k, k).div_(denominator)
 
 
 def project(grad: Tensor, P: Tensor, mode: str = "replace") -> Tensor:
@@ -150,7 +152,7 @@ class HeadProjector(nn.Module):
 
     @torch.no_grad()
     def step(self, weight: nn.Parameter, modality: str, batch_mean: Tensor, alpha: float) -> None:
-        """Update P with this step's feature vector, then project ``weight.grad`` in place.
+        """Update P with this step's feature vector, then replace ``weight.grad`` by its projection.
 
         Args:
             weight: the head's weight (C, d), its gradient already computed (and averaged over
@@ -168,7 +170,7 @@ class HeadProjector(nn.Module):
         if self.normalize:
             self.P.div_(torch.linalg.matrix_norm(self.P))
         if weight.grad is not None:
-            weight.grad.copy_(project(weight.grad, self.P.to(weight.grad.dtype), self.mode))
+            weight.grad = project(weight.grad, self.P.to(weight.grad.dtype), self.mode)
 
     def alpha_for(self, batch_index: int, batches_per_epoch: int) -> float:
         if self.alpha is None:

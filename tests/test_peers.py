@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import altmodal.strategies.base as loop
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import resolve, train_run
 from altmodal.runs import Run, read_csv
@@ -34,8 +35,12 @@ def frozen_step(strategy, batch):
     """Run one training step but keep the parameters: the gradients it would apply stay in .grad
     (the loop clears them after each step; they are put back)."""
     applied = {}
-    strategy.optimizer.step = lambda *a, **k: applied.update({p: p.grad for p in strategy.parameters()})
-    out = strategy.training_step(batch)
+    original = loop.step
+    loop.step = lambda optimizer, params: applied.update({p: p.grad for p in params})
+    try:
+        out = strategy.training_step(batch)
+    finally:
+        loop.step = original
     for p, grad in applied.items():
         p.grad = grad
     return out

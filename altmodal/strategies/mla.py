@@ -196,6 +196,7 @@ class MLA(Strategy):
         auto = options.test_fusion == "auto"
         self.chosen_fusion = ChosenFusion(self.modalities, spec.num_classes) if auto else None
         self.fusion_head = ConcatHead(self.modalities, dim, spec.num_classes) if auto and options.fusion_head else None
+        self.stepped_parameters: dict[str, list[nn.Parameter]] = {}
 
     def on_epoch_start(self, epoch: int) -> None:
         if isinstance(self.projector, FeatureBasisProjector):
@@ -276,7 +277,7 @@ class MLA(Strategy):
             head = self.head(m)
             logits = head(features)
             loss = F.cross_entropy(logits, sub.label, reduction="sum") / counts[m]
-            params = [*self.encoders[m].parameters(), *head.parameters()]
+            params = list(self.step_parameters(m))
             if self.options.leak_optimizer:
                 params += [p for other in stepped for p in self.encoders[other].parameters()]
             edit = self._edit(m, head, features.detach(), counts[m], stepped, sub.index)
@@ -294,6 +295,15 @@ class MLA(Strategy):
             self.optimize(self._fusion_loss(batch, seen), list(self.fusion_head.parameters()))  # type: ignore[union-attr]
         return StepOutput(total, report)
 
+    def step_parameters(self, modality: str) -> list[nn.Parameter]:
+        """The parameters m's step trains: its encoder's and its head's (listed once)."""
+        if modality not in self.stepped_parameters:
+            self.stepped_parameters[modality] = [
+                *self.encoders[modality].parameters(),
+                *self.head(modality).parameters(),
+            ]
+        return self.stepped_parameters[modality]
+
     def _fusion_loss(self, batch: Batch, seen: Mapping[str, Tensor]) -> Tensor:
         """The fusion head's loss on the batch's detached features: those of the modality steps
         (absent rows zero), and, for a modality that did not step on this batch (one modality
@@ -302,7 +312,8 @@ class MLA(Strategy):
             features = self.encode(batch) if len(seen) < len(self.modalities) else {}
         for m, rows in seen.items():
             features[m] = spread_rows(rows, batch.index_of(m), len(batch.label))
-        scored = torch.stack([batch.present[m] for m in self.modalities]).any(dim=0)
+        every = any(bool(batch.rows(m).all()) for m in self.modalities)  # on the host: every row is scored
+        scored = None if every else torch.stack([batch.present[m] for m in self.modalities]).any(dim=0)
         assert self.fusion_head is not None
         return self.cross_entropy(self.fusion_head(features), batch.label, scored)
 
