@@ -53,6 +53,7 @@ def test_mgda_weights_for_a_known_conflicting_pair():
     # alpha_m = <g_u - g_m, g_u> / |g_m - g_u|^2 = <(-2, 1), (-1, 1)> / |(2, -1)|^2 = 3 / 5
     assert mgda_weights(g_m, g_u) == pytest.approx((0.6, 0.4))
     assert mgda_weights(g_m, torch.tensor([1.0, 1.0])) == (0.5, 0.5)  # no conflict
+    assert mgda_weights(g_m, g_m) == (0.5, 0.5)  # equal: the min-norm quotient 0/0 is not taken
     assert mgda_weights(g_m, torch.tensor([-1e-4, 0.0]), clip=0.001)[0] == pytest.approx(0.001)
     # h' = 1.2 g_m + 0.8 g_u = (0.4, 0.8); h = 1.5 |g_m + g_u| h' / |h'| = 1.5 * 1 * (0.4, 0.8) / sqrt(0.8)
     h = rescale(g_m, g_u, (0.6, 0.4), 1.5, never_shrink=False)

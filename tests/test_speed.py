@@ -44,6 +44,8 @@ def with_missing_rows(batch):
         ("mla", {}),
         ("mla", {"preset": "reference-code"}),
         ("mla", {"cycle": "iteration", "order": "random"}),
+        ("mmpareto", {}),
+        ("mmpareto", {"pareto_rescale": "tensor", "pareto_clip": 0.001}),
     ],
 )
 def test_a_training_step_never_reads_the_device(tiny_splits, name, options):
