@@ -48,6 +48,7 @@ def with_missing_rows(batch):
         ("mmpareto", {"pareto_rescale": "tensor", "pareto_clip": 0.001}),
         ("inforeg", {"inforeg_k": -1.0}),
         ("inforeg", {"inforeg_unimodal_loss": "heads"}),
+        ("gblend", {}),
     ],
 )
 def test_a_training_step_never_reads_the_device(tiny_splits, name, options):
