@@ -44,6 +44,8 @@ def with_missing_rows(batch):
         ("mla", {}),
         ("mla", {"preset": "reference-code"}),
         ("mla", {"cycle": "iteration", "order": "random"}),
+        ("mla", {"projection_method": "ogd"}),
+        ("mla", {"projection_method": "pca-ogd", "cycle": "iteration", "order": "random"}),
         ("mmpareto", {}),
         ("mmpareto", {"pareto_rescale": "tensor", "pareto_clip": 0.001}),
         ("inforeg", {"inforeg_k": -1.0}),
