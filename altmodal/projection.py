@@ -236,7 +236,9 @@ class FeatureBasisProjector(nn.Module):
     Per modality, a FIFO memory of the augmented features h~ of its steps (OGD: the stored samples;
     PCA-OGD: the pool); per modality, the orthonormal basis of the OTHER modalities' spans, padded
     with zero columns to (d+1, d+1) and recomputed by :meth:`refresh`. Everything is in buffers,
-    so it travels with ``state_dict`` (checkpoints, resume).
+    so it travels with ``state_dict`` (checkpoints, resume). The counts of stored features and of
+    steps are mirrored on the host, so a step reads nothing back from the device; only a refresh
+    does (at each epoch's start, or every ``refresh_every`` head steps).
 
     Args:
         head: the shared linear head; its weight AND bias gradients are projected.
@@ -279,11 +281,19 @@ class FeatureBasisProjector(nn.Module):
         self.register_buffer("stored", torch.zeros(count, dtype=torch.long, device=device))
         self.register_buffer("others", torch.zeros(count, size, size, dtype=dtype, device=device))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=weight.device))
+        self.host_stored = [0] * count
+        self.host_steps = 0
+        self.register_load_state_dict_post_hook(lambda module, keys: module.read_counters())
+
+    def read_counters(self) -> None:
+        """Set the host mirrors of ``stored`` and ``steps`` from the buffers (after loading a state)."""
+        self.host_stored = [int(v) for v in self.stored.tolist()]
+        self.host_steps = int(self.steps)
 
     def stored_features(self, modality: str) -> Tensor:
         """(n, d+1) the augmented features in the modality's memory (in no particular order)."""
         j = self.modalities.index(modality)
-        return self.memory[j, : min(int(self.stored[j]), self.memory.shape[1])]
+        return self.memory[j, : min(self.host_stored[j], self.memory.shape[1])]
 
     def basis(self, modality: str) -> Tensor:
         """(d+1, r) the modality's own basis from its memory."""
@@ -312,17 +322,19 @@ class FeatureBasisProjector(nn.Module):
         rows = augment(features.to(self.memory.dtype))[-capacity:]
         if capacity == 0 or len(rows) == 0:
             return
-        slots = (int(self.stored[j]) + torch.arange(len(rows), device=self.memory.device)) % capacity
+        slots = (self.host_stored[j] + torch.arange(len(rows), device=self.memory.device)) % capacity
         self.memory[j, slots] = rows
         self.stored[j] += len(rows)
+        self.host_stored[j] += len(rows)
 
     @torch.no_grad()
     def step(self, head: nn.Linear, modality: str, features: Tensor) -> None:
         """Project the head's gradients (already combined over processes) against the other
         modalities' bases, then store this step's (n, d) features (the same on every process)."""
-        if self.refresh_every > 0 and int(self.steps) % self.refresh_every == 0:
+        if self.refresh_every > 0 and self.host_steps % self.refresh_every == 0:
             self.refresh()
         self.steps += 1
+        self.host_steps += 1
         basis = self.others[self.modalities.index(modality)]
         if head.weight.grad is not None and head.bias is not None and head.bias.grad is not None:
             grad = torch.cat([head.weight.grad, head.bias.grad[:, None]], dim=1)

@@ -58,6 +58,7 @@ def test_mgda_weights_for_a_known_conflicting_pair():
     # alpha_m = <g_u - g_m, g_u> / |g_m - g_u|^2 = <(-2, 1), (-1, 1)> / |(2, -1)|^2 = 3 / 5
     assert mgda_weights(g_m, g_u) == pytest.approx((0.6, 0.4))
     assert mgda_weights(g_m, torch.tensor([1.0, 1.0])) == (0.5, 0.5)  # no conflict
+    assert mgda_weights(g_m, g_m) == (0.5, 0.5)  # equal: the min-norm quotient 0/0 is not taken
     assert mgda_weights(g_m, torch.tensor([-1e-4, 0.0]), clip=0.001)[0] == pytest.approx(0.001)
     # h' = 1.2 g_m + 0.8 g_u = (0.4, 0.8); h = 1.5 |g_m + g_u| h' / |h'| = 1.5 * 1 * (0.4, 0.8) / sqrt(0.8)
     h = rescale(g_m, g_u, (0.6, 0.4), 1.5, never_shrink=False)
@@ -191,7 +192,9 @@ def test_inforeg_gaps_coefficients_and_window_by_hand():
     # m0 is above both: mean(0.4, 0.3); m1 is the weakest: 0; m2 is above m1 only: 0.1
     assert torch.allclose(gaps, torch.tensor([0.35, 0.0, 0.1]))
     assert torch.allclose(score_gaps(torch.tensor([0.9, float("nan"), 0.6])), torch.tensor([0.3, 0.0, 0.0]))
-    assert torch.allclose(penalty_coefficients(gaps, 0.9), torch.exp(0.9 * torch.tanh(gaps)))
+    # exp(0.9 tanh(Delta)) for the modalities ahead; the weakest (Delta = 0) is not pulled
+    pulls = torch.tensor([math.exp(0.9 * math.tanh(0.35)), 0.0, math.exp(0.9 * math.tanh(0.1))])
+    assert torch.allclose(penalty_coefficients(gaps, 0.9), pulls)
     # rho = (Tr^{t-1} - Tr^{t-2}) / Tr^{t-1} for three modalities, epochs t-2 (row 0) and t-1 (row 1)
     growth = trace_growth(torch.tensor([[1.0, 3.0, 1.0], [2.0, 2.0, 0.0]]))
     assert torch.allclose(growth, torch.tensor([0.5, -0.5, 0.0]))

@@ -171,6 +171,17 @@ def test_pca_memory_is_a_fifo_pool():
     assert set(projector.state_dict()) == {"memory", "stored", "others", "steps"}
 
 
+def test_basis_projector_counts_come_back_with_its_state():
+    head = nn.Linear(2, 2)
+    head.weight.grad, head.bias.grad = torch.ones(2, 2), torch.ones(2)
+    saved = FeatureBasisProjector(head, ["a", "b"], method="ogd", memory=3, refresh_every=2)
+    saved.step(head, "a", torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
+    loaded = FeatureBasisProjector(head, ["a", "b"], method="ogd", memory=3, refresh_every=2)
+    loaded.load_state_dict(saved.state_dict())
+    assert loaded.host_stored == [2, 0] and loaded.host_steps == 1
+    assert torch.equal(loaded.stored_features("a"), saved.stored_features("a"))
+
+
 def test_each_modality_is_projected_against_all_the_others():
     head = nn.Linear(3, 2)
     projector = FeatureBasisProjector(head, ["a", "b", "c"], method="ogd", memory=1)

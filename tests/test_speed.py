@@ -44,14 +44,21 @@ def with_missing_rows(batch):
         ("mla", {}),
         ("mla", {"preset": "reference-code"}),
         ("mla", {"cycle": "iteration", "order": "random"}),
+        ("mla", {"projection_method": "ogd"}),
+        ("mla", {"projection_method": "pca-ogd", "cycle": "iteration", "order": "random"}),
+        ("mmpareto", {}),
+        ("mmpareto", {"pareto_rescale": "tensor", "pareto_clip": 0.001}),
+        ("inforeg", {"inforeg_k": -1.0}),
+        ("inforeg", {"inforeg_unimodal_loss": "heads"}),
+        ("gblend", {}),
     ],
 )
 def test_a_training_step_never_reads_the_device(tiny_splits, name, options):
     strategy = build_strategy(name, tiny_splits, ENC, resolve({"strategy": name, **options}).options)
     strategy.configure(TrainConfig(batch_size=16), Dist(device=META))
     batches = EpochBatches(tiny_splits.train, 16, shuffle=True)
-    for b in range(3):
-        strategy.batch_index = b
+    for b in range(3):  # steps of epochs 0, 1 and 2, so epoch-gated paths (InfoReg's window) run too
+        strategy.epoch = strategy.batch_index = b
         batch = batches[b] if b else with_missing_rows(batches[b])
         out = strategy.training_step(batch.to(META))
         assert out.loss.device == META and all(logits.device == META for logits, _ in out.unimodal.values())

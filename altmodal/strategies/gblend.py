@@ -28,7 +28,8 @@ super-epoch, the first ``gblend_first`` epochs long and the later ones ``gblend_
 (the paper's Kinetics schedule, 10 then 5), each estimation running as many epochs as the
 super-epoch it starts; ``offline`` estimates once, from the initialisation over the whole run.
 Cost: about (M + 2)x joint training for both. The weights are a buffer (checkpointed; a resumed
-run goes on with them) and are logged per epoch (``gblend_w_<modality>``, ``gblend_w_fused``).
+run goes on with them) and are logged per epoch (``gblend_w_<modality>``, ``gblend_w_fused``); the
+steps use a host copy taken at each epoch's start, so that no step waits for the device.
 Absent samples leave a head's loss and the holdout statistics. Every process trains the same
 copies on its share of T and measures on gathered predictions, so all hold the same weights.
 """
@@ -142,6 +143,8 @@ class GBlend(Joint):
         self.aux = UnimodalHeads(self.modalities, dim, spec.num_classes)
         count = len(self.modalities) + 1
         self.register_buffer("blend", torch.full((count,), 1.0 / count))
+        self.host_blend: list[float] = self.blend.tolist()
+        """The ``blend`` weights as the steps use them, copied to the host at each epoch's start."""
         self.holdout: Holdout | None = None  # set while fitting; estimation copies have none
 
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -159,7 +162,7 @@ class GBlend(Joint):
         features = self.encode(batch)
         logits = self.aux(features)
         losses = [*unimodal_losses(self, logits, batch).values(), self.cross_entropy(self.head(features), batch.label)]
-        weights = self.blend.tolist()
+        weights = self.host_blend
         loss: Tensor = sum(w * value for w, value in zip(weights, losses) if w > 0)  # type: ignore[assignment]
         self.optimize(loss)
         names = [*self.modalities, "fused"]
@@ -167,15 +170,15 @@ class GBlend(Joint):
         return StepOutput(loss.detach(), present_rows({m: v.detach() for m, v in logits.items()}, batch), extras)
 
     def on_epoch_start(self, epoch: int) -> None:
-        if self.holdout is None:
-            return
-        opts = self.options
-        plan = super_epochs(
-            self.config.epochs, opts.gblend_first, opts.gblend_super_epoch, opts.gblend_mode == "online"
-        )
-        if epoch in plan:
-            self.blend.copy_(self.estimate(self.holdout, plan[epoch]))
-            self.train()
+        if self.holdout is not None:
+            opts = self.options
+            plan = super_epochs(
+                self.config.epochs, opts.gblend_first, opts.gblend_super_epoch, opts.gblend_mode == "online"
+            )
+            if epoch in plan:
+                self.blend.copy_(self.estimate(self.holdout, plan[epoch]))
+                self.train()
+        self.host_blend = self.blend.tolist()  # the epoch's one read of the weights
 
     def estimate(self, holdout: Holdout, epochs: int) -> Tensor:
         """G-Blending weights from the current parameters over ``epochs`` epochs of training."""

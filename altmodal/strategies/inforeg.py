@@ -30,7 +30,9 @@ the penalty is added (the code includes it).
 M modalities and missing ones: the equations are general; s_m and the trace use the samples
 that have m, and a modality no sample of the global batch has is neither compared nor
 penalised. Gradients are combined over processes before the trace and the penalty, so every
-process holds the same state. The last w + 1 epoch traces, the running trace of the current
+process holds the same state. The window (rho) is read once per epoch; a modality inside its
+window is pulled with a coefficient computed on the device, 0 when no other modality scores below
+it, so a step never reads a number back. The last w + 1 epoch traces, the running trace of the current
 epoch and the snapshot w^{t-1} (one copy of the encoders' weights) are buffers, so a resumed
 run continues exactly; per epoch the history logs ``inforeg_trace_<m>``, ``inforeg_rho_<m>`` and
 ``inforeg_penalised_<m>`` (share of steps with the penalty on).
@@ -80,8 +82,9 @@ def score_gaps(scores: Tensor) -> Tensor:
 
 
 def penalty_coefficients(gaps: Tensor, beta: float) -> Tensor:
-    """(M,) exp(beta * tanh(Delta_m))."""
-    return torch.exp(beta * torch.tanh(gaps))
+    """(M,) the coefficient of each modality's pull: exp(beta * tanh(Delta_m)) where Delta_m > 0,
+    else 0 (the weakest modality is not pulled)."""
+    return torch.where(gaps > 0, torch.exp(beta * torch.tanh(gaps)), 0.0)
 
 
 def trace_growth(history: Tensor) -> Tensor:
@@ -132,11 +135,10 @@ class InfoReg(Joint):
         logits = self.unimodal_logits(features)
         if opts.inforeg_unimodal_loss != "none":
             loss = loss + sum(unimodal_losses(self, logits, batch).values())
-        gaps = score_gaps(true_class_scores(self, logits, batch)).cpu()
-        coefficients = penalty_coefficients(gaps, opts.inforeg_beta)
-        window = self.rho > opts.inforeg_k if self.epoch >= 2 else torch.zeros(len(gaps), dtype=torch.bool)
-        active = (window & (gaps > 0)).tolist()
-        extras: dict[str, float] = {}
+        # The window is known on the host (rho is read once per epoch); the gaps stay on the device.
+        window = (self.rho > opts.inforeg_k).tolist() if self.epoch >= 2 else [False] * len(self.modalities)
+        coefficients = penalty_coefficients(score_gaps(true_class_scores(self, logits, batch)), opts.inforeg_beta)
+        extras: dict[str, Tensor | float] = {}
 
         def edit() -> None:
             snapshots = self._snapshots()
@@ -146,15 +148,16 @@ class InfoReg(Joint):
                     continue  # no sample of the global batch has m
                 pairs = [(p, snap) for p, snap in zip(group, snaps) if p.grad is not None]
                 grads = [p.grad for p, _ in pairs if p.grad is not None]
-                trace = float(torch.stack(torch._foreach_norm(grads)).double().square().sum())
-                self.running[:, j] += torch.tensor([trace, 1.0], dtype=torch.float64, device=self.running.device)
+                trace = torch.stack(torch._foreach_norm(grads)).double().square().sum()
+                self.running[0, j] += trace
+                self.running[1, j] += 1
                 extras[f"inforeg_trace_{m}"] = trace
-                extras[f"inforeg_penalised_{m}"] = float(active[j])
+                extras[f"inforeg_penalised_{m}"] = (coefficients[j] > 0).double() if window[j] else 0.0
                 if self.epoch >= 2:
                     extras[f"inforeg_rho_{m}"] = float(self.rho[j])
-                if active[j]:  # grad += a_m (w_m - w_m^{t-1})
+                if window[j]:  # grad += a_m (w_m - w_m^{t-1}), a_m = 0 for the weakest modality
                     pull = torch._foreach_sub([p.detach() for p, _ in pairs], [snap for _, snap in pairs])
-                    torch._foreach_add_(grads, pull, alpha=float(coefficients[j]))
+                    torch._foreach_addcmul_(grads, pull, [coefficients[j]] * len(grads))
 
         self.optimize(loss, edit=edit)
         return StepOutput(loss.detach(), present_rows({m: v.detach() for m, v in logits.items()}, batch), extras)

@@ -15,7 +15,8 @@ prediction is its auxiliary head. M modalities: each encoder solves its own two-
 problem; every g_u comes from one backward pass because L_k reaches only encoder k, so a step
 costs two backward passes (the reference code uses four). Absent samples leave a modality's loss
 and gradients (:func:`unimodal_losses`); gradients are combined over processes before the cosine,
-so every process takes the same step.
+so every process takes the same step. The choice between the sum and the MGDA weights, and the
+rescaling, are tensor arithmetic on the device: a step never waits to read a number back.
 
 Departures from the reference code (each an option): the paper rescales each encoder's whole
 gradient (``pareto_rescale=encoder``); the code rescales per parameter tensor and never shrinks,
@@ -53,26 +54,33 @@ class MMParetoOptions(JointOptions):
         require(0 <= self.pareto_clip < 0.5, "pareto_clip", self.pareto_clip, "in [0, 0.5)")
 
 
-def mgda_weights(g_m: Tensor, g_u: Tensor, clip: float = 0.0) -> tuple[float, float]:
-    """(alpha_m, alpha_u) for two flat gradients: 1/2 each when they agree (cos >= 0), else the
-    min-norm point of the segment between them, alpha_m clipped to [clip, 1 - clip]."""
-    if float(g_m @ g_u) >= 0:
-        return 0.5, 0.5
-    diff = g_m - g_u
-    alpha = float((g_u - g_m) @ g_u) / float(diff @ diff)
-    alpha = min(max(alpha, clip), 1.0 - clip)
+def conflict(g_m: Tensor, g_u: Tensor) -> Tensor:
+    """() bool: whether two flat gradients conflict (cos < 0), left on the device."""
+    return g_m @ g_u < 0
+
+
+def mgda_weights(g_m: Tensor, g_u: Tensor, clip: float = 0.0) -> tuple[Tensor, Tensor]:
+    """(alpha_m, alpha_u) for two flat gradients, as float64 scalars on their device (chosen
+    there, never read back): 1/2 each when they agree (cos >= 0), else the min-norm point of the
+    segment between them, alpha_m clipped to [clip, 1 - clip]."""
+    diff = g_m - g_u  # |diff| > 0 where they conflict; elsewhere the quotient (maybe 0/0) is not taken
+    min_norm = ((g_u - g_m) @ g_u).double() / (diff @ diff).double()
+    alpha = torch.where(conflict(g_m, g_u), min_norm.clamp(clip, 1.0 - clip), 0.5)
     return alpha, 1.0 - alpha
 
 
-def rescale(g_m: Tensor, g_u: Tensor, alphas: tuple[float, float], gamma: float, never_shrink: bool) -> Tensor:
+def rescale(
+    g_m: Tensor, g_u: Tensor, alphas: tuple[Tensor | float, Tensor | float], gamma: float, never_shrink: bool
+) -> Tensor:
     """h = gamma * r * h' with h' = 2 alpha_m g_m + 2 alpha_u g_u and r = |g_m + g_u| / |h'|
-    (r floored at 1 with ``never_shrink``, the code's per-tensor rule); zero where h' is zero."""
+    (r floored at 1 with ``never_shrink``, the code's per-tensor rule); zero where h' is zero.
+    The factor gamma * r stays a float64 scalar on the device."""
     direction = 2 * alphas[0] * g_m + 2 * alphas[1] * g_u
-    norm = float(direction.norm())
-    if norm == 0:
-        return torch.zeros_like(direction)
-    ratio = float((g_m + g_u).norm()) / norm
-    return gamma * (max(ratio, 1.0) if never_shrink else ratio) * direction
+    norm = direction.norm().double()
+    ratio = (g_m + g_u).norm().double() / norm
+    if never_shrink:
+        ratio = ratio.clamp_min(1.0)
+    return torch.where(norm > 0, gamma * ratio, 0.0) * direction
 
 
 def flatten(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:
@@ -101,7 +109,7 @@ class MMPareto(Joint):
         # Backward pass 1: every encoder's unimodal gradient at once (L_k reaches only encoder k).
         grads = torch.autograd.grad(unimodal_loss, flat, retain_graph=True, allow_unused=True)
         g_u = self.dist.sum(flatten(grads, flat))
-        extras: dict[str, float] = {}
+        extras: dict[str, Tensor] = {}
 
         def edit() -> None:  # after backward pass 2 (of the total loss), gradients combined
             offset = 0
@@ -118,8 +126,9 @@ class MMPareto(Joint):
         detached = {m: v.detach() for m, v in logits.items()}
         return StepOutput((fused_loss + unimodal_loss).detach(), present_rows(detached, batch), extras)
 
-    def _combine(self, group: list[nn.Parameter], g_m: Tensor, g_u: Tensor) -> float:
-        """Replace one encoder's gradients by MMPareto's direction; 1.0 if g_m and g_u conflict."""
+    def _combine(self, group: list[nn.Parameter], g_m: Tensor, g_u: Tensor) -> Tensor:
+        """Replace one encoder's gradients by MMPareto's direction; returns () 1.0 if g_m and
+        g_u conflict, else 0.0 (on the device)."""
         opts = self.options
         alphas = mgda_weights(g_m, g_u, opts.pareto_clip)
         sizes = [p.numel() for p in group]
@@ -130,4 +139,4 @@ class MMPareto(Joint):
             combined = torch.cat([rescale(a, b, alphas, opts.pareto_gamma, never_shrink=True) for a, b in pairs])
         for p, piece in zip(group, combined.split(sizes)):
             p.grad = piece.view_as(p).to(p.dtype)
-        return float(float(g_m @ g_u) < 0)
+        return conflict(g_m, g_u).double()
