@@ -51,6 +51,7 @@ def with_missing_rows(batch):
         ("inforeg", {"inforeg_k": -1.0}),
         ("inforeg", {"inforeg_unimodal_loss": "heads"}),
         ("gblend", {}),
+        ("dgl", {}),
     ],
 )
 def test_a_training_step_never_reads_the_device(tiny_splits, name, options):

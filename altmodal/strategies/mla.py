@@ -48,6 +48,7 @@ what sharing the head contributes; there is nothing for HGM to protect then, so 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -264,7 +265,7 @@ class MLA(Strategy):
         step as the last modality: its loss reads detached features only and its parameters are
         its own, so the gradients and updates are those of a separate step (with ``grad_clip``,
         whose norm would mix the two, it keeps a step of its own)."""
-        total = torch.zeros((), device=self.device)
+        losses: list[Tensor] = []
         report: dict[str, tuple[Tensor, Tensor]] = {}
         stepped: list[str] = []
         seen: dict[str, Tensor] = {}  # modality -> its step's detached (n, d) features
@@ -289,10 +290,11 @@ class MLA(Strategy):
                 fusion_pending = False
             self.optimize(optimised, params, edit=edit)
             stepped.append(m)
-            total = total + loss.detach()
+            losses.append(loss.detach())
             report[m] = (logits.detach(), sub.label)
         if fusion_pending:
             self.optimize(self._fusion_loss(batch, seen), list(self.fusion_head.parameters()))  # type: ignore[union-attr]
+        total = functools.reduce(torch.add, losses) if losses else torch.zeros((), device=self.device)
         return StepOutput(total, report)
 
     def step_parameters(self, modality: str) -> list[nn.Parameter]:
