@@ -65,7 +65,8 @@ class Dist:
         momentum and weight decay alone (one flag per parameter travels in the same all-reduce).
         All ranks name the same parameters, so they agree on the layout. Losses are normalised by
         GLOBAL counts, so the reduction is a sum and yields the gradient of the global batch's
-        mean loss.
+        mean loss. A rank that has every gradient itself knows every flag is set and does not
+        read them back: only a rank that lacks one waits for the device.
         """
         if not self.active:
             return
@@ -76,7 +77,8 @@ class Dist:
         flags = torch.tensor([p.grad is not None for p in params], dtype=pieces[0].dtype, device=self.device)
         flat = torch.cat([*pieces, flags])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        computed = (flat[-len(params) :] > 0).tolist()
+        has_all = all(p.grad is not None for p in params)
+        computed = [True] * len(params) if has_all else (flat[-len(params) :] > 0).tolist()
         offset = 0
         for p, any_rank in zip(params, computed):
             n = p.numel()
