@@ -300,9 +300,9 @@ class Strategy(nn.Module):
         reaches one encoder (MLA) leaves the others' momentum and weight decay untouched. The
         update runs as multi-tensor kernels (``kernel``): fused on CUDA, where it also takes the
         fp16 scaler's unscaling and inf check without a host sync; foreach on the CPU by default,
-        which gives the per-tensor loop's numbers exactly (fused SGD is about three times faster
-        there but rounds in one step, so the last bits differ). ResNets use channels-last
-        memory on CUDA.
+        which gives the per-tensor loop's numbers exactly and which :func:`altmodal.optim.step`
+        applies for plain SGD without ``optimizer.step()``'s per-call cost (fused SGD rounds in
+        one step, so the last bits differ). ResNets use channels-last memory on CUDA.
         """
         self.config = config
         if dist is not None:
