@@ -15,7 +15,7 @@ from altmodal.experiment import resolve, train_run
 from altmodal.runs import Run, read_csv
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
-from altmodal.strategies.gblend import blend_weights, carve_holdout, super_epochs
+from altmodal.strategies.gblend import blend_weights, carve_holdout, overfit_error, super_epochs
 from altmodal.strategies.inforeg import penalty_coefficients, score_gaps, trace_growth
 from altmodal.strategies.mmpareto import mgda_weights, rescale
 from altmodal.strategies.parts import true_class_scores, unimodal_losses
@@ -153,6 +153,32 @@ def test_blend_weights_from_known_loss_curves():
     # A head that does not overfit (dO <= 0) is floored at eps: (0.1 / 0.01^2) vs (0.1 / 0.1^2).
     w = blend_weights(torch.tensor([[1.0, 1.0], [0.9, 0.8]]), torch.tensor([[1.0, 1.0], [0.9, 0.9]]), 0.01)
     assert torch.allclose(w, torch.tensor([1000.0, 10.0]) / 1010.0)
+
+
+def test_a_head_that_does_not_overfit_does_not_take_all_the_weight():
+    """The AV-digits collapse: head 0 gains 0.1 without overfitting more (dO = -0.01), head 1 gains
+    0.5 and overfits by 0.1. An absolute floor of 1e-3 gives head 0 0.1 / 1e-6 against 0.5 / 0.01:
+    nearly all the weight. Floored at the standard error of dO, here 0.1 for both, it gets 10 against 50."""
+    train = torch.tensor([[1.0, 1.0], [0.91, 0.4]])
+    val = torch.tensor([[1.0, 1.0], [0.9, 0.5]])  # dG = (0.1, 0.5); dO = (-0.01, 0.1)
+    assert float(blend_weights(train, val, 1e-3)[0]) > 0.999
+    assert torch.allclose(blend_weights(train, val, torch.tensor([0.1, 0.1])), torch.tensor([1.0, 5.0]) / 6.0)
+    # A per-head floor only binds below it: head 1's dO = 0.1 stands against a floor of 0.05.
+    assert torch.allclose(blend_weights(train, val, torch.tensor([0.1, 0.05])), torch.tensor([1.0, 5.0]) / 6.0)
+
+
+def test_overfit_error_by_hand():
+    # T': start 1, end (0.5, 0.7, 0.5, 0.7): changes (-0.5, -0.3, ...), variance 0.04 / 3, over n = 4
+    # V:  start 1, end (1.2, 0.8, 1.2, 0.8): changes (0.2, -0.2, ...), variance 0.16 / 3, over n = 4
+    train = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.5, 0.7, 0.5, 0.7]])
+    val = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.2, 0.8, 1.2, 0.8]])
+    expected = math.sqrt(0.04 / 12 + 0.16 / 12)
+    # A second head measured on one holdout sample: its variance term is 0; a shift common to all
+    # samples has no spread, so no error.
+    one = torch.tensor([[1.0], [0.5]])
+    shifted = torch.tensor([[1.0, 2.0, 3.0], [0.5, 1.5, 2.5]])
+    error = overfit_error([train, shifted], [val, one])
+    assert torch.allclose(error, torch.tensor([expected, 0.0]))
 
 
 def test_super_epochs_online_and_offline():
