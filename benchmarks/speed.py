@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from altmodal.benchmark import strategy_settings
 from altmodal.data.registry import load_splits
 from altmodal.distributed import Dist, resolve_device
 from altmodal.experiment import resolve, seed_everything
@@ -207,13 +208,6 @@ def common(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def strategy_settings(name: str) -> dict[str, Any]:
-    """``mla`` or ``mla:preset=paper`` (options as key=value after a colon, comma-separated)."""
-    strategy, _, options = name.partition(":")
-    pairs = (option.split("=", 1) for option in options.split(",") if option)
-    return {"strategy": strategy, **{key: value for key, value in pairs}}
-
-
 def dataset_settings(args: argparse.Namespace, modalities: str) -> dict[str, Any]:
     settings: dict[str, Any] = {"dataset": args.dataset, **common(args)}
     if args.data_dir:
@@ -296,7 +290,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", default="mfeat")
     parser.add_argument("--data-dir", default=None, help="prepared cache of a media dataset (altmodal prepare)")
     parser.add_argument("--modalities", action="append", help="comma-separated; repeat for several sets")
-    parser.add_argument("--strategies", default=";".join(STRATEGIES), help="';'-separated, e.g. joint;mla:preset=paper")
+    parser.add_argument(
+        "--strategies",
+        default=";".join(STRATEGIES),
+        help="';'-separated, options after colons, e.g. joint;mla:preset=paper:projection=false",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs per strategy (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resnet-width", type=int, default=None)
