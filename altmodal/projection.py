@@ -59,6 +59,25 @@ def project(grad: Tensor, P: Tensor, mode: str = "replace") -> Tensor:
     raise ValueError(f"unknown projection mode {mode!r}; modes: replace, add")
 
 
+def counters_on_host(module: nn.Module, *names: str) -> None:
+    """Keep the integer buffers ``names`` of ``module`` on the host as ``host_<name>`` (an int, or
+    a list of ints for a vector): a step updates only those, so it never reads or writes the
+    device for them; the buffers receive them whenever a state dict is taken and give them back
+    when one is loaded (checkpoints, resume)."""
+
+    def read(owner: nn.Module) -> None:
+        for name in names:
+            setattr(owner, f"host_{name}", getattr(owner, name).tolist())
+
+    def write(owner: nn.Module) -> None:
+        for name in names:
+            getattr(owner, name).copy_(torch.as_tensor(getattr(owner, f"host_{name}")))
+
+    read(module)
+    module.register_state_dict_pre_hook(lambda owner, prefix, keep_vars: write(owner))
+    module.register_load_state_dict_post_hook(lambda owner, keys: read(owner))
+
+
 def reference_alpha(batch_index: int, batches_per_epoch: int) -> float:
     """The reference code's alpha: 0.1 at the start of each epoch down to ~0.01 at its end."""
     return float(0.1 ** (batch_index / max(batches_per_epoch, 1) + 1))
@@ -87,6 +106,8 @@ class HeadProjector(nn.Module):
     means: Tensor
     seen: Tensor
     steps: Tensor
+    host_seen: list[int]
+    host_steps: int
 
     def __init__(
         self,
@@ -119,22 +140,7 @@ class HeadProjector(nn.Module):
         self.register_buffer("means", torch.zeros(len(self.modalities), dim, dtype=weight.dtype, device=weight.device))
         self.register_buffer("seen", torch.zeros(len(self.modalities), dtype=torch.long, device=weight.device))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=weight.device))
-        # The counters live on the host, so that no step reads or writes the device for them;
-        # the buffers receive them when a state dict is taken and give them back on loading.
-        self.host_seen = [0] * len(self.modalities)
-        self.host_steps = 0
-        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.store_counters())
-        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_counters())
-
-    def store_counters(self) -> None:
-        """Write the host counters into the ``seen`` and ``steps`` buffers."""
-        self.seen.copy_(torch.tensor(self.host_seen))
-        self.steps.fill_(self.host_steps)
-
-    def refresh_counters(self) -> None:
-        """Read the counters from the buffers (after a checkpoint was loaded)."""
-        self.host_seen = [int(v) for v in self.seen.tolist()]
-        self.host_steps = int(self.steps)
+        counters_on_host(self, "seen", "steps")
 
     def feature(self, modality: str, batch_mean: Tensor) -> Tensor:
         """The vector h for this step: the batch mean, or the updated running mean (which
@@ -207,8 +213,13 @@ def span_basis(vectors: Tensor) -> Tensor:
     if vectors.shape[0] == 0:
         return vectors.new_zeros(vectors.shape[1], 0)
     U, S, _ = torch.linalg.svd(vectors.T.double(), full_matrices=False)  # (D, n), (n,)
-    tolerance = S.max() * max(vectors.shape) * torch.finfo(torch.float64).eps
-    return U[:, S > tolerance].to(vectors.dtype)
+    return U[:, significant(S, vectors.shape)].to(vectors.dtype)
+
+
+def significant(S: Tensor, shape: Sequence[int]) -> Tensor:
+    """Which singular values ``S`` (float64) of a matrix of ``shape`` count towards its numerical
+    rank: those above max(S) * max(shape) * eps."""
+    return S > S.max() * max(shape) * torch.finfo(torch.float64).eps
 
 
 def top_directions(pool: Tensor, k: int, energy: float) -> Tensor:
@@ -220,7 +231,7 @@ def top_directions(pool: Tensor, k: int, energy: float) -> Tensor:
     power = S**2
     share = torch.cumsum(power, 0) / power.sum().clamp_min(torch.finfo(torch.float64).tiny)
     needed = int((share < energy).sum()) + 1
-    rank = int((S > S.max() * max(pool.shape) * torch.finfo(torch.float64).eps).sum())
+    rank = int(significant(S, pool.shape).sum())
     return U[:, : max(min(needed, k, rank), 0)].to(pool.dtype)
 
 
@@ -237,8 +248,8 @@ class FeatureBasisProjector(nn.Module):
     PCA-OGD: the pool); per modality, the orthonormal basis of the OTHER modalities' spans, padded
     with zero columns to (d+1, d+1) and recomputed by :meth:`refresh`. Everything is in buffers,
     so it travels with ``state_dict`` (checkpoints, resume). The counts of stored features and of
-    steps are mirrored on the host, so a step reads nothing back from the device; only a refresh
-    does (at each epoch's start, or every ``refresh_every`` head steps).
+    steps are kept on the host (:func:`counters_on_host`), so a step reads nothing back from the
+    device; only a refresh does (at each epoch's start, or every ``refresh_every`` head steps).
 
     Args:
         head: the shared linear head; its weight AND bias gradients are projected.
@@ -254,6 +265,8 @@ class FeatureBasisProjector(nn.Module):
     stored: Tensor
     others: Tensor
     steps: Tensor
+    host_stored: list[int]
+    host_steps: int
 
     def __init__(
         self,
@@ -281,14 +294,7 @@ class FeatureBasisProjector(nn.Module):
         self.register_buffer("stored", torch.zeros(count, dtype=torch.long, device=device))
         self.register_buffer("others", torch.zeros(count, size, size, dtype=dtype, device=device))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=weight.device))
-        self.host_stored = [0] * count
-        self.host_steps = 0
-        self.register_load_state_dict_post_hook(lambda module, keys: module.read_counters())
-
-    def read_counters(self) -> None:
-        """Set the host mirrors of ``stored`` and ``steps`` from the buffers (after loading a state)."""
-        self.host_stored = [int(v) for v in self.stored.tolist()]
-        self.host_steps = int(self.steps)
+        counters_on_host(self, "stored", "steps")
 
     def stored_features(self, modality: str) -> Tensor:
         """(n, d+1) the augmented features in the modality's memory (in no particular order)."""
@@ -324,7 +330,6 @@ class FeatureBasisProjector(nn.Module):
             return
         slots = (self.host_stored[j] + torch.arange(len(rows), device=self.memory.device)) % capacity
         self.memory[j, slots] = rows
-        self.stored[j] += len(rows)
         self.host_stored[j] += len(rows)
 
     @torch.no_grad()
@@ -333,7 +338,6 @@ class FeatureBasisProjector(nn.Module):
         modalities' bases, then store this step's (n, d) features (the same on every process)."""
         if self.refresh_every > 0 and self.host_steps % self.refresh_every == 0:
             self.refresh()
-        self.steps += 1
         self.host_steps += 1
         basis = self.others[self.modalities.index(modality)]
         if head.weight.grad is not None and head.bias is not None and head.bias.grad is not None:

@@ -218,7 +218,7 @@ def test_ogd_step_of_one_modality_keeps_the_others_stored_logits_exactly(tiny_sp
     mla.batch_index = 0
     mla.training_step(first_batch(tiny_splits, 32))
     assert torch.allclose(mla.head("shared")(stored), before, atol=1e-5)
-    assert int(mla.projector.stored[0]) == 8
+    assert int(mla.projector.state_dict()["stored"][0]) == 8
 
 
 def test_pca_ogd_state_is_checkpointed_and_resume_is_exact(tmp_path, monkeypatch):

@@ -121,7 +121,7 @@ def test_ogd_projection_leaves_the_stored_features_logits_unchanged():
             p -= 0.5 * p.grad
     assert torch.allclose(head(stored), before_stored, atol=1e-5)
     assert (head(fresh) - before_new).abs().max() > 0.1  # the step did move the head elsewhere
-    assert projector.stored.tolist() == [3, 6]  # a's step stored a's features
+    assert projector.state_dict()["stored"].tolist() == [3, 6]  # a's step stored a's features
 
 
 def test_ogd_step_of_a_modality_does_not_project_against_its_own_features():
