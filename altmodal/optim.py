@@ -98,13 +98,21 @@ def plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
 
 
 @torch.no_grad()
-def step(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter]) -> None:
+def step(
+    optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter], scaler: torch.amp.GradScaler | None = None
+) -> None:
     """Update ``params`` that have a gradient: plain SGD (:func:`plain_sgd`) directly, as
     torch's multi-tensor SGD computes it (weight decay added to the gradient, which is consumed
-    here; a new momentum buffer starts as that gradient); any other optimizer by its ``step``.
+    here; a new momentum buffer starts as that gradient); with a gradient ``scaler``, by its step
+    and update; any other optimizer by its ``step`` (fused SGD after :func:`first_momentum`).
     The momentum buffers live in ``optimizer.state``, so checkpoints are the same either way."""
-    if not plain_sgd(optimizer):
-        optimizer.step()
+    if scaler is not None or not plain_sgd(optimizer):
+        first_momentum(optimizer, params)
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         return
     group = optimizer.param_groups[0]
     stepped: list[Tensor] = [p for p in params if p.grad is not None]
@@ -124,3 +132,22 @@ def step(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter]) -> No
                 state[p]["momentum_buffer"] = grad.detach().clone()
         update = [state[p]["momentum_buffer"] for p in stepped]
     torch._foreach_add_(stepped, update, alpha=-group["lr"])
+
+
+def first_momentum(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
+    """Give a zero momentum buffer to each parameter that fused SGD steps for the first time.
+
+    torch's fused SGD starts its buffers only when no parameter of the step has one yet, which
+    is never so in MLA's second step (the head has one, the next encoder not). With a zero
+    buffer the first update is momentum * 0 + grad = grad, exactly the usual first step.
+    Parameters without a gradient get nothing, so they stay free of optimizer state.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    group = optimizer.param_groups[0]
+    if not group["fused"] or group["momentum"] == 0:
+        return
+    state = optimizer.state
+    for p in params:
+        if p.grad is not None and "momentum_buffer" not in state[p]:
+            state[p]["momentum_buffer"] = torch.zeros_like(p)

@@ -36,7 +36,7 @@ def frozen_step(strategy, batch):
     (the loop clears them after each step; they are put back)."""
     applied = {}
     original = loop.step
-    loop.step = lambda optimizer, params: applied.update({p: p.grad for p in params})
+    loop.step = lambda optimizer, params, scaler=None: applied.update({p: p.grad for p in params})
     try:
         out = strategy.training_step(batch)
     finally:

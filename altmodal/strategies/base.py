@@ -355,12 +355,7 @@ class Strategy(nn.Module):
                 edit()
             if self.config.grad_clip > 0:
                 nn.utils.clip_grad_norm_([p for p in touched if p.grad is not None], self.config.grad_clip)
-            first_momentum(self.optimizer, touched)
-            if self.scaler is None:
-                step(self.optimizer, touched)
-            else:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+            step(self.optimizer, touched, self.scaler)
         for p in touched:
             p.grad = None
 
@@ -574,25 +569,6 @@ class Strategy(nn.Module):
             features=group("features/"),
             subsets=group("subset/"),
         )
-
-
-def first_momentum(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
-    """Give a zero momentum buffer to each parameter that fused SGD steps for the first time.
-
-    torch's fused SGD starts its buffers only when no parameter of the step has one yet, which
-    is never so in MLA's second step (the head has one, the next encoder not). With a zero
-    buffer the first update is momentum * 0 + grad = grad, exactly the usual first step.
-    Parameters without a gradient get nothing, so they stay free of optimizer state.
-    """
-    if not isinstance(optimizer, torch.optim.SGD):
-        return
-    group = optimizer.param_groups[0]
-    if not group["fused"] or group["momentum"] == 0:
-        return
-    state = optimizer.state
-    for p in params:
-        if p.grad is not None and "momentum_buffer" not in state[p]:
-            state[p]["momentum_buffer"] = torch.zeros_like(p)
 
 
 def _validation_row(val: Mapping[str, Any]) -> dict[str, float]:
