@@ -197,7 +197,6 @@ class MLA(Strategy):
         auto = options.test_fusion == "auto"
         self.chosen_fusion = ChosenFusion(self.modalities, spec.num_classes) if auto else None
         self.fusion_head = ConcatHead(self.modalities, dim, spec.num_classes) if auto and options.fusion_head else None
-        self.stepped_parameters: dict[str, list[nn.Parameter]] = {}
 
     def on_epoch_start(self, epoch: int) -> None:
         if isinstance(self.projector, FeatureBasisProjector):
@@ -278,11 +277,11 @@ class MLA(Strategy):
             head = self.head(m)
             logits = head(features)
             loss = F.cross_entropy(logits, sub.label, reduction="sum") / counts[m]
-            params = list(self.step_parameters(m))
+            params = [*self.encoders[m].parameters(), *head.parameters()]
             if self.options.leak_optimizer:
                 params += [p for other in stepped for p in self.encoders[other].parameters()]
-            edit = self._edit(m, head, features.detach(), counts[m], stepped, sub.index)
             seen[m] = features.detach()
+            edit = self._edit(m, head, seen[m], counts[m], stepped, sub.index)
             optimised = loss
             if fusion_pending and m == order[-1] and self.config.grad_clip == 0:
                 optimised = loss + self._fusion_loss(batch, seen)
@@ -296,15 +295,6 @@ class MLA(Strategy):
             self.optimize(self._fusion_loss(batch, seen), list(self.fusion_head.parameters()))  # type: ignore[union-attr]
         total = functools.reduce(torch.add, losses) if losses else torch.zeros((), device=self.device)
         return StepOutput(total, report)
-
-    def step_parameters(self, modality: str) -> list[nn.Parameter]:
-        """The parameters m's step trains: its encoder's and its head's (listed once)."""
-        if modality not in self.stepped_parameters:
-            self.stepped_parameters[modality] = [
-                *self.encoders[modality].parameters(),
-                *self.head(modality).parameters(),
-            ]
-        return self.stepped_parameters[modality]
 
     def _fusion_loss(self, batch: Batch, seen: Mapping[str, Tensor]) -> Tensor:
         """The fusion head's loss on the batch's detached features: those of the modality steps
