@@ -74,9 +74,7 @@ class Batch:
     def host_masks(self) -> dict[str, Tensor]:
         """modality -> (B,) presence mask on the CPU (read from the device only for a batch that
         was built there)."""
-        if self.host_present is not None:
-            return dict(self.host_present)
-        return {m: p.cpu() for m, p in self.present.items()}
+        return {m: self.rows(m) for m in self.present}
 
     def rows(self, modality: str) -> Tensor:
         """(B,) CPU mask of the samples that have ``modality``."""
@@ -91,21 +89,27 @@ class Batch:
     def index_of(self, modality: str) -> Tensor | None:
         """(n,) indices, on the batch's device, of the samples that have ``modality``; None when
         all have it. Found on the host, so no step waits for the device."""
-        rows = self.rows(modality)
-        if bool(rows.all()):
+        found = self._indices(self.rows(modality))
+        return None if found is None else found[1]
+
+    def _indices(self, rows: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The indices of the True entries of the (B,) mask ``rows``, on the host and on the
+        batch's device (copied there, not read back); None when every entry is True."""
+        host = rows.cpu()
+        if bool(host.all()):
             return None
-        return to_device(rows.nonzero().squeeze(1), self.label.device)
+        index = host.nonzero().squeeze(1)
+        return index, to_device(index, self.label.device)
 
     def select(self, rows: Tensor) -> Batch:
         """The sub-batch of the rows where ``rows`` (a (B,) bool mask, best on the CPU) is True.
 
         The row indices are found on the host and copied to the batch's device, so selecting
         rows of a batch on a GPU does not wait for it."""
-        host = rows.cpu()
-        if bool(host.all()):
+        found = self._indices(rows)
+        if found is None:
             return self
-        index = host.nonzero().squeeze(1)
-        picked = to_device(index, self.label.device)
+        index, picked = found
         return Batch(
             inputs={m: x.index_select(0, picked) for m, x in self.inputs.items()},
             present={m: p.index_select(0, picked) for m, p in self.present.items()},
