@@ -75,12 +75,11 @@ class Dist:
         params = [p for p in params if p.requires_grad]
         if not params:
             return
+        local = [p.grad is not None for p in params]  # which gradients this rank computed
         pieces = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(self.device) for p in params]
-        flags = torch.tensor([p.grad is not None for p in params], dtype=pieces[0].dtype, device=self.device)
-        flat = torch.cat([*pieces, flags])
+        flat = torch.cat([*pieces, torch.tensor(local, dtype=pieces[0].dtype, device=self.device)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        has_all = all(p.grad is not None for p in params)
-        computed = [True] * len(params) if has_all else (flat[-len(params) :] > 0).tolist()
+        computed = local if all(local) else (flat[-len(params) :] > 0).tolist()
         offset = 0
         for p, any_rank in zip(params, computed):
             n = p.numel()
