@@ -385,6 +385,7 @@ def final_metrics(
         "modalities": strategy.modalities,
         "options": config.options,
         "epochs": config.train.epochs,
+        "epochs_run": len(history),
         "best_epoch": strategy.best_epoch,
         "missing": missing_block(splits.test, config.data.missing_protocol, config.data.test_missing_rate),
         "absent": config.encoder.absent,

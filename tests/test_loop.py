@@ -49,3 +49,30 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
 def test_same_seed_same_numbers(tmp_path):
     config = tiny_config(epochs=2)
     assert train_run(config, tmp_path / "a")["test"] == train_run(config, tmp_path / "b")["test"]
+
+
+def test_patience_ends_training_once_the_validation_score_stops_improving(tmp_path):
+    metrics = train_run(tiny_config(epochs=40, patience=2), tmp_path / "run")
+    history = Run(tmp_path / "run").file("history.csv").read_text().splitlines()
+    scores = [float(line.split(",")[header_index(history, "val_accuracy")]) for line in history[1:]]
+    best = metrics["best_epoch"]
+    assert len(scores) == best + 2 < 40  # two epochs without improvement, then the end
+    assert max(scores[best:]) <= scores[best - 1]
+
+
+def test_early_stopping_is_a_function_of_the_history():
+    from altmodal.strategies.base import stopped
+
+    assert not stopped(epoch=3, best_epoch=0, patience=3) and stopped(epoch=4, best_epoch=0, patience=3)
+    assert not stopped(epoch=99, best_epoch=0, patience=0)  # 0: no early stopping
+    assert not stopped(epoch=0, best_epoch=-1, patience=1)
+
+
+def test_a_run_stopped_early_resumes_to_the_same_result(tmp_path, monkeypatch):
+    from tests.conftest import train_interrupted
+
+    config = tiny_config(epochs=40, patience=2)
+    whole = train_run(config, tmp_path / "whole")
+    # cut one epoch after the best one: the resumed run must still stop one epoch later
+    resumed = train_interrupted(config, tmp_path / "cut", monkeypatch, after_epoch=whole["best_epoch"])["metrics"]
+    assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]

@@ -63,6 +63,11 @@ class TrainConfig:
     lr_step: int = option(70, "decay the learning rate every this many epochs (StepLR)")
     lr_gamma: float = option(0.1, "learning-rate decay factor")
     warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up before the schedule")
+    patience: int = option(
+        0,
+        "early stopping: end training once this many epochs in a row have not improved the best validation "
+        "accuracy (0: train every epoch)",
+    )
     grad_clip: float = option(0.0, "clip the gradient norm of each optimizer step to this value (0: off)")
     seed: int = option(0, "seed of the split, the initialisation, the batch order and the masks")
     device: str = option("auto", "device: auto, cpu, cuda or cuda:N")
@@ -94,6 +99,7 @@ class TrainConfig:
         require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
         require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs, "in [0, --epochs)")
         require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "non-negative")
+        require(self.patience >= 0, "patience", self.patience, "non-negative")
         require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         require(self.prefetch >= 1, "prefetch", self.prefetch, "at least 1")
         require(self.workers >= 1, "workers", self.workers, "at least 1")
@@ -329,10 +335,12 @@ class Strategy(nn.Module):
         loss: Tensor,
         params: Iterable[nn.Parameter] | None = None,
         edit: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
     ) -> None:
         """One optimizer step on ``loss``: backward, combine the gradients of ``params``
         (default all; they must include every parameter ``loss`` reaches) over processes, let
-        ``edit`` modify them, clip their norm (``grad_clip``), step, and set them back to None.
+        ``edit`` modify them, clip their norm (``grad_clip``), step, let ``after`` modify the
+        update (MLA's projection of the head's update), and set the gradients back to None.
 
         Only ``params`` are touched: a step that trains one encoder and a head neither zeroes
         nor reduces nor clears nor updates the other encoders (:func:`altmodal.optim.step`).
@@ -356,6 +364,8 @@ class Strategy(nn.Module):
             if self.config.grad_clip > 0:
                 nn.utils.clip_grad_norm_([p for p in touched if p.grad is not None], self.config.grad_clip)
             step(self.optimizer, touched, self.scaler)
+            if after is not None:
+                after()
         for p in touched:
             p.grad = None
 
@@ -417,8 +427,9 @@ class Strategy(nn.Module):
         callbacks: Sequence[Callback] = (),
         progress: bool = False,
     ) -> list[dict[str, float]]:
-        """Train for ``config.epochs`` epochs; keep the parameters of the epoch with the best
-        validation fused accuracy (the first such epoch) and return the per-epoch history.
+        """Train for ``config.epochs`` epochs, or until ``config.patience`` epochs in a row have
+        not improved the best validation fused accuracy; keep the parameters of the epoch with the
+        best one (the first such epoch) and return the per-epoch history.
 
         ``resume`` is a state that a callback received at the end of an epoch: training goes on
         from the next epoch and ends as an uninterrupted run would. ``progress`` shows a bar
@@ -445,6 +456,8 @@ class Strategy(nn.Module):
         self.on_fit_start(splits)
         bar = _progress(range(start, config.epochs), progress and self.dist.is_main, f"{self.name}")
         for epoch in bar:
+            if stopped(epoch, int(best["epoch"]), config.patience):
+                break
             started = time.perf_counter()
             train_row = self.train_epoch(splits.train, epoch)
             if not math.isfinite(train_row["train_loss"]):
@@ -569,6 +582,13 @@ class Strategy(nn.Module):
             features=group("features/"),
             subsets=group("subset/"),
         )
+
+
+def stopped(epoch: int, best_epoch: int, patience: int) -> bool:
+    """Whether early stopping ends training before (0-based) ``epoch``: ``patience`` epochs have
+    passed since the best one (a function of the history alone, so a resumed run stops where an
+    uninterrupted one does)."""
+    return patience > 0 and epoch - 1 - best_epoch >= patience
 
 
 def _validation_row(val: Mapping[str, Any]) -> dict[str, float]:
