@@ -59,10 +59,8 @@ def test_leak_option_reproduces_the_reference_optimizer(tiny_splits):
     m0_params = list(mla.encoders["m0"].parameters())
     m0_before = [p.detach().clone() for p in m0_params]
     momentum = [mla.optimizer.state[p]["momentum_buffer"].clone() for p in m0_params]
-    mla.optimize(
-        torch.zeros((), requires_grad=True) * 0,
-        edit=mla._edit("m1", mla.head("m1"), torch.zeros(1, 8), torch.tensor(1.0), ["m0"]),
-    )
+    edit, after = mla._hgm("m1", mla.head("m1"), torch.zeros(1, 8), torch.tensor(1.0), ["m0"])
+    mla.optimize(torch.zeros((), requires_grad=True) * 0, edit=edit, after=after)
     moved = any(not torch.equal(a, p) for a, p in zip(m0_before, m0_params))
     decayed = any(not torch.equal(a, mla.optimizer.state[p]["momentum_buffer"]) for a, p in zip(momentum, m0_params))
     assert moved and decayed
@@ -235,3 +233,70 @@ def test_ogd_basis_must_leave_the_head_room(tiny_splits):
     config = resolve({"strategy": "mla", "projection_method": "ogd", "ogd_memory": 9})
     with pytest.raises(ValueError, match=r"--ogd-memory 9 leaves no room: 1 other modalities x 9 directions"):
         build_strategy("mla", tiny_splits, ENC, config.options)
+
+
+def twin_steps(target, momentum=0.9, weight_decay=1e-4):
+    """Two MLAs that take the same six steps (one modality each, momentum built up); on the seventh
+    (an m0 step) the first projects as ``target`` says and the second does not project at all.
+    Returns the head's change in each and the other modality's running mean feature, and P."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        config = resolve({"strategy": "mla", "cycle": "iteration", "projection_target": target})
+        tiny = load_splits(DataConfig(dataset="synthetic", dataset_options=TINY), 0)
+        mla = build_strategy("mla", tiny, ENC, config.options)
+        mla.configure(TrainConfig(lr=0.1, batch_size=16, momentum=momentum, weight_decay=weight_decay))
+        models.append(mla)
+    raw = models[1]
+    changes = []
+    for mla in models:
+        for step in range(7):
+            mla.batch_index = step
+            if step == 6 and mla is raw:  # the same step with no projection
+                if target == "update":
+                    mla.projector.project_update = lambda *args: None
+                else:
+                    mla.projector.target = "update"  # P is updated, the gradient left alone
+            before = mla.head("m0").weight.detach().clone()
+            mla.training_step(first_batch(tiny, 32))
+        changes.append(mla.head("m0").weight.detach() - before)
+    first = models[0].projector
+    return changes[0], changes[1], first.means[1], first.P
+
+
+@pytest.mark.parametrize("target", ["update", "gradient"])
+def test_the_projected_update_keeps_the_guarantee_under_momentum_and_weight_decay(target):
+    moved, raw, h, P = twin_steps(target)
+    allowed = float((raw @ P.T @ h).norm())  # the unprojected update, projected: what HGM allows
+    change = float((moved @ h).norm())
+    assert allowed > 0
+    if target == "update":  # the default: the change on the other modality's feature is what P allows
+        assert change <= (1 + 1e-3) * allowed and change >= (1 - 1e-3) * allowed
+    else:  # the paper's projected gradient: momentum carries unprojected updates past P
+        assert change > 1.1 * allowed
+
+
+def test_with_plain_sgd_the_update_target_is_the_papers_step():
+    moved_update, _, _, _ = twin_steps("update", momentum=0.0, weight_decay=0.0)
+    moved_gradient, _, _, _ = twin_steps("gradient", momentum=0.0, weight_decay=0.0)
+    assert torch.allclose(moved_update, moved_gradient, atol=1e-7)
+
+
+def test_forgetting_restarts_or_relaxes_P(tiny_splits):
+    mla = make_mla(tiny_splits, forget="epoch")
+    mla.training_step(first_batch(tiny_splits))
+    assert not torch.allclose(mla.projector.P, torch.eye(8))
+    mla.on_epoch_start(1)
+    assert torch.equal(mla.projector.P, torch.eye(8))
+    decaying = make_mla(tiny_splits, forget="decay", forget_half_life=2.0)
+    decaying.batches_per_epoch = 5  # 2 epochs x 5 batches x 2 modalities: 20 updates halve the protection
+    assert decaying._decay_keep() ** 20 == pytest.approx(0.5)
+    assert make_mla(tiny_splits).options.forget == "never"
+
+
+def test_projection_statistics_are_recorded_per_epoch(tiny_splits):
+    mla = make_mla(tiny_splits, projection_stats=True)
+    out = mla.training_step(first_batch(tiny_splits))
+    assert set(out.extras) == {"hgm_survival", "hgm_log10_guarantee", "hgm_log10_leak"}
+    assert 0 < float(out.extras["hgm_survival"]) <= 1
+    assert abs(float(out.extras["hgm_log10_guarantee"])) < 1e-3  # 10^0: the change is what P allows

@@ -6,11 +6,13 @@ from altmodal.projection import (
     FeatureBasisProjector,
     HeadProjector,
     augment,
+    change_ratios,
     owm_update,
     project,
     project_out,
     reference_alpha,
     span_basis,
+    survival,
     top_directions,
 )
 
@@ -194,3 +196,26 @@ def test_each_modality_is_projected_against_all_the_others():
     assert torch.allclose(spans[0] @ torch.tensor([0.0, 2, 0, 1]), torch.tensor([0.0, 2, 0, 1]), atol=1e-6)
     assert torch.allclose(spans[0] @ torch.tensor([0.0, 0, 2, 1]), torch.tensor([0.0, 0, 2, 1]), atol=1e-6)
     assert float(torch.linalg.matrix_rank(spans[0])) == 2 and float((spans[0] @ e[0]).norm()) < 0.99
+
+
+def test_survival_and_change_ratios_by_hand():
+    P = torch.diag(torch.tensor([1.0, 0.1]))  # the second direction mostly protected
+    update = torch.tensor([[0.0, 2.0]])
+    assert float(survival(P, update)) == pytest.approx(0.1)
+    h = torch.tensor([[0.0, 1.0]])
+    moved = update @ P.T  # a projected update
+    ratios = change_ratios(P, moved, update, gradient=torch.tensor([[0.0, 1.0]]), lr=0.5, protected=h)
+    assert float(ratios["guarantee"]) == pytest.approx(1.0)
+    assert float(ratios["leak"]) == pytest.approx(0.2 / 0.05)  # the update is 4x the lr-scaled gradient
+
+
+def test_relax_pulls_P_towards_the_identity():
+    head = torch.nn.Linear(3, 2)
+    projector = HeadProjector(head, ["a"])
+    u = torch.tensor([1.0, 0.0, 0.0])
+    projector.P.sub_(0.8 * torch.outer(u, u))
+    for _ in range(4):
+        projector.relax(0.5**0.25)
+    assert torch.allclose(torch.eye(3) - projector.P, 0.4 * torch.outer(u, u), atol=1e-6)
+    projector.reset()
+    assert torch.equal(projector.P, torch.eye(3))

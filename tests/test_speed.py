@@ -164,7 +164,12 @@ def test_projection_keeps_the_head_answer_on_earlier_features_under_mixed_precis
         mla = mla_for(tiny_splits, precision=precision)
         projector = mla.projector
         if not projection:  # the same run with the head gradient left alone
-            mla.projector.step = lambda weight, m, mean, alpha: projector.feature(m, mean)
+
+            def unprojected(weight, m, mean, alpha):
+                projector.feature(m, mean)
+                return False
+
+            mla.projector.step = unprojected
         for mla.batch_index in (0, 1):  # an m0 step, then an m1 step
             if mla.batch_index == 1:  # h: the m0 feature the projector learned in the m0 step
                 h, before = projector.means[0].clone(), mla.head("m0").weight.detach().clone()
@@ -182,7 +187,7 @@ def test_fp16_edits_see_unscaled_gradients(tiny_splits):
     def gradient(precision):
         mla = mla_for(tiny_splits, precision=precision)
         mla.projector = None
-        mla._edit = lambda *args: lambda: seen.__setitem__(precision, mla.head("m0").weight.grad.clone())
+        mla._hgm = lambda *args: (lambda: seen.__setitem__(precision, mla.head("m0").weight.grad.clone()), None)
         with mla.autocast():
             mla.training_step(batch)
         return seen[precision]

@@ -49,7 +49,7 @@ what sharing the head contributes; there is nothing for HGM to protect then, so 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -63,10 +63,18 @@ from altmodal.data.batch import Batch, spread_rows
 from altmodal.data.dataset import Splits
 from altmodal.fusion import ConcatHead, batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.fusion_choice import ChosenFusion
-from altmodal.projection import FeatureBasisProjector, HeadProjector
+from altmodal.projection import FeatureBasisProjector, HeadProjector, change_ratios, survival
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 
+PAPER: dict[str, Any] = {
+    "test_fusion": "entropy",
+    "fusion_head": False,
+    "projection_target": "gradient",
+    "forget": "never",
+}
 REFERENCE_CODE: dict[str, Any] = {
+    "projection_target": "gradient",
+    "forget": "never",
     "h_source": "batch",
     "alpha_schedule": "reference",
     "normalize_p": True,
@@ -82,7 +90,7 @@ class MLAOptions:
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "altmodal": {},
-        "paper": {"test_fusion": "entropy", "fusion_head": False},
+        "paper": PAPER,
         "reference-code": REFERENCE_CODE,
         "reference-code-as-released": {**REFERENCE_CODE, "projection": False},
     }
@@ -120,6 +128,22 @@ class MLAOptions:
         "replace", "replace the head gradient by its projection (OWM), or add the projection to it"
     )
     skip_first: bool = option(False, "leave the very first step unprojected (reference code)")
+    projection_target: Literal["gradient", "update"] = option(
+        "update",
+        "HGM projects the head's gradient (the paper; momentum and weight decay then move the head past the "
+        "projection) or the optimizer's whole update of the head (the projection's guarantee under any optimizer)",
+    )
+    forget: Literal["never", "epoch", "decay"] = option(
+        "never",
+        "HGM's P: never forgets (the paper: the head's room shrinks with every step), restarts at I each epoch, "
+        "or decays towards I (a feature's protection halves every forget_half_life epochs)",
+    )
+    forget_half_life: float = option(1.0, "forget=decay: epochs in which a feature's protection halves")
+    projection_stats: bool = option(
+        False,
+        "record per epoch how much of the head's update survives HGM and how far the other modalities' outputs "
+        "move against what the projection allows (history columns hgm_*; costs a few operations per step)",
+    )
     leak_optimizer: bool = option(
         False, "apply momentum and weight decay to encoders stepped earlier in the batch (reference code)"
     )
@@ -141,6 +165,7 @@ class MLAOptions:
     def __post_init__(self) -> None:
         require(0 <= self.h_momentum < 1, "h_momentum", self.h_momentum, "in [0, 1)")
         require(self.alpha > 0, "alpha", self.alpha, "positive")
+        require(self.forget_half_life > 0, "forget_half_life", self.forget_half_life, "positive")
         for name in ("ogd_memory", "pca_k", "ogd_refresh"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "non-negative")
         require(self.pca_pool >= 1, "pca_pool", self.pca_pool, "at least 1")
@@ -186,6 +211,7 @@ class MLA(Strategy):
                 normalize=options.normalize_p,
                 mode=options.projection_mode,
                 skip_first=options.skip_first,
+                target=options.projection_target,
             )
         weights = options.fusion_weights or default_weights(len(self.modalities))
         if len(weights) != len(self.modalities):
@@ -196,11 +222,14 @@ class MLA(Strategy):
         self.fusion_weights = tuple(weights)
         auto = options.test_fusion == "auto"
         self.chosen_fusion = ChosenFusion(self.modalities, spec.num_classes) if auto else None
+        self._stats: dict[str, list[Tensor]] = {}
         self.fusion_head = ConcatHead(self.modalities, dim, spec.num_classes) if auto and options.fusion_head else None
 
     def on_epoch_start(self, epoch: int) -> None:
         if isinstance(self.projector, FeatureBasisProjector):
             self.projector.on_epoch_start()
+        elif self.projector is not None and self.options.forget == "epoch":
+            self.projector.reset()
 
     def head(self, modality: str) -> nn.Linear:
         return self.heads["shared" if "shared" in self.heads else modality]  # type: ignore[return-value]
@@ -281,20 +310,22 @@ class MLA(Strategy):
             if self.options.leak_optimizer:
                 params += [p for other in stepped for p in self.encoders[other].parameters()]
             seen[m] = features.detach()
-            edit = self._edit(m, head, seen[m], counts[m], stepped, sub.index)
+            edit, after = self._hgm(m, head, seen[m], counts[m], stepped, sub.index)
             optimised = loss
             if fusion_pending and m == order[-1] and self.config.grad_clip == 0:
                 optimised = loss + self._fusion_loss(batch, seen)
                 params += self.fusion_head.parameters()  # type: ignore[union-attr]
                 fusion_pending = False
-            self.optimize(optimised, params, edit=edit)
+            self.optimize(optimised, params, edit=edit, after=after)
             stepped.append(m)
             losses.append(loss.detach())
             report[m] = (logits.detach(), sub.label)
         if fusion_pending:
             self.optimize(self._fusion_loss(batch, seen), list(self.fusion_head.parameters()))  # type: ignore[union-attr]
         total = functools.reduce(torch.add, losses) if losses else torch.zeros((), device=self.device)
-        return StepOutput(total, report)
+        extras = {f"hgm_{k}": torch.stack(v).mean() for k, v in self._stats.items()}
+        self._stats = {}
+        return StepOutput(total, report, extras)
 
     def _fusion_loss(self, batch: Batch, seen: Mapping[str, Tensor]) -> Tensor:
         """The fusion head's loss on the batch's detached features: those of the modality steps
@@ -309,7 +340,7 @@ class MLA(Strategy):
         assert self.fusion_head is not None
         return self.cross_entropy(self.fusion_head(features), batch.label, scored)
 
-    def _edit(
+    def _hgm(
         self,
         modality: str,
         head: nn.Linear,
@@ -317,29 +348,100 @@ class MLA(Strategy):
         count: int | Tensor,
         stepped: list[str],
         index: Tensor | None = None,
-    ) -> Any:
-        """The gradient edit of m's step: project the head gradient (OWM: with the global mean of
-        the step's ``count`` features, in float32 whatever the forward's precision; OGD/PCA-OGD:
-        against the other modalities' bases, storing the step's features of every process in
-        sample order); with ``leak_optimizer``, hand zero gradients to the encoders stepped
-        earlier in the batch."""
+    ) -> tuple[Callable[[], None], Callable[[], None] | None]:
+        """The gradient edit of m's step and what follows its optimizer step.
+
+        The edit updates the projector (OWM: with the global mean of the step's ``count``
+        features, in float32 whatever the forward's precision; OGD/PCA-OGD: storing the step's
+        features of every process in sample order) and, with ``projection_target="gradient"``,
+        projects the head's gradient; with ``leak_optimizer`` it hands zero gradients to the
+        encoders stepped earlier in the batch. With ``projection_target="update"`` the head's
+        weight (OGD: and bias) is kept before the step and its update projected after it."""
+        projector, opts = self.projector, self.options
+        kept: dict[str, Tensor] = {}  # the head ahead of the step, and what the statistics need
 
         def edit() -> None:
-            if isinstance(self.projector, FeatureBasisProjector):
+            projected = False
+            if isinstance(projector, FeatureBasisProjector):
                 rows = self.dist.gather(features)
                 order = self.dist.gather(index).argsort() if index is not None else slice(None)
-                self.projector.step(head, modality, rows[order])
-            elif self.projector is not None:
+                projected = projector.step(head, modality, rows[order])
+                if projected and opts.projection_target == "update":
+                    kept["before"] = torch.cat([head.weight, head.bias[:, None]], dim=1).detach().clone()
+            elif projector is not None:
                 total = features.float().sum(dim=0)
                 mean = (self.dist.sum(total) if self.dist.active else total) / count
-                alpha = self.projector.alpha_for(self.batch_index, self.batches_per_epoch)
-                self.projector.step(head.weight, modality, mean, alpha)  # type: ignore[arg-type]
-            if self.options.leak_optimizer:
+                if opts.forget == "decay":
+                    projector.relax(self._decay_keep())
+                if opts.projection_stats:
+                    kept.update(before_step(head.weight, self.optimizer))
+                alpha = projector.alpha_for(self.batch_index, self.batches_per_epoch)
+                projected = projector.step(head.weight, modality, mean, alpha)  # type: ignore[arg-type]
+                if projected and (opts.projection_target == "update" or opts.projection_stats):
+                    kept["before"] = head.weight.detach().clone()
+            if opts.leak_optimizer:
                 for other in stepped:
                     for p in self.encoders[other].parameters():
                         p.grad = torch.zeros_like(p)
 
-        return edit
+        def after() -> None:
+            if "before" not in kept:
+                return
+            if isinstance(projector, FeatureBasisProjector):
+                projector.project_update(head, modality, kept["before"])
+                return
+            assert isinstance(projector, HeadProjector)
+            raw = None
+            if opts.projection_target == "update":
+                raw = head.weight.detach() - kept["before"]
+                projector.project_update(head.weight, kept["before"].clone())  # the clone is consumed
+            if opts.projection_stats:
+                self._record(projector, modality, head.weight.detach(), kept, raw)
+
+        needs_after = projector is not None and (opts.projection_target == "update" or opts.projection_stats)
+        return edit, after if needs_after else None
+
+    def _decay_keep(self) -> float:
+        """``forget="decay"``: the factor that halves a feature's protection every half-life."""
+        per_batch = len(self.modalities) if self.options.cycle == "batch" else 1
+        updates = self.options.forget_half_life * self.batches_per_epoch * per_batch
+        return float(0.5 ** (1 / max(updates, 1.0)))
+
+    def _record(
+        self, projector: HeadProjector, modality: str, weight: Tensor, kept: Mapping[str, Tensor], raw: Tensor | None
+    ) -> None:
+        """Add this step's HGM statistics (``projection_stats``) to the batch's."""
+        group = self.optimizer.param_groups[0]  # type: ignore[union-attr]
+        lr = float(group["lr"])
+        if raw is None:  # the gradient was projected: the unprojected update of SGD, from its state
+            raw = sgd_update(kept, group) if isinstance(self.optimizer, torch.optim.SGD) else None
+        others = [j for j, m in enumerate(projector.modalities) if m != modality and projector.host_seen[j] > 0]
+        P = projector.P.to(weight.dtype)
+        projected = raw if self.options.projection_target == "update" else kept["gradient"]
+        stats = {"survival": survival(P, projected)} if projected is not None else {}
+        if others and raw is not None:
+            ratios = change_ratios(P, weight - kept["before"], raw, kept["gradient"], lr, projector.means[others])
+            stats.update({f"log10_{k}": v.log10() for k, v in ratios.items()})
+        for key, value in stats.items():
+            self._stats.setdefault(key, []).append(value.detach())
+
+
+def before_step(weight: Tensor, optimizer: torch.optim.Optimizer | None) -> dict[str, Tensor]:
+    """What HGM's statistics keep of the head ahead of its step: the raw gradient and, for SGD,
+    the momentum buffer."""
+    out = {"gradient": weight.grad.detach().clone()} if weight.grad is not None else {}
+    state = optimizer.state.get(weight, {}) if optimizer is not None else {}
+    if "momentum_buffer" in state:
+        out["buffer"] = state["momentum_buffer"].detach().clone()
+    return out
+
+
+def sgd_update(kept: Mapping[str, Tensor], group: Mapping[str, Any]) -> Tensor:
+    """The change plain SGD would make without projection: -lr (mu b + g + wd W)."""
+    direction = kept["gradient"] + group["weight_decay"] * kept["before"]
+    if "buffer" in kept:
+        direction = direction + group["momentum"] * kept["buffer"]
+    return -group["lr"] * direction
 
 
 def basis_projector(head: nn.Linear, modalities: list[str], options: MLAOptions) -> FeatureBasisProjector:
@@ -367,4 +469,5 @@ def basis_projector(head: nn.Linear, modalities: list[str], options: MLAOptions)
         k=size,
         energy=options.pca_energy,
         refresh_every=options.ogd_refresh,
+        target=options.projection_target,
     )
