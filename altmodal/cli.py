@@ -333,13 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--suite",
         default=argparse.SUPPRESS,
-        help="run a suite of datasets instead of one (dev: 9 datasets, 3 seeds; quick: one seed, fewer epochs) "
-        "and write suite.md with each strategy's wins, ties and losses",
+        help="run a suite of datasets instead of one (real: 11 real multi-view datasets, mfeat and AV-digits, "
+        "3 seeds; dev: mfeat views, synthetic data and AV-digits, 3 seeds; quick: dev's feature datasets, one seed, "
+        "fewer epochs) and write suite.md with each strategy's wins, ties, losses and mean rank",
     )
     bench.add_argument(
         "--media-root",
         default=argparse.SUPPRESS,
-        help="raw media folder for the suite's AV-digits entry (default: ../shared/data; skipped when absent)",
+        help="the shared data folder of a suite: AV-digits' raw FSDD + MNIST and the real suite's multiview/ files "
+        "(default: ../shared/data; an entry whose data is absent is skipped)",
     )
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=cmd_benchmark)

@@ -10,8 +10,12 @@ laziness and whether it wins, ties (within one standard deviation of the best me
 and counts wins, ties and losses per strategy.
 
 ``dev`` runs 3 seeds at the datasets' own settings; ``quick`` is the same list with one seed and
-fewer epochs, for iteration. AV-digits needs the raw FSDD + MNIST folder (``--media-root``); it
-is prepared once into ``OUT/cache/avdigits`` and left out, with a note, when the folder is absent.
+fewer epochs, for iteration. ``real`` is the suite of real data: eleven multi-view datasets from
+different fields (news and web text, citation graphs, movies, proteins, digits, leaves: 169 to
+4,000 samples, 2 to 100 classes, 2 to 12 views), mfeat and AV-digits. The multi-view files and
+AV-digits' raw FSDD + MNIST are read from the shared data folder (``--media-root``, by default
+``../shared/data``); AV-digits is prepared once into ``OUT/cache/avdigits``; an entry whose data
+is absent is left out with a note.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Entry:
     settings: Mapping[str, Any]
     media: str | None = None
     """A media corpus that ``altmodal prepare`` must cache first (from ``--media-root``)."""
+    file: str | None = None
+    """A feature file inside the shared data folder (``--media-root``), the entry's dataset."""
 
 
 def _mfeat(*views: str) -> dict[str, Any]:
@@ -50,6 +56,38 @@ def _synthetic(*options: str) -> dict[str, Any]:
     return {"dataset": "synthetic", "dataset_options": options}
 
 
+AV_DIGITS = Entry(
+    "AV-digits, unseen speakers",
+    {
+        "dataset": "avdigits",
+        "dataset_options": ("split=speaker", "val_speakers=1"),
+        "epochs": 10,
+        "resnet_width": 16,
+    },
+    media="avdigits",
+)
+
+MULTIVIEW = (
+    "bbcsport",
+    "bbc4view",
+    "3sources",
+    "proteinfold",
+    "cora",
+    "citeseer",
+    "movies",
+    "webkb",
+    "mnist4",
+    "acm",
+    "100leaves",
+)
+"""The real multi-view datasets of the shared data folder (``multiview/<name>.npz``)."""
+
+REAL: tuple[Entry, ...] = (
+    *(Entry(name, {}, file=f"multiview/{name}.npz") for name in MULTIVIEW),
+    Entry("mfeat fou,mor", _mfeat("fou", "mor")),
+    AV_DIGITS,
+)
+
 DEV: tuple[Entry, ...] = (
     Entry("mfeat fou,mor", _mfeat("fou", "mor")),
     Entry("mfeat fou,zer,mor", _mfeat("fou", "zer", "mor")),
@@ -59,16 +97,7 @@ DEV: tuple[Entry, ...] = (
     Entry("synthetic: near-useless m1", _synthetic("strengths=1.5,0.1")),
     Entry("synthetic: 3 modalities, 300 samples", _synthetic("modalities=3", "samples=300")),
     Entry("synthetic: complementary", _synthetic("shared=0.1", "strengths=0.9,0.9")),
-    Entry(
-        "AV-digits, unseen speakers",
-        {
-            "dataset": "avdigits",
-            "dataset_options": ("split=speaker", "val_speakers=1"),
-            "epochs": 10,
-            "resnet_width": 16,
-        },
-        media="avdigits",
-    ),
+    AV_DIGITS,
 )
 
 
@@ -83,6 +112,7 @@ class Suite:
 SUITES: dict[str, Suite] = {
     "dev": Suite(DEV, (0, 1, 2)),
     "quick": Suite(tuple(e for e in DEV if e.media is None), (0,), {"epochs": 30}),
+    "real": Suite(REAL, (0, 1, 2)),
 }
 
 
@@ -112,6 +142,12 @@ def run_suite(
     datasets: list[dict[str, Any]] = []
     for entry in suite.entries:
         base = {**entry.settings, **(suite.overrides if entry.media is None else {}), **(settings or {})}
+        if entry.file is not None:
+            path = (media_root or Path(".")) / entry.file
+            if not path.is_file():
+                datasets.append({"name": entry.name, "skipped": f"no {entry.file} in the shared data folder"})
+                continue
+            base["dataset"] = str(path)
         if entry.media is not None:
             cache = _prepared(entry.media, media_root, out / "cache" / entry.media)
             if cache is None:
@@ -174,22 +210,36 @@ def summarize(results: Results, strategies: Sequence[str], modalities: Sequence[
         rows[label] = {"fused": fused, "laziness": min(ratios) if ratios else math.nan, "missing_0.5": missing}
     best = max(rows, key=lambda s: mean_std(rows[s]["fused"])[0])
     best_mean, best_std = mean_std(rows[best]["fused"])
+    means = {s: mean_std(row["fused"])[0] for s, row in rows.items()}
     for row in rows.values():
         mean, std = mean_std(row["fused"])
         row["gap"] = mean - best_mean
+        row["rank"] = 1 + sum(other > mean for other in means.values()) + 0.5 * (
+            sum(math.isclose(other, mean) for other in means.values()) - 1
+        )
         if math.isclose(mean, best_mean):
             row["verdict"] = "win"
         else:
             row["verdict"] = "tie" if best_mean - mean <= max(std, best_std) else "loss"
-    return {"best": best, "strategies": rows}
+    solo = {m: values(results, "alone", m, ["test", "unimodal", m, "accuracy"]) for m in modalities}
+    solo = {m: v for m, v in solo.items() if v}
+    out: dict[str, Any] = {"best": best, "strategies": rows}
+    if solo:
+        top = max(solo, key=lambda m: mean_std(solo[m])[0])
+        out["alone"] = {"modality": top, "fused": solo[top]}
+    return out
 
 
 def record(datasets: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> dict[str, dict[str, int]]:
     """Wins, ties and losses per strategy over the datasets that ran."""
-    out = {s: {"win": 0, "tie": 0, "loss": 0} for s in strategies}
+    out: dict[str, dict[str, Any]] = {s: {"win": 0, "tie": 0, "loss": 0} for s in strategies}
+    ranks: dict[str, list[float]] = {s: [] for s in strategies}
     for d in datasets:
         for s, row in d.get("strategies", {}).items():
             out[s][row["verdict"]] += 1
+            ranks[s].append(row["rank"])
+    for s in strategies:
+        out[s]["mean_rank"] = float(sum(ranks[s]) / len(ranks[s])) if ranks[s] else math.nan
     return out
 
 
@@ -202,10 +252,13 @@ def render(summary: Mapping[str, Any]) -> str:
         "win = the best mean (shared when equal), tie = within one standard deviation of it, loss = further "
         "below. Each dataset's full report is in its folder.",
         "",
-        "| strategy | wins | ties | losses |",
-        "|---|---|---|---|",
+        "| strategy | wins | ties | losses | mean rank |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {s} | {r['win']} | {r['tie']} | {r['loss']} |" for s, r in summary["record"].items()]
+    lines += [
+        f"| {s} | {r['win']} | {r['tie']} | {r['loss']} | {r.get('mean_rank', math.nan):.2f} |"
+        for s, r in summary["record"].items()
+    ]
     for d in summary["datasets"]:
         lines += ["", f"## {d['name']}"]
         if "skipped" in d:
@@ -217,5 +270,8 @@ def render(summary: Mapping[str, Any]) -> str:
             lazy = "–" if math.isnan(row["laziness"]) else f"{row['laziness']:.2f}"
             fused = fmt(row["fused"], bold=s == d["best"])
             lines.append(f"| {s} | {fused} | {lazy} | {fmt(row['missing_0.5'])} | {row['verdict']} |")
+        if "alone" in d:
+            alone = d["alone"]
+            lines.append(f"| best modality alone ({alone['modality']}) | {fmt(alone['fused'])} | – | – | – |")
         lines.append(f"\nReport: `{d['folder']}/report.md`")
     return "\n".join(lines) + "\n"

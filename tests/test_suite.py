@@ -43,9 +43,16 @@ def test_each_dataset_gets_a_report_and_the_summary_counts_every_verdict(ran):
         assert rows[d["best"]]["verdict"] == "win"
         assert mean_std(rows[d["best"]]["fused"])[0] == max(mean_std(r["fused"])[0] for r in rows.values())
         assert all(len(r["fused"]) == 1 for r in rows.values())
-    assert {s: sum(r.values()) for s, r in summary["record"].items()} == {"joint": 2, "mla": 2}
+    verdicts = ("win", "tie", "loss")
+    assert {s: sum(r[v] for v in verdicts) for s, r in summary["record"].items()} == {"joint": 2, "mla": 2}
+    for s, r in summary["record"].items():  # 1 = best on every dataset, 2 = worst of two
+        ranks = [d["strategies"][s]["rank"] for d in summary["datasets"][:2]]
+        assert r["mean_rank"] == pytest.approx(sum(ranks) / 2) and all(1 <= x <= 2 for x in ranks)
+    for d in summary["datasets"][:2]:  # the best modality trained alone, from the "alone" runs
+        assert d["alone"]["modality"] in ("m0", "m1") and len(d["alone"]["fused"]) == 1
     text = (ran / "suite.md").read_text()
-    assert "| strategy | wins | ties | losses |" in text and "Skipped: no raw avdigits folder" in text
+    assert "| strategy | wins | ties | losses | mean rank |" in text and "Skipped: no raw avdigits folder" in text
+    assert "| best modality alone (" in text
 
 
 def test_verdicts_follow_the_spread():
