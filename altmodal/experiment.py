@@ -5,10 +5,12 @@ Used by ``altmodal train`` / ``altmodal evaluate`` and by the benchmark grid.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +28,8 @@ from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import EncoderConfig, encoder_kinds, weights_by_modality
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.predictions import prediction_rows
-from altmodal.runs import Run, write_csv
-from altmodal.strategies import STRATEGIES, Callback, Strategy, TrainConfig, build_strategy, strategy_class
+from altmodal.runs import Run, read_csv, write_csv
+from altmodal.strategies import STRATEGIES, Callback, DataSpec, Strategy, TrainConfig, build_strategy, strategy_class
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,14 @@ def strategy_option_names() -> set[str]:
     return {name for cls in option_classes().values() for name in fields_of(cls)}
 
 
-def preset_settings(cls: type[Strategy], preset: object) -> Mapping[str, Any]:
-    """The options a strategy's named preset sets (empty for no such preset)."""
+def preset_settings(cls: type[Strategy], preset: object = None) -> Mapping[str, Any]:
+    """The settings a strategy's named preset sets (its options, and any run setting such as
+    ``folds``); ``None``: its default preset; empty for a strategy without presets."""
+    if cls.options_class is None or "preset" not in fields_of(cls.options_class):
+        return {}
     presets: Mapping[str, Mapping[str, Any]] = getattr(cls.options_class, "PRESETS", {})
+    if preset is None:
+        preset = fields_of(cls.options_class)["preset"][0].default
     return presets.get(str(preset), {})
 
 
@@ -85,14 +92,15 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
     """A RunConfig from flat settings (config file entries overlaid with explicit flags).
 
     Precedence: dataclass defaults < the dataset's recommended settings < the strategy's preset
-    (if it has presets) < ``values``.
+    (the one ``values`` names, or its default preset; for strategies with presets) < ``values``.
 
     Raises:
         ConfigError: an unknown setting, or an option of another strategy; the message names it.
     """
-    values = {**dataset_defaults(str(values.get("dataset", DataConfig().dataset))), **values}
     name = str(values.get("strategy", DEFAULT_STRATEGY))
     cls = strategy_class(name)
+    dataset = str(values.get("dataset", DataConfig().dataset))
+    values = {**dataset_defaults(dataset), **preset_settings(cls, values.get("preset")), **values}
     own = fields_of(cls.options_class) if cls.options_class is not None else {}
     known = {"strategy"} | {n for c in SECTIONS.values() for n in fields_of(c)} | strategy_option_names()
     for key in values:
@@ -107,9 +115,7 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
     }
     options: dict[str, Any] = {}
     if cls.options_class is not None:
-        merged = dict(preset_settings(cls, values.get("preset", "")))
-        merged.update({k: v for k, v in values.items() if k in own})
-        checked = {k: coerce(cls.options_class, k, v, source) for k, v in merged.items()}
+        checked = {k: coerce(cls.options_class, k, v, source) for k, v in values.items() if k in own}
         options = to_dict(build(cls.options_class, checked))
     return RunConfig(strategy=name, options=options, **sections)
 
@@ -214,6 +220,19 @@ def train_run(
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=name))
     config = with_absolute_paths(config)
     dist = dist or Dist(device=resolve_device(config.train.device))
+    return _train_in(config, Path(out), dist, progress, overwrite, encoders, loaded, callbacks)
+
+
+def _train_in(
+    config: RunConfig,
+    out: Path,
+    dist: Dist,
+    progress: bool,
+    overwrite: bool,
+    encoders: Mapping[str, torch.nn.Module] | None,
+    loaded: Any,
+    callbacks: Sequence[Callback],
+) -> RunResult:
     run = Run(out, main=dist.is_main)
     run.check_folder()
     foreign = run.foreign_files()
@@ -247,8 +266,12 @@ def _train_locked(
     elif overwrite and dist.is_main:
         for name in (*RUN_FILES, "missing.json"):
             run.remove(name)
+        if run.has("config.json") and run.file(FOLDS).is_dir():  # the members of an overwritten run
+            shutil.rmtree(run.file(FOLDS))
     dist.barrier()
-    seed_everything(config.train.seed)
+    if config.data.folds > 1 and config.data.fold == 0:
+        return _train_cross_fitted(config, run, dist, progress, overwrite, encoders, loaded, callbacks)
+    seed_everything(member_seed(config))
     splits = load_splits(config.data, config.train.seed, loaded)
     strategy = build_strategy(config.strategy, splits, config.encoder, config.options, encoders)
     if len(strategy.modalities) == 1 and config.strategy != "unimodal":
@@ -274,6 +297,19 @@ def _train_locked(
     metrics = final_metrics(strategy, splits, config, history, test_outputs)
     metrics["train_seconds"] = seconds
     card = model_card(strategy, splits, config, encoders or {})
+    return _write_model(run, dist, strategy, card, splits, test_outputs, metrics)
+
+
+def _write_model(
+    run: Run,
+    dist: Dist,
+    strategy: Strategy,
+    card: Mapping[str, Any],
+    splits: Splits,
+    test_outputs: Outputs,
+    metrics: Mapping[str, Any],
+) -> RunResult:
+    """Write a trained model's files (metrics.json last: it marks the run finished)."""
     run.save_tensors("model.safetensors", strategy.state_dict())
     run.save_tensors("preprocessing.safetensors", flat_stats(splits.preprocessing))
     run.write_json("model.json", card)
@@ -286,6 +322,68 @@ def _train_locked(
 
     model = Predictor(strategy, card, splits.preprocessing, run.path, splits.test.transforms)
     return RunResult(metrics, run.path, model)
+
+
+FOLDS = "folds"
+"""The folder of a cross-fitted run's members (``folds/<k>``, each a run folder)."""
+
+
+def member_seed(config: RunConfig) -> int:
+    """The seed of the initialisation: the run's, mixed with the fold for a cross-fitted run's
+    member (members start apart; the splits and masks follow the run's seed alone)."""
+    if config.data.fold == 0:
+        return config.train.seed
+    return int(np.random.SeedSequence([config.train.seed, config.data.fold]).generate_state(1)[0])
+
+
+def _train_cross_fitted(
+    config: RunConfig,
+    run: Run,
+    dist: Dist,
+    progress: bool,
+    overwrite: bool,
+    encoders: Mapping[str, torch.nn.Module] | None,
+    loaded: Any,
+    callbacks: Sequence[Callback],
+) -> RunResult:
+    """Train (or resume, or skip) each member of a cross-fitted run in ``folds/<k>``, choose the
+    fusion on their out-of-fold predictions and write the run as one model (:mod:`altmodal.bagging`)."""
+    from altmodal.bagging import Bag
+    from altmodal.data.registry import load
+
+    seed = config.train.seed
+    loaded = load(config.data) if loaded is None else loaded
+    splits = load_splits(config.data, seed, loaded)
+    run.write_json("config.json", config.to_dict())
+    started = time.perf_counter()
+    members: list[Strategy] = []
+    held_out = []
+    history: list[dict[str, Any]] = []
+    for k in range(1, config.data.folds + 1):
+        member = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k))
+        own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
+        result = _train_in(member, run.file(FOLDS) / str(k), dist, progress, overwrite, own, loaded, callbacks)
+        strategy = result.model.strategy
+        holdout = load_splits(member.data, seed, loaded).holdout
+        assert holdout is not None
+        held_out.append((strategy, strategy.collect(holdout, all_subsets=False)))
+        members.append(strategy)
+        history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
+    spec = DataSpec(tuple(splits.train.modalities), splits.train.num_classes, len(splits.train.labels))
+    bag = Bag(members, spec)
+    bag.dist, bag.config = dist, config.train
+    bag.best_epoch = members[0].best_epoch
+    bag.to(bag.device)
+    bag.choose(held_out, seed)
+    seconds = time.perf_counter() - started
+    test_outputs = bag.collect(splits.test)
+    metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)
+    metrics["train_seconds"] = seconds
+    metrics["best_epoch"] = [m.best_epoch for m in members]
+    card = {**model_card(bag, splits, config, encoders or {}), "folds": config.data.folds}
+    if run.main:
+        write_csv(run.file("history.csv"), history)
+    return _write_model(run, dist, bag, card, splits, test_outputs, metrics)
 
 
 PYTHON_DATA = "<data from Python>"
@@ -376,8 +474,21 @@ def final_metrics(
     config: RunConfig,
     history: Sequence[Mapping[str, float]],
     test_outputs: Outputs | None = None,
+    val_outputs: Outputs | None = None,
 ) -> dict[str, Any]:
+    """metrics.json: the run's settings, its test metrics and analyses, and the held-out block
+    ``val`` (``val_outputs``: a cross-fitted run's out-of-fold predictions; by default the
+    validation split). Where the strategy chose its fusion on those samples, the winner's score
+    there flatters it: ``val`` then reports the choice's honest estimate as its fused accuracy and
+    the winner's score as ``selection_score``."""
     test_outputs = strategy.collect(splits.test) if test_outputs is None else test_outputs
+    val_outputs = strategy.collect(splits.val, all_subsets=False) if val_outputs is None else val_outputs
+    summary = strategy.summary()
+    val = summarize(val_outputs, strategy.num_classes)
+    if "fusion_estimate" in summary:
+        fused: dict[str, Any] = val["fused"]  # type: ignore[assignment]
+        fused["selection_score"] = summary["fusion_scores"][summary["fusion"]]
+        fused["accuracy"] = summary["fusion_estimate"]
     metrics: dict[str, Any] = {
         "dataset": config.data.dataset,
         "strategy": config.strategy,
@@ -390,11 +501,10 @@ def final_metrics(
         "missing": missing_block(splits.test, config.data.missing_protocol, config.data.test_missing_rate),
         "absent": config.encoder.absent,
         "test": summarize(test_outputs, strategy.num_classes),
-        "val": summarize(strategy.collect(splits.val, all_subsets=False), strategy.num_classes),
+        "val": val,
         "analyses": analyses(test_outputs),
         "seconds_per_epoch": float(np.mean([row["seconds"] for row in history])) if history else 0.0,
     }
-    summary = strategy.summary()
     if summary:
         metrics["strategy_summary"] = summary
     return metrics

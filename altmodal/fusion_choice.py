@@ -1,10 +1,13 @@
-"""Test-time fusion chosen per run on the validation split, where the encoders did not train.
+"""Test-time fusion chosen per run on held-out predictions the encoders did not train on.
 
 MLA fuses its modalities' predictions with per-sample entropy weights. No single rule is best on
 every dataset: where one modality's confidence is miscalibrated, a plain average of the logits
-(a product of experts) or a small stacked classifier over the modalities' log-probabilities fuses
-better; where the entropy weights are right, fitting anything on a small validation split only
-adds variance. So the rule is chosen inside each run, from that run's own validation data:
+(a product of experts), a weighted one, or a small stacked classifier fuses better; where one
+modality is much stronger and the others only add noise, that modality alone is best; where the
+entropy weights are right, fitting anything only adds variance. So the rule is chosen inside each
+run, from that run's own held-out data: the validation split of a single run, or the out-of-fold
+predictions over every training sample of a cross-fitted one (:mod:`altmodal.bagging`). The
+candidates:
 
 - ``entropy``: the paper's per-sample softmax of minus the prediction entropy;
 - ``mean``: the present modalities' logits averaged (equal weights);
@@ -12,14 +15,24 @@ adds variance. So the rule is chosen inside each run, from that run's own valida
   concatenated features, trained on the training split on DETACHED features, so that it never
   changes the encoders;
 - ``stacked``: multinomial logistic regression from the concatenated log-probabilities of every
-  modality to the class, L2-regularised, fitted on validation samples that have every modality.
+  modality to the class, L2-regularised, fitted on the held-out samples that have every modality;
+- ``weighted``: the present modalities' log-probabilities summed with one non-negative weight per
+  modality (a product of tempered experts: M numbers, fitted like ``stacked``);
+- ``own``: where the model has a fusion of its own (a cross-fitted ensemble of another strategy,
+  or of MLA members with their own choices), that fusion;
+- ``alone:<m>``: modality m's prediction alone.
 
-Each rule is scored by its accuracy on the validation samples with every modality present; a
-fitted rule is scored by K-fold cross-fitting (fit on K-1 folds, score the held-out fold), so
-it is not credited for fitting its own scoring data. The best score wins; ties go to the earlier
-(simpler) rule. The entropy rule's score is slightly optimistic (the epoch was selected on the
-same split), which makes the choice conservative. Samples missing a modality are always fused by
-the entropy rule over their present modalities: the stacked classifier never saw them.
+Each rule is scored by its accuracy on the held-out samples with every modality present; a
+fitted rule is scored by K-fold cross-fitting (fit on K-1 folds, score the held-out fold), so it
+is not credited for fitting its own scoring data. The best score wins; ties go to the simpler
+rule (:data:`PREFERENCE`). The winner's score is the best of several and so flatters it: the
+choice also reports an ``estimate``, the accuracy of choosing by this procedure measured on folds
+the choice did not see (nested over the same folds).
+
+Samples missing a modality: ``mean`` and ``weighted`` combine the present modalities; ``entropy``
+weighs the present ones; ``head`` and ``stacked`` (which never saw such samples) and ``alone:<m>``
+without m fall back to the entropy rule over the present modalities; ``own`` is the model's own
+answer for them.
 """
 
 from __future__ import annotations
@@ -34,12 +47,34 @@ from torch import Tensor, nn
 
 from altmodal.fusion import combine, entropy_weights, fixed_weights
 
-RULES = ("entropy", "mean", "head", "stacked")
+RULES = ("entropy", "mean", "head", "stacked", "weighted", "own")
+"""The rules besides ``alone:<m>``, in the order their index is saved (a saved choice is an index
+into ``RULES`` followed by ``alone:<m>`` for each modality)."""
+PREFERENCE = ("entropy", "mean", "weighted", "own", "alone", "head", "stacked")
+"""Which rule wins a tie: the simpler, the earlier."""
+
+
+def rule_names(modalities: Sequence[str]) -> list[str]:
+    """Every rule for these modalities, in the order of the saved index."""
+    return [*RULES, *(f"alone:{m}" for m in modalities)]
 
 
 def stack_inputs(logits: Mapping[str, Tensor]) -> Tensor:
     """(N, M*C) concatenated log-probabilities of the modalities, in their order."""
     return torch.cat([torch.log_softmax(v.float(), dim=1) for v in logits.values()], dim=1)
+
+
+def _lbfgs(params: list[Tensor], loss_fn: object) -> None:
+    optimizer = torch.optim.LBFGS(params, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn()  # type: ignore[operator]
+        loss.backward()
+        return loss  # type: ignore[no-any-return]
+
+    with torch.enable_grad():
+        optimizer.step(closure)
 
 
 def fit_stacked(inputs: Tensor, label: Tensor, num_classes: int, l2: float = 1e-2) -> tuple[Tensor, Tensor]:
@@ -51,54 +86,94 @@ def fit_stacked(inputs: Tensor, label: Tensor, num_classes: int, l2: float = 1e-
     inputs = inputs.detach().double()
     weight = torch.zeros(inputs.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(inputs @ weight + bias, label) + l2 * weight.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
+    _lbfgs([weight, bias], lambda: F.cross_entropy(inputs @ weight + bias, label) + l2 * weight.square().sum())
     return weight.detach().float(), bias.detach().float()
+
+
+def weigh(logprobs: Tensor, weights: Tensor, present: Tensor) -> Tensor:
+    """(N, C) sum over the present modalities of w_m log p_m: (N, M, C) log-probabilities, (M,)
+    weights, (N, M) presence."""
+    return (logprobs * (weights[None, :, None] * present[:, :, None].to(logprobs.dtype))).sum(dim=1)
+
+
+def fit_weights(logprobs: Tensor, label: Tensor, l2: float = 1e-3) -> Tensor:
+    """(M,) non-negative weights of the ``weighted`` rule, minimising the mean cross-entropy of
+    sum_m w_m log p_m over (N, M, C) complete samples (from w = 1, the mean of log-probabilities);
+    a small ``l2`` pull towards 1 keeps a weight that the data cannot pin down."""
+    logprobs = logprobs.detach().double()
+    raw = torch.zeros(logprobs.shape[1], dtype=torch.float64, requires_grad=True)  # w = exp(raw)
+    full = torch.ones(logprobs.shape[:2], dtype=torch.bool)
+
+    def loss() -> Tensor:
+        return F.cross_entropy(weigh(logprobs, raw.exp(), full), label) + l2 * raw.square().sum()
+
+    _lbfgs([raw], loss)
+    return raw.detach().exp().float()
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The fitted rules' parameters: ``stacked`` (weight (M*C, C), bias (C,)) and the
+    ``weighted`` rule's (M,) weights."""
+
+    stacked: tuple[Tensor, Tensor]
+    weights: Tensor
 
 
 def apply_rule(
     rule: str,
     logits: Mapping[str, Tensor],
     present: Mapping[str, Tensor],
-    stacked: tuple[Tensor, Tensor] | None = None,
+    fitted: Fitted | None = None,
     head: Tensor | None = None,
+    own: Tensor | None = None,
 ) -> Tensor:
-    """(B, C) fused logits by ``rule`` (``head``: the fusion head's (B, C) logits); rows missing
-    a modality use the entropy rule."""
+    """(B, C) fused logits by ``rule`` (``head``: the fusion head's (B, C) logits; ``own``: the
+    model's own fused logits); see the module docstring for samples missing a modality."""
+    names = list(logits)
     entropy = combine(logits, entropy_weights(logits, present))
     if rule == "entropy":
         return entropy
     if rule == "mean":
-        return combine(logits, fixed_weights([1.0] * len(logits), list(logits), present))
-    full = torch.stack([present[m] for m in logits], dim=1).all(dim=1).unsqueeze(1)
+        return combine(logits, fixed_weights([1.0] * len(logits), names, present))
+    if rule == "own":
+        assert own is not None, "the own rule needs the model's own fused logits"
+        return own.to(entropy.dtype)
+    if rule.startswith("alone:"):
+        m = rule.partition(":")[2]
+        return torch.where(present[m].unsqueeze(1), logits[m].to(entropy.dtype), entropy)
+    assert fitted is not None or rule not in ("stacked", "weighted"), f"the {rule} rule needs its fitted weights"
+    if rule == "weighted":
+        assert fitted is not None
+        mask = torch.stack([present[m] for m in names], dim=1)
+        logprobs = torch.stack([torch.log_softmax(logits[m].float(), dim=1) for m in names], dim=1)
+        return weigh(logprobs, fitted.weights.to(logprobs.device), mask).to(entropy.dtype)
+    full = torch.stack([present[m] for m in names], dim=1).all(dim=1).unsqueeze(1)
     if rule == "head":
         assert head is not None, "the head rule needs the fusion head's logits"
         return torch.where(full, head.to(entropy.dtype), entropy)
     if rule == "stacked":
-        assert stacked is not None, "the stacked rule needs its fitted weights"
-        weight, bias = stacked
-        fitted = stack_inputs(logits) @ weight.to(entropy.device) + bias.to(entropy.device)
-        return torch.where(full, fitted.to(entropy.dtype), entropy)
-    raise ValueError(f"unknown fusion rule {rule!r}; rules: {', '.join(RULES)}")
+        assert fitted is not None
+        weight, bias = fitted.stacked
+        out = stack_inputs(logits) @ weight.to(entropy.device) + bias.to(entropy.device)
+        return torch.where(full, out.to(entropy.dtype), entropy)
+    raise ValueError(f"unknown fusion rule {rule!r}; rules: {', '.join(rule_names(names))}")
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The chosen rule, every rule's validation score, and the stacked weights fitted on all of
-    the validation samples with every modality."""
+    """The chosen rule, every candidate's score, the estimate of the procedure's accuracy, the
+    fitted rules' parameters (fitted on all of the scoring samples) and how many there were."""
 
     rule: str
     scores: dict[str, float]
-    stacked: tuple[Tensor, Tensor]
+    estimate: float
+    fitted: Fitted
     samples: int
+
+    @property
+    def stacked(self) -> tuple[Tensor, Tensor]:
+        return self.fitted.stacked
 
 
 def choose_rule(
@@ -108,95 +183,173 @@ def choose_rule(
     num_classes: int,
     *,
     head: Tensor | None = None,
-    rules: Sequence[str] = RULES,
+    own: Tensor | None = None,
+    rules: Sequence[str] | None = None,
     folds: int = 5,
     seed: int = 0,
 ) -> Choice:
-    """Score every rule on the validation samples that have every modality; pick the best.
+    """Score every candidate on the held-out samples that have every modality; pick the best.
 
     Args:
-        logits: modality -> (N, C) validation logits of each modality.
+        logits: modality -> (N, C) held-out logits of each modality.
         present: modality -> (N,) bool.
         label: (N,) classes.
-        head: (N, C) validation logits of a trained fusion head (the ``head`` rule is left out
+        head: (N, C) held-out logits of a trained fusion head (the ``head`` rule is left out
             without them).
-        folds: cross-fitting folds for the stacked rule (fewer when there are fewer samples).
+        own: (N, C) the model's own fused logits (the ``own`` rule is left out without them).
+        rules: the candidates (default: every rule that the inputs allow).
+        folds: cross-fitting folds for the fitted rules and the estimate (fewer when there are
+            fewer samples).
         seed: seed of the fold assignment.
     """
-    full = torch.stack([present[m] for m in logits], dim=1).all(dim=1)
-    logits = {m: v[full] for m, v in logits.items()}
+    names = list(logits)
+    full = torch.stack([present[m] for m in names], dim=1).all(dim=1)
+    logits = {m: v[full].float() for m, v in logits.items()}
     present = {m: v[full] for m, v in present.items()}
     label = label[full]
     head = head[full] if head is not None else None
-    rules = [r for r in rules if r != "head" or head is not None]
+    own = own[full] if own is not None else None
+    candidates = [
+        r
+        for r in (rules if rules is not None else rule_names(names))
+        if (r != "head" or head is not None) and (r != "own" or own is not None)
+    ]
     n = len(label)
-    inputs = stack_inputs(logits)
-    scores: dict[str, float] = {}
-    for rule in rules:
-        if n == 0:
-            scores[rule] = float("nan")
-        elif rule == "stacked":
-            scores[rule] = _cross_fitted_accuracy(inputs, label, num_classes, folds, seed)
-        else:
-            fused = apply_rule(rule, logits, present, head=head)
-            scores[rule] = float((fused.argmax(1) == label).double().mean())
-    valid = [r for r in rules if not np.isnan(scores[r])]
-    best = max(valid, key=lambda r: (scores[r], -rules.index(r))) if valid else "entropy"
-    stacked = fit_stacked(inputs, label, num_classes) if n else _zero_stack(inputs.shape[1], num_classes)
-    return Choice(best, scores, stacked, n)
+    parts = _folds(n, folds, seed)
+    correct = {r: _correct(r, logits, present, label, num_classes, parts, head, own) for r in candidates}
+    scores = {r: float(c.double().mean()) if c is not None else float("nan") for r, c in correct.items()}
+    best = _best(candidates, scores)
+    return Choice(best, scores, _nested_estimate(candidates, correct, parts), _fit_all(logits, label, num_classes), n)
 
 
-def _cross_fitted_accuracy(inputs: Tensor, label: Tensor, num_classes: int, folds: int, seed: int) -> float:
-    n = len(label)
-    k = max(2, min(folds, n // 2))
+def _folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """Positions 0..n-1 cut into min(folds, n // 2) shuffled folds (none when n < 4)."""
     if n < 4:
-        return float("nan")
+        return []
     order = np.random.default_rng([seed, 29]).permutation(n)
-    correct = 0
-    for held in np.array_split(order, k):
-        fit_rows = torch.as_tensor(np.setdiff1d(order, held))
+    return np.array_split(order, max(2, min(folds, n // 2)))
+
+
+def _correct(
+    rule: str,
+    logits: Mapping[str, Tensor],
+    present: Mapping[str, Tensor],
+    label: Tensor,
+    num_classes: int,
+    parts: Sequence[np.ndarray],
+    head: Tensor | None,
+    own: Tensor | None,
+) -> Tensor | None:
+    """(n,) whether ``rule`` classifies each sample right (cross-fitted for a fitted rule), or
+    None when there is nothing to score."""
+    if len(label) == 0:
+        return None
+    if rule not in ("stacked", "weighted"):
+        return apply_rule(rule, logits, present, head=head, own=own).argmax(1) == label
+    if not parts:
+        return None
+    out = torch.zeros(len(label), dtype=torch.bool)
+    for held in parts:
+        rest = torch.as_tensor(np.setdiff1d(np.arange(len(label)), held))
         held_rows = torch.as_tensor(held)
-        weight, bias = fit_stacked(inputs[fit_rows], label[fit_rows], num_classes)
-        correct += int(((inputs[held_rows] @ weight + bias).argmax(1) == label[held_rows]).sum())
-    return correct / n
+        fitted = _fit_all({m: v[rest] for m, v in logits.items()}, label[rest], num_classes, only=rule)
+        sub = {m: v[held_rows] for m, v in logits.items()}
+        fused = apply_rule(rule, sub, {m: v[held_rows] for m, v in present.items()}, fitted)
+        out[held_rows] = fused.argmax(1) == label[held_rows]
+    return out
 
 
-def _zero_stack(width: int, num_classes: int) -> tuple[Tensor, Tensor]:
-    return torch.zeros(width, num_classes), torch.zeros(num_classes)
+def _fit_all(logits: Mapping[str, Tensor], label: Tensor, num_classes: int, only: str | None = None) -> Fitted:
+    """The fitted rules' parameters on these (complete) samples (zeros / ones without samples)."""
+    width, m = len(logits) * num_classes, len(logits)
+    stacked = (torch.zeros(width, num_classes), torch.zeros(num_classes))
+    weights = torch.ones(m)
+    if len(label):
+        if only in (None, "stacked"):
+            stacked = fit_stacked(stack_inputs(logits), label, num_classes)
+        if only in (None, "weighted"):
+            logprobs = torch.stack([torch.log_softmax(v.float(), dim=1) for v in logits.values()], dim=1)
+            weights = fit_weights(logprobs, label)
+    return Fitted(stacked, weights)
+
+
+def _best(candidates: Sequence[str], scores: Mapping[str, float]) -> str:
+    valid = [r for r in candidates if not np.isnan(scores[r])]
+    if not valid:
+        return "entropy"
+    return max(valid, key=lambda r: (scores[r], -PREFERENCE.index(r.partition(":")[0])))
+
+
+def _nested_estimate(
+    candidates: Sequence[str], correct: Mapping[str, Tensor | None], parts: Sequence[np.ndarray]
+) -> float:
+    """The accuracy of 'choose the best-scoring rule', each fold scored by the rule chosen on the
+    other folds (the choice never sees the samples it is scored on)."""
+    scored = {r: c for r, c in correct.items() if c is not None}
+    if not parts or not scored:
+        return float("nan")
+    n = len(next(iter(scored.values())))
+    hits = 0
+    for held in parts:
+        rest = np.setdiff1d(np.arange(n), held)
+        inner = {r: float(c[rest].double().mean()) for r, c in scored.items()}
+        hits += int(scored[_best(list(scored), inner)][held].sum())
+    return hits / n
 
 
 class ChosenFusion(nn.Module):
     """The fitted state of a per-run fusion choice, as buffers (saved with the model).
 
     Until :meth:`fit` runs (during training, for model selection) it fuses by the entropy rule.
+
+    Args:
+        modalities: the modalities, in the order of the model's logits.
+        num_classes: C.
+        rules: the candidates :meth:`fit` chooses from (default: all; ``head`` and ``own`` take
+            part only when their logits are given).
     """
 
     rule: Tensor
     weight: Tensor
     bias: Tensor
+    weights: Tensor
 
-    def __init__(self, modalities: Sequence[str], num_classes: int, rules: Sequence[str] = RULES):
+    def __init__(self, modalities: Sequence[str], num_classes: int, rules: Sequence[str] | None = None):
         super().__init__()
-        unknown = [r for r in rules if r not in RULES]
-        if unknown or not rules:
-            raise ValueError(f"unknown fusion rule {unknown[0] if unknown else '(none)'!r}; rules: {', '.join(RULES)}")
         self.modalities = list(modalities)
-        self.rules = list(rules)
+        self.names = rule_names(self.modalities)
+        self.rules = list(rules) if rules is not None else list(self.names)
+        unknown = [r for r in self.rules if r not in self.names]
+        if unknown or not self.rules:
+            shown = unknown[0] if unknown else "(none)"
+            raise ValueError(f"unknown fusion rule {shown!r}; rules: {', '.join(self.names)}")
         width = len(self.modalities) * num_classes
         self.register_buffer("rule", torch.tensor(RULES.index("entropy")))
         self.register_buffer("weight", torch.zeros(width, num_classes))
         self.register_buffer("bias", torch.zeros(num_classes))
+        self.register_buffer("weights", torch.ones(len(self.modalities)))
         self.scores: dict[str, float] = {}
+        self.estimate = float("nan")
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
+        # Runs saved before the ``weighted`` rule have no weights: they never chose it.
+        state_dict.setdefault(prefix + "weights", torch.ones(len(self.modalities)))
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
 
     @property
     def chosen(self) -> str:
-        return RULES[int(self.rule)]
+        return self.names[int(self.rule)]
 
     def forward(
-        self, logits: Mapping[str, Tensor], present: Mapping[str, Tensor], head: Tensor | None = None
+        self,
+        logits: Mapping[str, Tensor],
+        present: Mapping[str, Tensor],
+        head: Tensor | None = None,
+        own: Tensor | None = None,
     ) -> Tensor:
         ordered = {m: logits[m] for m in self.modalities}
-        return apply_rule(self.chosen, ordered, present, (self.weight, self.bias), head)
+        fitted = Fitted((self.weight, self.bias), self.weights)
+        return apply_rule(self.chosen, ordered, present, fitted, head, own)
 
     def fit(
         self,
@@ -205,20 +358,23 @@ class ChosenFusion(nn.Module):
         label: Tensor,
         seed: int,
         head: Tensor | None = None,
+        own: Tensor | None = None,
     ) -> Choice:
-        """Choose the rule on validation outputs and keep its fitted weights."""
-        ordered = {m: logits[m].detach().cpu() for m in self.modalities}
+        """Choose the rule on held-out outputs and keep its fitted weights."""
         choice = choose_rule(
-            ordered,
+            {m: logits[m].detach().cpu() for m in self.modalities},
             {m: present[m].cpu() for m in self.modalities},
             label.cpu(),
             self.bias.numel(),
             head=None if head is None else head.detach().cpu(),
+            own=None if own is None else own.detach().cpu(),
             rules=self.rules,
             seed=seed,
         )
-        self.rule.fill_(RULES.index(choice.rule))
-        self.weight.copy_(choice.stacked[0])
-        self.bias.copy_(choice.stacked[1])
+        self.rule.fill_(self.names.index(choice.rule))
+        self.weight.copy_(choice.fitted.stacked[0])
+        self.bias.copy_(choice.fitted.stacked[1])
+        self.weights.copy_(choice.fitted.weights)
         self.scores = dict(choice.scores)
+        self.estimate = choice.estimate
         return choice

@@ -22,6 +22,7 @@ Loading reads only JSON and safetensors files: no code in a run folder is ever r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from altmodal.bagging import Bag
 from altmodal.config import ConfigError
 from altmodal.data.dataset import MultimodalDataset, Transform
 from altmodal.data.features import PRESENT_PREFIX, RESERVED, DataError, check_modality, read_arrays
@@ -262,7 +264,20 @@ def load_run(path: str | Path, device: str = "auto", encoders: Mapping[str, nn.M
         check_encoder(m, module, torch.zeros(2, *shapes[m]), config.encoder.dim)
     spec = DataSpec(tuple(kinds), len(card["classes"]), int(card["num_samples"]))
     encoder = dataclasses.replace(config.encoder, weights=())
-    strategy = assemble(config.strategy, spec, kinds, shapes, encoder, config.options, custom)
+    folds = int(card.get("folds", 1))
+    members = [
+        assemble(
+            config.strategy,
+            spec,
+            kinds,
+            shapes,
+            encoder,
+            config.options,
+            copy.deepcopy(custom) if folds > 1 else custom,
+        )
+        for _ in range(folds)
+    ]
+    strategy = members[0] if folds == 1 else Bag(members, spec)
     strategy.dist = Dist(device=resolve_device(device))
     strategy.config = config.train
     strategy.to(strategy.device)

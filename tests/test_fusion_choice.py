@@ -4,7 +4,7 @@ import torch
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import resolve, train_run
 from altmodal.fusion import combine, entropy_weights
-from altmodal.fusion_choice import ChosenFusion, apply_rule, choose_rule, fit_stacked, stack_inputs
+from altmodal.fusion_choice import ChosenFusion, Fitted, apply_rule, choose_rule, fit_stacked, stack_inputs
 from altmodal.runs import Run
 from altmodal.strategies import TrainConfig, build_strategy
 from tests.conftest import tiny_config
@@ -26,8 +26,9 @@ def test_stacked_rule_learns_a_modality_that_names_the_wrong_class_consistently(
     choice = choose_rule(logits, present, label, c, seed=0)
     assert choice.rule == "stacked"
     assert choice.scores["stacked"] > 0.95 > 0.6 > choice.scores["entropy"]
-    fused = apply_rule("stacked", logits, present, choice.stacked)
+    fused = apply_rule("stacked", logits, present, choice.fitted)
     assert float((fused.argmax(1) == label).float().mean()) > 0.95
+    assert 0.9 < choice.estimate <= 1.0  # chosen on folds it is not scored on: still the stacked rule
 
 
 def test_a_rule_that_needs_no_fitting_wins_ties():
@@ -36,11 +37,11 @@ def test_a_rule_that_needs_no_fitting_wins_ties():
     logits = {"a": confident(label, c), "b": confident(label, c, 2.0)}
     present = {m: torch.ones(n, dtype=torch.bool) for m in logits}
     choice = choose_rule(logits, present, label, c)
-    assert choice.scores == {"entropy": 1.0, "mean": 1.0, "stacked": 1.0}
+    assert choice.scores == {r: 1.0 for r in ("entropy", "mean", "stacked", "weighted", "alone:a", "alone:b")}
     assert choice.rule == "entropy"
 
 
-def test_samples_missing_a_modality_are_fused_by_the_entropy_rule():
+def test_samples_missing_a_modality_fall_back_to_the_entropy_rule_for_stacked_fusion():
     torch.manual_seed(1)
     logits = {"a": torch.randn(5, 3), "b": torch.randn(5, 3)}
     present = {
@@ -48,7 +49,7 @@ def test_samples_missing_a_modality_are_fused_by_the_entropy_rule():
         "b": torch.tensor([1, 0, 1, 1, 1], dtype=torch.bool),
     }
     weight, bias = fit_stacked(stack_inputs(logits), torch.tensor([0, 1, 2, 0, 1]), 3)
-    fused = apply_rule("stacked", logits, present, (weight, bias))
+    fused = apply_rule("stacked", logits, present, Fitted((weight, bias), torch.ones(2)))
     entropy = combine(logits, entropy_weights(logits, present))
     assert torch.allclose(fused[1:3], entropy[1:3])
     assert torch.allclose(fused[[0, 3, 4]], stack_inputs(logits)[[0, 3, 4]] @ weight + bias)
@@ -67,8 +68,10 @@ def test_chosen_fusion_starts_as_the_entropy_rule_and_keeps_its_choice_in_the_st
 
 def test_mla_chooses_its_fusion_on_validation_and_the_paper_preset_does_not(tmp_path):
     metrics = train_run(tiny_config(strategy="mla"), tmp_path / "auto")
-    assert metrics["strategy_summary"]["fusion"] in ("entropy", "mean", "head", "stacked")
-    assert set(metrics["strategy_summary"]["fusion_scores"]) == {"entropy", "mean", "head", "stacked"}
+    summary = metrics["strategy_summary"]
+    rules = {"entropy", "mean", "head", "stacked", "weighted", "alone:m0", "alone:m1"}
+    assert summary["fusion"] in rules and set(summary["fusion_scores"]) == rules
+    assert 0 <= summary["fusion_estimate"] <= 1
     saved = Run(tmp_path / "auto").load_tensors("model.safetensors")
     assert "chosen_fusion.rule" in saved
     paper = tiny_config(strategy="mla", preset="paper")
@@ -103,3 +106,42 @@ def test_the_fusion_head_never_changes_what_mla_learns(tiny_splits, grad_clip):
     assert set(with_head) - set(without) == {"fusion_head.fc.weight", "fusion_head.fc.bias"}
     assert all(torch.equal(without[k], with_head[k]) for k in without)
     assert not torch.equal(with_head["fusion_head.fc.weight"], initial)
+
+
+def test_weighted_and_alone_rules_use_the_present_modalities():
+    torch.manual_seed(2)
+    logits = {"a": torch.randn(4, 3), "b": torch.randn(4, 3)}
+    present = {"a": torch.tensor([1, 1, 0, 1], dtype=torch.bool), "b": torch.tensor([1, 0, 1, 1], dtype=torch.bool)}
+    fitted = Fitted((torch.zeros(6, 3), torch.zeros(3)), torch.tensor([2.0, 0.5]))
+    weighted = apply_rule("weighted", logits, present, fitted)
+    logp = {m: torch.log_softmax(v, dim=1) for m, v in logits.items()}
+    assert torch.allclose(weighted[0], 2 * logp["a"][0] + 0.5 * logp["b"][0])
+    assert torch.allclose(weighted[1], 2 * logp["a"][1]) and torch.allclose(weighted[2], 0.5 * logp["b"][2])
+    alone = apply_rule("alone:a", logits, present)
+    entropy = combine(logits, entropy_weights(logits, present))
+    assert torch.allclose(alone[[0, 1, 3]], logits["a"][[0, 1, 3]]) and torch.allclose(alone[2], entropy[2])
+    mean = apply_rule("mean", logits, present)  # the present modalities averaged
+    assert torch.allclose(mean[1], logits["a"][1]) and torch.allclose(mean[0], (logits["a"][0] + logits["b"][0]) / 2)
+
+
+def test_a_strong_modality_alone_beats_fusion_with_a_noisy_one():
+    torch.manual_seed(3)
+    n, c = 300, 5
+    label = torch.arange(n) % c
+    logits = {"good": confident(label, c, 2.0) + 0.3 * torch.randn(n, c), "noise": 3 * torch.randn(n, c)}
+    present = {m: torch.ones(n, dtype=torch.bool) for m in logits}
+    choice = choose_rule(logits, present, label, c, rules=["entropy", "mean", "alone:good", "alone:noise"])
+    assert choice.rule == "alone:good" and choice.scores["alone:good"] == 1.0 > choice.scores["mean"]
+
+
+def test_the_weighted_rule_learns_to_discount_a_weak_modality():
+    torch.manual_seed(4)
+    n, c = 400, 4
+    label = torch.arange(n) % c
+    weak = torch.where(torch.rand(n, 1) < 0.4, confident(label, c, 3.0), confident((label + 1) % c, c, 3.0))
+    logits = {"strong": confident(label, c, 1.0) + 0.5 * torch.randn(n, c), "weak": weak}
+    present = {m: torch.ones(n, dtype=torch.bool) for m in logits}
+    choice = choose_rule(logits, present, label, c)
+    w_strong, w_weak = choice.fitted.weights.tolist()
+    assert w_strong > 2 * w_weak
+    assert choice.scores["weighted"] > choice.scores["mean"]

@@ -133,6 +133,8 @@ class Splits:
     preprocessing: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
     """Statistics fit on the training split and applied to every split (modality -> name ->
     array; e.g. standardisation's ``mean`` and ``std``); empty when nothing was fit."""
+    holdout: MultimodalDataset | None = None
+    """A member of a cross-fitted run: the fold it never trains on and predicts (else None)."""
 
     def __getitem__(self, name: str) -> MultimodalDataset:
         if name not in SPLITS:
@@ -148,7 +150,17 @@ class Splits:
         return self.train.num_classes
 
     def map(self, fn: Callable[[MultimodalDataset], MultimodalDataset]) -> Splits:
-        return Splits(train=fn(self.train), val=fn(self.val), test=fn(self.test), preprocessing=self.preprocessing)
+        return self.map_named(lambda _, view: fn(view))
+
+    def map_named(self, fn: Callable[[str, MultimodalDataset], MultimodalDataset]) -> Splits:
+        """The splits with ``fn(name, view)`` applied to each view (the holdout's name: holdout)."""
+        return Splits(
+            train=fn("train", self.train),
+            val=fn("val", self.val),
+            test=fn("test", self.test),
+            preprocessing=self.preprocessing,
+            holdout=None if self.holdout is None else fn("holdout", self.holdout),
+        )
 
 
 def batch_positions(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> list[np.ndarray]:

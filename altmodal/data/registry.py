@@ -16,6 +16,7 @@ from altmodal.data.features import DataError, read_npz
 from altmodal.data.mfeat import load_mfeat
 from altmodal.data.splits import (
     carve_validation,
+    cross_fit_split,
     make_splits,
     missing_mask,
     standardize,
@@ -41,6 +42,13 @@ class DataConfig:
         repeat=True,
         metavar="KEY=VALUE",
     )
+    folds: int = option(
+        1,
+        "cross-fitting: K models, each trained on all but one of K folds of the training and validation samples; "
+        "their predictions on the fold each never saw choose the test-time fusion, and their average predicts "
+        "(K times the training cost of one run; 1: one model, its validation split choosing)",
+    )
+    fold: int = option(0, "the member of a cross-fitted run this run trains (1..folds; 0: the whole run)", cli=False)
     val_fraction: float = option(0.15, "validation share of each class when the data has no split")
     test_fraction: float = option(0.25, "test share of each class when the data has no split")
     standardize: bool = option(True, "standardise feature data with training-split statistics")
@@ -57,6 +65,8 @@ class DataConfig:
         for name in ("val_fraction", "test_fraction", "train_missing_rate", "test_missing_rate"):
             value = getattr(self, name)
             require(0 <= value < 1, name, value, "in [0, 1)")
+        require(self.folds >= 1, "folds", self.folds, "at least 1")
+        require(0 <= self.fold <= self.folds and (self.fold == 0 or self.folds > 1), "fold", self.fold, "in 0..folds")
 
 
 @dataclass(frozen=True)
@@ -230,23 +240,24 @@ def load_splits(config: DataConfig, seed: int, loaded: Loaded | None = None) -> 
     elif not (split == "val").any():
         split = carve_validation(split, dataset.labels, config.val_fraction, seed)
         log.info("%s: no 'val' samples; a stratified share of the training samples validates", dataset.name)
+    present = dict(dataset.present)
+    protocol = config.missing_protocol
+    if config.train_missing_rate > 0:
+        present = missing_mask(present, np.flatnonzero(split == "train"), config.train_missing_rate, seed, protocol)
+    if config.test_missing_rate > 0:
+        rows = np.concatenate([np.flatnonzero(split == "val"), np.flatnonzero(split == "test")])
+        present = missing_mask(present, rows, config.test_missing_rate, seed + 1, protocol)
+    development = np.flatnonzero(split != "test")  # what a cross-fitted run's members share
+    if config.fold > 0:
+        split = cross_fit_split(split, dataset.labels, config.folds, config.fold, config.val_fraction, seed)
     splits = make_splits(dataset, split)
     warn_rare_classes(splits)
     if loaded.features and config.standardize:
-        splits = standardize(splits)
-    present = dict(splits.train.present)
-    protocol = config.missing_protocol
-    if config.train_missing_rate > 0:
-        present = missing_mask(present, splits.train.rows, config.train_missing_rate, seed, protocol)
-    if config.test_missing_rate > 0:
-        rows = np.concatenate([splits.val.rows, splits.test.rows])
-        present = missing_mask(present, rows, config.test_missing_rate, seed + 1, protocol)
+        # a cross-fitted run and its members standardise alike: on all of the development samples
+        splits = standardize(splits, development if config.folds > 1 else None)
     splits = without_empty_samples(splits.map(lambda view: view.with_present(present)))
-    return Splits(
-        train=splits.train.with_transforms(loaded.train_transforms),
-        val=splits.val.with_transforms(loaded.eval_transforms),
-        test=splits.test.with_transforms(loaded.eval_transforms),
-        preprocessing=splits.preprocessing,
+    return splits.map_named(
+        lambda name, view: view.with_transforms(loaded.train_transforms if name == "train" else loaded.eval_transforms)
     )
 
 

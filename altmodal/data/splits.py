@@ -49,6 +49,38 @@ def carve_validation(split: np.ndarray, labels: np.ndarray, fraction: float, see
     return out
 
 
+def fold_of(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(n,) a stratified fold 0..folds-1 per sample: each class's samples, shuffled by ``seed``,
+    dealt round the folds in turn, each class starting where the previous one stopped."""
+    rng = np.random.default_rng([seed, 7919])
+    out = np.zeros(len(labels), dtype=np.int64)
+    start = 0
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        out[idx] = (start + np.arange(len(idx))) % folds
+        start += len(idx)
+    return out
+
+
+def cross_fit_split(
+    split: np.ndarray, labels: np.ndarray, folds: int, fold: int, val_fraction: float, seed: int
+) -> np.ndarray:
+    """The split of member ``fold`` (1..folds) of a cross-fitted run: its development samples
+    (``train`` and ``val`` of ``split``) cut into stratified folds; fold ``fold`` becomes the
+    ``holdout`` the member predicts and never trains on; of the rest, a stratified share
+    ``val_fraction`` validates (selects the member's epoch); ``test`` stays."""
+    out = split.astype("<U8").copy()
+    development = np.flatnonzero(split != "test")
+    assigned = fold_of(labels[development], folds, seed)
+    out[development] = np.where(assigned == fold - 1, "holdout", "train")
+    pool = np.flatnonzero(out == "train")
+    inner = stratified_split(
+        labels[pool], val_fraction, 0.0, int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+    )
+    out[pool[inner == "val"]] = "val"
+    return out
+
+
 def _share(n: int, fraction: float) -> int:
     if fraction == 0:
         return 0
@@ -63,7 +95,9 @@ def make_splits(dataset: MultimodalDataset, split: np.ndarray) -> Splits:
         if len(rows) == 0:
             raise DataError(f"{dataset.name}: split {name!r} has no samples; every split needs at least one")
         views[name] = dataset.view(rows)
-    return Splits(train=views["train"], val=views["val"], test=views["test"])
+    held = np.flatnonzero(split == "holdout")
+    holdout = dataset.view(held) if len(held) else None
+    return Splits(train=views["train"], val=views["val"], test=views["test"], holdout=holdout)
 
 
 Stats = dict[str, dict[str, np.ndarray]]
@@ -121,10 +155,11 @@ def apply_standardization(array: np.ndarray, present: np.ndarray, stats: Mapping
     return out
 
 
-def standardize(splits: Splits) -> Splits:
-    """Standardise every modality per feature with the TRAINING split's statistics, which the
-    result keeps in ``Splits.preprocessing`` (a run folder stores them for prediction)."""
-    stats = standardization_stats(splits.train)
+def standardize(splits: Splits, rows: np.ndarray | None = None) -> Splits:
+    """Standardise every modality per feature with the TRAINING split's statistics (or those of
+    the samples ``rows``), which the result keeps in ``Splits.preprocessing`` (a run folder
+    stores them for prediction)."""
+    stats = standardization_stats(splits.train if rows is None else splits.train.view(rows))
     arrays = {m: apply_standardization(a, splits.train.present[m], stats[m]) for m, a in splits.train.arrays.items()}
     standardized = splits.map(lambda view: _with_arrays(view, arrays))
     return dataclasses.replace(standardized, preprocessing=stats)

@@ -264,7 +264,8 @@ class MLA(Strategy):
     def summary(self) -> dict[str, Any]:
         if self.chosen_fusion is None:
             return {}
-        return {"fusion": self.chosen_fusion.chosen, "fusion_scores": self.chosen_fusion.scores}
+        fusion = self.chosen_fusion
+        return {"fusion": fusion.chosen, "fusion_scores": fusion.scores, "fusion_estimate": fusion.estimate}
 
     # ----- training ----------------------------------------------------------------------------
     def step_order(self) -> list[str]:

@@ -1,0 +1,155 @@
+"""Cross-fitting: K members of one strategy, each trained on K-1 folds, predicting as one model.
+
+With ``--folds K`` the run's development samples (its training and validation splits) are cut
+into K stratified folds (:func:`altmodal.data.splits.cross_fit_split`). Member k trains on the
+other folds, less a validation share that selects its epoch (and stops it early), and predicts
+fold k, which it never saw: the out-of-fold predictions cover every development sample once, from
+models that did not train on it. They choose the test-time fusion among every candidate of
+:mod:`altmodal.fusion_choice`, all scored alike on all of the development samples instead of a
+small validation split, and they estimate the chosen model's accuracy honestly. At test time each
+modality's log-probabilities are averaged over the members (bagging) and fused by the chosen rule.
+
+Cost: K trainings, each on (K-1)/K of the development samples less its validation share, and K
+encoder passes per prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from altmodal.data.batch import Batch
+from altmodal.fusion_choice import ChosenFusion
+from altmodal.metrics import Outputs
+from altmodal.strategies.base import DataSpec, Strategy
+
+
+def log_probs(logits: Tensor) -> Tensor:
+    return torch.log_softmax(logits.float(), dim=1)
+
+
+class Bag(Strategy):
+    """The members of a cross-fitted run as one model: features are the members' side by side,
+    each modality's prediction is the mean of the members' log-probabilities, and the fusion is
+    the rule chosen on the out-of-fold predictions (``fusion``)."""
+
+    name = "bag"
+
+    def __init__(self, members: Sequence[Strategy], spec: DataSpec):
+        super().__init__({}, spec)
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.widths = {m: int(first.encoders[m].out_dim) for m in spec.modalities}  # type: ignore[arg-type]
+        self.fusion = ChosenFusion(spec.modalities, spec.num_classes)
+        self.selection: dict[str, Any] = {}
+        """The choice as metrics.json reports it (after :meth:`choose`)."""
+        self.held_out: Outputs | None = None
+        """The out-of-fold predictions, fused by the chosen rule (after :meth:`choose`)."""
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.spec.modalities)
+
+    @property
+    def strategies(self) -> list[Strategy]:
+        return list(self.members)  # type: ignore[arg-type]
+
+    # ----- the model -------------------------------------------------------------------------
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """modality -> (B, K*d) the members' features side by side."""
+        parts = [member.encode(batch) for member in self.strategies]
+        return {m: torch.cat([p[m] for p in parts], dim=1) for m in self.modalities}
+
+    def absent_features(self, batch: Batch) -> dict[str, Tensor]:
+        parts = [member.absent_features(batch) for member in self.strategies]
+        return {m: torch.cat([p[m] for p in parts], dim=1) for m in self.modalities}
+
+    def split(self, features: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
+        """The (B, K*d) features cut into each member's (B, d)."""
+        return [
+            {m: features[m][:, k * self.widths[m] : (k + 1) * self.widths[m]] for m in self.modalities}
+            for k in range(len(self.members))
+        ]
+
+    def member_outputs(
+        self, member: Strategy, features: Mapping[str, Tensor], present: Mapping[str, Tensor]
+    ) -> dict[str, Any]:
+        """One member's log-probabilities: each modality's, its own fusion's and, where it has
+        one, its fusion head's (what the candidate rules read)."""
+        head = getattr(member, "fusion_head", None)
+        return {
+            "unimodal": {m: log_probs(v) for m, v in member.unimodal_logits(features).items()},
+            "own": log_probs(member.fuse(features, present)),
+            "head": log_probs(head(features)) if head is not None else None,
+        }
+
+    def averaged(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> dict[str, Any]:
+        outs = [self.member_outputs(s, f, present) for s, f in zip(self.strategies, self.split(features))]
+
+        def mean(values: Sequence[Tensor]) -> Tensor:
+            return torch.stack(list(values)).mean(dim=0)
+
+        heads = [o["head"] for o in outs]
+        return {
+            "unimodal": {m: mean([o["unimodal"][m] for o in outs]) for m in self.modalities},
+            "own": mean([o["own"] for o in outs]),
+            "head": mean(heads) if all(h is not None for h in heads) else None,
+        }
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        outs = [
+            {m: log_probs(v) for m, v in s.unimodal_logits(f).items()}
+            for s, f in zip(self.strategies, self.split(features))
+        ]
+        return {m: torch.stack([o[m] for o in outs]).mean(dim=0) for m in self.modalities}
+
+    def fuse(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        out = self.averaged(features, present)
+        return self.fusion(out["unimodal"], present, out["head"], out["own"])  # type: ignore[no-any-return]
+
+    # ----- the choice ------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return {**self.selection, "members": [member.summary() for member in self.strategies]}
+
+    @torch.no_grad()
+    def choose(self, held_out: Sequence[tuple[Strategy, Outputs]], seed: int) -> None:
+        """Choose the fusion on the members' out-of-fold outputs (pairs of a member and its
+        outputs on the fold it never saw); keep the choice and the fused out-of-fold outputs."""
+        parts: dict[str, list[Tensor]] = {}
+        for member, out in held_out:
+            features = {m: f.to(self.device) for m, f in out.features.items()}
+            present = {m: p.to(self.device) for m, p in out.present.items()}
+            o = self.member_outputs(member, features, present)
+            for m in self.modalities:
+                parts.setdefault(f"unimodal/{m}", []).append(o["unimodal"][m].cpu())
+                parts.setdefault(f"present/{m}", []).append(out.present[m])
+            parts.setdefault("own", []).append(o["own"].cpu())
+            if o["head"] is not None:
+                parts.setdefault("head", []).append(o["head"].cpu())
+            parts.setdefault("label", []).append(out.label)
+            parts.setdefault("index", []).append(out.index)
+            for m in self.modalities:
+                parts.setdefault(f"features/{m}", []).append(out.features[m])
+        cat = {k: torch.cat(v) for k, v in parts.items()}
+        unimodal = {m: cat[f"unimodal/{m}"] for m in self.modalities}
+        present = {m: cat[f"present/{m}"] for m in self.modalities}
+        head, own = cat.get("head"), cat["own"]
+        choice = self.fusion.fit(unimodal, present, cat["label"], seed, head, own)
+        self.selection = {
+            "fusion": choice.rule,
+            "fusion_scores": choice.scores,
+            "fusion_estimate": choice.estimate,
+            "held_out": "out-of-fold",
+            "samples": choice.samples,
+        }
+        self.held_out = Outputs(
+            label=cat["label"],
+            index=cat["index"],
+            present=present,
+            fused=self.fusion(unimodal, present, head, own),
+            unimodal=unimodal,
+            features={m: cat[f"features/{m}"] for m in self.modalities},
+        )
