@@ -210,6 +210,28 @@ def test_a_one_hot_blend_trains_only_its_head(tiny_splits):
     assert all(k.startswith(("encoders.m0.", "aux.fc.m0.")) for k in changed), changed
 
 
+def test_estimation_copies_train_at_the_learning_rate_of_the_main_run(tiny_splits, monkeypatch):
+    from altmodal.optim import lr_factor
+    from altmodal.strategies.gblend import GBlend
+
+    blend = build("gblend", tiny_splits)
+    config = TrainConfig(lr=0.1, batch_size=32, warmup_epochs=4, epochs=10)
+    blend.configure(config)
+    blend.epoch = 2
+    seen = []
+    original = GBlend.train_epoch
+
+    def record(self, dataset, epoch):
+        seen.append((epoch, self.optimizer.param_groups[0]["lr"]))
+        return original(self, dataset, epoch)
+
+    monkeypatch.setattr(GBlend, "train_epoch", record)
+    blend.estimate(carve_holdout(tiny_splits.train, 0.2, 0, {}), epochs=3)
+    assert len(seen) == 3 * 3  # three heads, three epochs each
+    assert all(lr == pytest.approx(0.1 * lr_factor(epoch, config)) for epoch, lr in seen)
+    assert {epoch for epoch, _ in seen} == {2, 3, 4}
+
+
 # ----- InfoReg --------------------------------------------------------------------------------
 
 

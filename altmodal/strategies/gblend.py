@@ -217,15 +217,15 @@ class GBlend(Joint):
     def estimate(self, holdout: Holdout, epochs: int) -> Tensor:
         """G-Blending weights from the current parameters over ``epochs`` epochs of training."""
         assert self.optimizer is not None
-        lr = float(self.optimizer.param_groups[0]["lr"])
         start = self._measure(holdout)  # T', V -> H per-sample losses each
         end: tuple[list[Tensor], list[Tensor]] = ([], [])
         for i in range(len(self.blend)):
             net = GBlend(copy.deepcopy(dict(self.encoders)), self.spec, self.options, self.dim)
             net.load_state_dict(self.state_dict())
             net.blend.copy_(F.one_hot(torch.tensor(i), len(self.blend)).float())
-            net.configure(dataclasses.replace(self.config, lr=lr), self.dist)
-            for j in range(epochs):
+            net.configure(self.config, self.dist)
+            for j in range(epochs):  # at the learning rate of the main run's schedule in those epochs
+                net.scheduler.load_state_dict({"last_epoch": self.epoch + j})  # type: ignore[union-attr]
                 net.train_epoch(holdout.train, self.epoch + j)
                 self.dist.average_norm_statistics(net)
             measured = net._measure(holdout)
