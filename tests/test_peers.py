@@ -285,6 +285,16 @@ def test_inforeg_pulls_only_the_better_modality_towards_its_snapshot(tiny_splits
     assert out.extras[f"inforeg_trace_{worse}"] == pytest.approx(trace, rel=1e-5)
 
 
+def test_inforeg_regulates_from_epoch_0_with_the_codes_moving_averages_and_from_2_as_the_paper(tiny_splits):
+    for average, first in ((10, 0), (1, 2)):
+        reg = build("inforeg", tiny_splits, inforeg_average=average)
+        rows = [reg.train_epoch(tiny_splits.train, epoch) for epoch in range(3)]
+        penalised = [max(row.get(f"inforeg_penalised_{m}", 0.0) for m in reg.modalities) for row in rows]
+        assert all(p == 0 for p in penalised[:first]) and penalised[first] > 0, (average, penalised)
+        if average == 10:  # the window opens at once: rho = 1 in epoch 0, as the code's k = 1
+            assert rows[0]["inforeg_rho_m0"] == 1.0
+
+
 def test_inforeg_star_adds_unimodal_losses(tiny_splits):
     for kind, head_count in (("slice", 0), ("heads", 2)):
         reg = build("inforeg", tiny_splits, inforeg_unimodal_loss=kind)

@@ -21,7 +21,9 @@ Options and departures: ``inforeg_unimodal_loss=slice`` adds each modality's hea
 cross-entropy to the loss, the code's default and the paper's InfoReg* (Table 3); ``heads``
 adds auxiliary unimodal heads (:class:`UnimodalHeads`) instead. The code compares 10-epoch
 moving averages of the trace (``inforeg_average=10``; its history starts as zeros, as here, so
-the window is open early), which steadies a noisy trace. Not reproduced from the code: its window
+the window is open early), which steadies a noisy trace; in that mode regulation starts in epoch 0
+against the initial weights, as in the code (the paper's form starts in epoch 2, when two traces
+exist). Not reproduced from the code: its window
 test on the audio trace alone for both modalities (threshold 0.05), and its asymmetric
 coefficients 0.95 exp(tanh(S_a - S_v)) / 0.1 exp(tanh(S_v - S_a)) on batch SUMS of
 probabilities, both specific to two modalities. The trace is that of the loss's gradient, before
@@ -118,9 +120,17 @@ class InfoReg(Joint):
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return self.aux(features) if self.aux is not None else self.head.unimodal(features)  # type: ignore[no-any-return]
 
+    @property
+    def first_regulated(self) -> int:
+        """The first epoch that may be regulated: 2 as in the paper (two traces are needed), 0 with
+        the code's moving averages, whose zero-filled history opens the window at once (the code
+        sets rho = 1 in epoch 0, and its epoch-1 growth over the zeros is 1 too)."""
+        return 2 if self.options.inforeg_average == 1 else 0
+
     def on_epoch_start(self, epoch: int) -> None:
-        if epoch >= 2:
-            self.rho = trace_growth(self.traces).cpu()
+        if epoch >= self.first_regulated:
+            growth = trace_growth(self.traces) if epoch > 0 else torch.ones(len(self.modalities), dtype=torch.float64)
+            self.rho = growth.cpu()
             self.snapshot.copy_(torch.cat([p.detach().reshape(-1) for p in self.encoders.parameters()]))
 
     def on_epoch_end(self, epoch: int) -> None:
@@ -136,7 +146,8 @@ class InfoReg(Joint):
         if opts.inforeg_unimodal_loss != "none":
             loss = loss + sum(unimodal_losses(self, logits, batch).values())
         # The window is known on the host (rho is read once per epoch); the gaps stay on the device.
-        window = (self.rho > opts.inforeg_k).tolist() if self.epoch >= 2 else [False] * len(self.modalities)
+        regulated = self.epoch >= self.first_regulated
+        window = (self.rho > opts.inforeg_k).tolist() if regulated else [False] * len(self.modalities)
         coefficients = penalty_coefficients(score_gaps(true_class_scores(self, logits, batch)), opts.inforeg_beta)
         extras: dict[str, Tensor | float] = {}
 
@@ -153,7 +164,7 @@ class InfoReg(Joint):
                 self.running[1, j] += 1
                 extras[f"inforeg_trace_{m}"] = trace
                 extras[f"inforeg_penalised_{m}"] = (coefficients[j] > 0).double() if window[j] else 0.0
-                if self.epoch >= 2:
+                if regulated:
                     extras[f"inforeg_rho_{m}"] = float(self.rho[j])
                 if window[j]:  # grad += a_m (w_m - w_m^{t-1}), a_m = 0 for the weakest modality
                     pull = torch._foreach_sub([p.detach() for p, _ in pairs], [snap for _, snap in pairs])
