@@ -33,15 +33,13 @@ def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return torch.stack(centres)
 
 
-def kmeans(x: Tensor, k: int, generator: torch.Generator, iterations: int = 300) -> Tensor:
-    """(n,) cluster index of each row of ``x`` (n, d) after k-means with a k-means++ start.
-
-    Lloyd iterations run until no centre moves or ``iterations`` are done; a centre that loses
-    all its members stays where it is.
-    """
-    x = x.double()
-    centres = kmeans_plus_plus(x, k, generator)
-    assign = torch.cdist(x, centres).argmin(dim=1)
+def lloyd(x: Tensor, centres: Tensor, iterations: int = 300) -> tuple[Tensor, float]:
+    """Lloyd iterations from ``centres`` until no centre moves or ``iterations`` are done (a
+    centre that loses all its members stays where it is): (n,) assignment and its inertia (the
+    sum of squared distances to the assigned centres)."""
+    k = len(centres)
+    distances = torch.cdist(x, centres)
+    assign = distances.argmin(dim=1)
     for _ in range(iterations):
         sums = torch.zeros_like(centres).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k).unsqueeze(1)
@@ -49,8 +47,18 @@ def kmeans(x: Tensor, k: int, generator: torch.Generator, iterations: int = 300)
         if torch.equal(moved, centres):
             break
         centres = moved
-        assign = torch.cdist(x, centres).argmin(dim=1)
-    return assign
+        distances = torch.cdist(x, centres)
+        assign = distances.argmin(dim=1)
+    return assign, float(distances.gather(1, assign[:, None]).square().sum())
+
+
+def kmeans(x: Tensor, k: int, generator: torch.Generator, iterations: int = 300, starts: int = 10) -> Tensor:
+    """(n,) cluster index of each row of ``x`` (n, d): the best (least inertia) of ``starts``
+    k-means runs, each from its own k-means++ start (scikit-learn's n_init, 10 before version 1.4,
+    which D&R's code used)."""
+    x = x.double()
+    runs = [lloyd(x, kmeans_plus_plus(x, k, generator), iterations) for _ in range(starts)]
+    return min(runs, key=lambda run: run[1])[0]
 
 
 def purity(assign: Tensor, labels: Tensor) -> float:
@@ -63,10 +71,12 @@ def purity(assign: Tensor, labels: Tensor) -> float:
     return float(table.max(dim=1).values.sum()) / len(labels)
 
 
-def cluster_purity(features: Tensor, labels: Tensor, k: int, seed: int) -> float:
-    """Purity of a seeded k-means with ``k`` clusters (at most one per sample) on the min-max
-    scaled ``features`` (n, d) against ``labels`` (n,); NaN without samples."""
+def cluster_purity(features: Tensor, labels: Tensor, k: int, seed: int, starts: int = 10) -> float:
+    """Purity of a seeded k-means with ``k`` clusters (at most one per sample; the best of
+    ``starts``) on the min-max scaled ``features`` (n, d) against ``labels`` (n,); NaN without
+    samples."""
     if len(labels) == 0:
         return float("nan")
     generator = torch.Generator().manual_seed(seed)
-    return purity(kmeans(scale_to_unit(features.double().cpu()), min(k, len(labels)), generator), labels)
+    x = scale_to_unit(features.double().cpu())
+    return purity(kmeans(x, min(k, len(labels)), generator, starts=starts), labels)

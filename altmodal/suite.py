@@ -214,8 +214,10 @@ def summarize(results: Results, strategies: Sequence[str], modalities: Sequence[
     for row in rows.values():
         mean, std = mean_std(row["fused"])
         row["gap"] = mean - best_mean
-        row["rank"] = 1 + sum(other > mean for other in means.values()) + 0.5 * (
-            sum(math.isclose(other, mean) for other in means.values()) - 1
+        row["rank"] = (
+            1
+            + sum(other > mean for other in means.values())
+            + 0.5 * (sum(math.isclose(other, mean) for other in means.values()) - 1)
         )
         if math.isclose(mean, best_mean):
             row["verdict"] = "win"

@@ -107,3 +107,25 @@ def test_purity_uses_present_samples_only_in_sample_order():
     )
     expected = cluster_purity(features[present], labels[present], 2, seed=3)
     assert modality_purity(outputs, "a", 2, seed=3) == expected == 1.0
+
+
+def test_the_best_of_several_starts_has_the_least_inertia():
+    from altmodal.clustering import kmeans, kmeans_plus_plus, lloyd
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(30, 2, generator=generator) + shift for shift in (0, 4, 8, 12)]).double()
+
+    def inertia(assign):
+        return float(sum(((x[assign == c] - x[assign == c].mean(0)) ** 2).sum() for c in assign.unique()))
+
+    best = inertia(kmeans(x, 4, torch.Generator().manual_seed(0), starts=10))
+    again = torch.Generator().manual_seed(0)
+    singles = [lloyd(x, kmeans_plus_plus(x, 4, again))[1] for _ in range(10)]
+    assert best == pytest.approx(min(singles)) and best <= max(singles)
+
+
+def test_diagnoses_follow_h_completed_epochs(tmp_path):
+    train_run(tiny_config(strategy="relearn", relearn_every=3, relearn_times=0, epochs=7), tmp_path / "run")
+    rows = read_csv(Run(tmp_path / "run").file("history.csv"))
+    # before 0-based epochs 3 and 6, i.e. after 3 and 6 completed epochs (the code: after 4 and 7)
+    assert [int(row["epoch"]) for row in rows if "relearn_alpha_m0" in row] == [4, 7]
