@@ -58,10 +58,10 @@ class Bag(Strategy):
         return list(self.members)  # type: ignore[arg-type]
 
     # ----- the model -------------------------------------------------------------------------
-    def encode(self, batch: Batch) -> dict[str, Tensor]:
+    def encode(self, batch: Batch, only: Sequence[str] | None = None) -> dict[str, Tensor]:
         """modality -> (B, K*d) the members' features side by side."""
-        parts = [member.encode(batch) for member in self.strategies]
-        return {m: torch.cat([p[m] for p in parts], dim=1) for m in self.modalities}
+        parts = [member.encode(batch, only) for member in self.strategies]
+        return {m: torch.cat([p[m] for p in parts], dim=1) for m in (self.modalities if only is None else only)}
 
     def absent_features(self, batch: Batch) -> dict[str, Tensor]:
         parts = [member.absent_features(batch) for member in self.strategies]

@@ -300,3 +300,27 @@ def test_projection_statistics_are_recorded_per_epoch(tiny_splits):
     assert set(out.extras) == {"hgm_survival", "hgm_log10_guarantee", "hgm_log10_leak"}
     assert 0 < float(out.extras["hgm_survival"]) <= 1
     assert abs(float(out.extras["hgm_log10_guarantee"])) < 1e-3  # 10^0: the change is what P allows
+
+
+class NormedEncoder(torch.nn.Module):
+    """An encoder with batch normalisation, whose running statistics show every train-mode pass."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.layer, self.norm, self.out_dim = torch.nn.Linear(width, 8), torch.nn.BatchNorm1d(8), 8
+
+    def forward(self, x):
+        return torch.relu(self.norm(self.layer(x)))
+
+
+def test_one_modality_per_iteration_leaves_the_other_encoders_normalisation_alone(tiny_splits):
+    config = resolve({"strategy": "mla", "cycle": "iteration"})
+    custom = {m: NormedEncoder(tiny_splits.train.input_shape(m)[0]) for m in tiny_splits.modalities}
+    mla = build_strategy("mla", tiny_splits, ENC, config.options, custom)
+    mla.configure(TrainConfig(lr=0.1, batch_size=16))
+    mla.train()
+    mla.batch_index = 0  # an m0 step; the fusion head also reads m1's features
+    mla.training_step(first_batch(tiny_splits))
+    assert int(mla.encoders["m0"].norm.num_batches_tracked) == 1  # its own step, once
+    assert int(mla.encoders["m1"].norm.num_batches_tracked) == 0
+    assert mla.encoders["m1"].training  # back in training mode

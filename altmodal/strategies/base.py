@@ -236,15 +236,15 @@ class Strategy(nn.Module):
         return self.dist.device
 
     # ----- the model -------------------------------------------------------------------------
-    def encode(self, batch: Batch) -> dict[str, Tensor]:
-        """modality -> (B, D) features of every row.
+    def encode(self, batch: Batch, only: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """modality -> (B, D) features of every row (of the modalities ``only`` names, default all).
 
         With ``absent == "zero-inputs"`` every row goes through the encoder (absent rows hold zero
         inputs). With ``"zero-features"`` only the present rows do, so absent inputs never reach
         its normalisation statistics, and absent rows get zero features.
         """
         out: dict[str, Tensor] = {}
-        for m in self.modalities:
+        for m in self.modalities if only is None else only:
             x, encoder = batch.inputs[m], self.encoders[m]
             # rows found on the host: no wait for the device
             index = None if self.absent == "zero-inputs" else batch.index_of(m)
@@ -582,6 +582,21 @@ class Strategy(nn.Module):
             features=group("features/"),
             subsets=group("subset/"),
         )
+
+
+@contextlib.contextmanager
+def evaluating(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """``modules`` in evaluation mode inside the block, back in their own modes after it."""
+    modules = list(modules)
+    modes = [[m.training for m in module.modules()] for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, flags in zip(modules, modes):
+            for m, flag in zip(module.modules(), flags):
+                m.training = flag
 
 
 def stopped(epoch: int, best_epoch: int, patience: int) -> bool:

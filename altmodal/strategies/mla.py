@@ -64,7 +64,7 @@ from altmodal.data.dataset import Splits
 from altmodal.fusion import ConcatHead, batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.fusion_choice import ChosenFusion
 from altmodal.projection import FeatureBasisProjector, HeadProjector, change_ratios, survival
-from altmodal.strategies.base import DataSpec, StepOutput, Strategy
+from altmodal.strategies.base import DataSpec, StepOutput, Strategy, evaluating
 
 PAPER: dict[str, Any] = {
     "test_fusion": "entropy",
@@ -331,9 +331,13 @@ class MLA(Strategy):
     def _fusion_loss(self, batch: Batch, seen: Mapping[str, Tensor]) -> Tensor:
         """The fusion head's loss on the batch's detached features: those of the modality steps
         (absent rows zero), and, for a modality that did not step on this batch (one modality
-        per iteration), its encoder's output without gradients."""
-        with torch.no_grad():
-            features = self.encode(batch) if len(seen) < len(self.modalities) else {}
+        per iteration), its encoder's output without gradients, in evaluation mode (an encoder
+        that did not step keeps its normalisation statistics)."""
+        others = [m for m in self.modalities if m not in seen]
+        features: dict[str, Tensor] = {}
+        if others:
+            with torch.no_grad(), evaluating([self.encoders[m] for m in others]):
+                features = self.encode(batch, others)
         for m, rows in seen.items():
             features[m] = spread_rows(rows, batch.index_of(m), len(batch.label))
         every = any(bool(batch.rows(m).all()) for m in self.modalities)  # on the host: every row is scored
