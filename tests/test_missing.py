@@ -100,3 +100,17 @@ def test_zero_inputs_and_zero_features_give_different_fused_predictions(tiny_spl
         joint.configure(TrainConfig())
         fused[absent] = joint.collect(tiny_splits.test).subsets["m0"]
     assert not torch.allclose(fused["zero-inputs"], fused["zero-features"])
+
+
+@pytest.mark.parametrize("absent", ["zero-inputs", "zero-features"])
+def test_the_fused_loss_reaches_an_encoder_through_absent_rows_only_with_zero_inputs(tiny_splits, absent):
+    config = resolve({"strategy": "joint"})
+    torch.manual_seed(0)
+    joint = build_strategy("joint", tiny_splits, EncoderConfig(dim=8, hidden=(16,), absent=absent), config.options)
+    joint.configure(TrainConfig(lr=0.1, momentum=0.0, weight_decay=0.0))
+    batch = tiny_splits.train.gather(np.arange(32))
+    batch = batch.with_present({"m0": batch.present["m0"], "m1": torch.zeros_like(batch.present["m1"])})
+    before = [p.detach().clone() for p in joint.encoders["m1"].parameters()]
+    joint.training_step(batch)
+    moved = any(not torch.equal(a, p) for a, p in zip(before, joint.encoders["m1"].parameters()))
+    assert moved == (absent == "zero-inputs")  # the paper's code: zero-filled inputs pass the encoder

@@ -240,8 +240,10 @@ class Strategy(nn.Module):
         """modality -> (B, D) features of every row (of the modalities ``only`` names, default all).
 
         With ``absent == "zero-inputs"`` every row goes through the encoder (absent rows hold zero
-        inputs). With ``"zero-features"`` only the present rows do, so absent inputs never reach
-        its normalisation statistics, and absent rows get zero features.
+        inputs, so their features are the encoder's output for the zero input and a loss on them
+        reaches the encoder, as in the paper's code). With ``"zero-features"`` only the present
+        rows do, so absent inputs never reach its normalisation statistics nor its gradient, and
+        absent rows get zero features.
         """
         out: dict[str, Tensor] = {}
         for m in self.modalities if only is None else only:

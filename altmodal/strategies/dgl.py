@@ -12,8 +12,10 @@ fused loss on detached features:
 where F_sg is the head evaluated with detached parameters (``torch.func.functional_call``), so
 one backward pass routes the fused loss to the head only and the unimodal losses to the encoders
 only; the code's two backward passes (unimodal losses, discard the head's gradients, fused loss)
-give the same gradients. A modality's unimodal prediction is u_m. Absent samples enter the fused
-logits as zero features and leave u_m's loss. No state beyond the parameters, so processes and
+give the same gradients. A modality's unimodal prediction is u_m. An absent modality enters the
+fused logits as its encoder's output for the zero input (``--absent zero-inputs``, the default, as
+the paper's code) or as zeros (``zero-features``); either way the fused loss reaches only the head,
+and absent samples leave u_m's loss. No state beyond the parameters, so processes and
 resumed runs need nothing more. Cost: M extra head forwards, about 1.05x joint.
 
 alpha = 4 (the paper's CREMA-D value; its code uses 2-3 on Kinetics-Sounds). The code clips the

@@ -3,7 +3,11 @@
 The standard multimodal baseline, and the setting in which modality laziness appears: the
 modality that lowers the loss fastest dominates and the other encoders stay under-trained
 (method.md section 1). Fusion modules: concat (default), sum, FiLM, gated (see
-:mod:`altmodal.fusion`). Absent modalities enter the head as zero features.
+:mod:`altmodal.fusion`). An absent modality enters the head as its encoder's output for the zero
+input (``--absent zero-inputs``, the default: the paper's code zero-fills absent inputs and still
+runs them through the encoder, so the fused loss's gradient reaches the encoder through those
+rows too), or as zero features with the encoder skipped (``zero-features``: no gradient from
+absent rows).
 """
 
 from __future__ import annotations
