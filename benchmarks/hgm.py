@@ -28,7 +28,7 @@ import torch
 from altmodal.experiment import resolve, train_run
 from altmodal.runs import read_csv
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "paper: projected gradient": {"preset": "paper"},
     "projected update, P never forgets": {"preset": "paper", "projection_target": "update"},
     "projected update, P restarts each epoch": {"preset": "paper", "projection_target": "update", "forget": "epoch"},
@@ -41,7 +41,7 @@ VARIANTS = {
 EPOCHS = (1, 11, 41, 100)
 
 
-def run(dataset: str, options: dict[str, object], seed: int, out: Path) -> dict[str, Any]:
+def run(dataset: str, options: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
     views = ("fou", "mor") if dataset == "mfeat" else ()
     settings = {"strategy": "mla", "dataset": dataset, "modalities": views, "seed": seed, **options}
     config = resolve({**settings, "projection_stats": True, "patience": 0})
