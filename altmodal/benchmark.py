@@ -92,9 +92,11 @@ class BenchmarkConfig:
         (0.1, 0.3, 0.5, 0.7), "missing rates evaluated at test time on every main run"
     )
     train_missing_rates: tuple[float, ...] = option(
-        (0.3, 0.7), "missing rates applied at train AND test (each retrains every strategy; empty: skip)"
+        (), "missing rates applied at train AND test (each retrains every strategy; --full: 0.3,0.7)"
     )
-    ablation: Literal["core", "full", "none"] = option("core", "MLA ablation runs")
+    ablation: Literal["core", "full", "none"] = option(
+        "none", "MLA ablation runs (core: the paper's claims, full: also each projection choice; --full: core)"
+    )
     jobs: int = option(0, "runs in parallel (0: one per CPU core, or one per GPU when training on CUDA)")
 
     def __post_init__(self) -> None:
@@ -104,6 +106,12 @@ class BenchmarkConfig:
         for name in ("missing_rates", "train_missing_rates"):
             rates = getattr(self, name)
             require(all(0 < r < 1 for r in rates), name, rates, "rates in (0, 1)")
+
+
+FULL_GRID: dict[str, Any] = {"train_missing_rates": (0.3, 0.7), "ablation": "core"}
+"""What ``benchmark --full`` adds to the default grid (each modality alone, every strategy, the
+test-time missing-modality sweep): the MLA ablation and every strategy retrained with modalities
+missing."""
 
 
 @dataclass(frozen=True)

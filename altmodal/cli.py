@@ -209,15 +209,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from altmodal.benchmark import BenchmarkConfig, cells, modalities_of, run_grid
+    from altmodal.benchmark import FULL_GRID, BenchmarkConfig, cells, modalities_of, run_grid
     from altmodal.config import build, coerce, fields_of
     from altmodal.data.registry import DATASETS
     from altmodal.report import write_report
     from altmodal.tables import markdown
 
-    settings = settings_from(args, skip=[*fields_of(BenchmarkConfig), "suite", "media_root"])
+    settings = settings_from(args, skip=[*fields_of(BenchmarkConfig), "suite", "media_root", "full"])
     names = fields_of(BenchmarkConfig)
     grid_values = {k: coerce(BenchmarkConfig, k, v, "command line") for k, v in vars(args).items() if k in names}
+    if args.full:
+        grid_values = {**FULL_GRID, **grid_values}
     bench = build(BenchmarkConfig, grid_values)
     if getattr(args, "suite", None):
         return run_suite_command(args, bench, settings)
@@ -342,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="the shared data folder of a suite: AV-digits' raw FSDD + MNIST and the real suite's multiview/ files "
         "(default: ../shared/data; an entry whose data is absent is skipped)",
+    )
+    bench.add_argument(
+        "--full",
+        action="store_true",
+        help="the complete grid: also the MLA ablation (--ablation core) and every strategy retrained with "
+        "modalities missing at 0.3 and 0.7 (--train-missing-rates 0.3,0.7)",
     )
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=cmd_benchmark)

@@ -10,7 +10,7 @@ from tests.conftest import TINY
 
 ARGS = ["--dataset", "synthetic", "--epochs", "2", "--hidden", "16", "--dim", "8", "--seeds", "0,1"]
 ARGS += [arg for item in TINY for arg in ("--dataset-option", item)]
-ARGS += ["--missing-rates", "0.5", "--train-missing-rates", "0.5", "--jobs", "1", "--quiet"]
+ARGS += ["--missing-rates", "0.5", "--train-missing-rates", "0.5", "--ablation", "core", "--jobs", "1", "--quiet"]
 ARGS += ["--strategies", "mla,joint,ume"]
 
 
@@ -157,3 +157,21 @@ def test_peers_and_projection_methods_are_selectable():
     pca = configs["mla:projection-method=pca-ogd:pca-k=8"].options
     assert pca["projection_method"] == "pca-ogd" and pca["pca_k"] == 8
     assert configs["projection: OGD"].options["projection_method"] == "ogd"
+
+
+def test_the_default_grid_is_lean_and_full_adds_the_ablation_and_missing_retraining(monkeypatch, tmp_path):
+    import altmodal.benchmark as benchmark
+
+    seen = {}
+
+    def capture(grid, base, root, **kwargs):
+        seen[root.name] = {cell.group for cell in grid}
+        raise SystemExit(0)
+
+    monkeypatch.setattr(benchmark, "run_grid", capture)
+    for name, extra in (("lean", []), ("full", ["--full"]), ("explicit", ["--full", "--ablation", "none"])):
+        with pytest.raises(SystemExit):
+            main(["benchmark", "--dataset", "synthetic", "--out", str(tmp_path / name), "--quiet", *extra])
+    assert seen["lean"] == {"alone", "main"}
+    assert seen["full"] == {"alone", "main", "ablation", "missing"}
+    assert seen["explicit"] == {"alone", "main", "missing"}  # an explicit flag wins over --full
