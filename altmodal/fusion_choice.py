@@ -65,7 +65,9 @@ def stack_inputs(logits: Mapping[str, Tensor]) -> Tensor:
 
 
 def _lbfgs(params: list[Tensor], loss_fn: object) -> None:
-    optimizer = torch.optim.LBFGS(params, max_iter=200, line_search_fn="strong_wolfe")
+    """Minimise ``loss_fn()`` over ``params`` with L-BFGS (float32; convex problems, where the
+    last digits of the optimum do not change a prediction)."""
+    optimizer = torch.optim.LBFGS(params, max_iter=100, tolerance_change=1e-6, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -83,9 +85,9 @@ def fit_stacked(inputs: Tensor, label: Tensor, num_classes: int, l2: float = 1e-
     Minimises mean cross-entropy + ``l2`` * ||weight||^2 with L-BFGS from zero (a convex
     problem: the result does not depend on any random state).
     """
-    inputs = inputs.detach().double()
-    weight = torch.zeros(inputs.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    inputs = inputs.detach().float()
+    weight = torch.zeros(inputs.shape[1], num_classes, requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
     _lbfgs([weight, bias], lambda: F.cross_entropy(inputs @ weight + bias, label) + l2 * weight.square().sum())
     return weight.detach().float(), bias.detach().float()
 
@@ -100,8 +102,8 @@ def fit_weights(logprobs: Tensor, label: Tensor, l2: float = 1e-3) -> Tensor:
     """(M,) non-negative weights of the ``weighted`` rule, minimising the mean cross-entropy of
     sum_m w_m log p_m over (N, M, C) complete samples (from w = 1, the mean of log-probabilities);
     a small ``l2`` pull towards 1 keeps a weight that the data cannot pin down."""
-    logprobs = logprobs.detach().double()
-    raw = torch.zeros(logprobs.shape[1], dtype=torch.float64, requires_grad=True)  # w = exp(raw)
+    logprobs = logprobs.detach().float()
+    raw = torch.zeros(logprobs.shape[1], requires_grad=True)  # w = exp(raw)
     full = torch.ones(logprobs.shape[:2], dtype=torch.bool)
 
     def loss() -> Tensor:
