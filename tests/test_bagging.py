@@ -114,3 +114,11 @@ def test_any_strategy_can_be_cross_fitted_and_its_own_fusion_is_a_candidate(tmp_
     model = load_run(tmp_path / "joint")
     assert type(model.strategy).__name__ == "Bag" and len(model.strategy.members) == 2
     assert Run(tmp_path / "joint").file("history.csv").read_text().splitlines()[0].startswith("fold,")
+
+
+def test_a_member_may_select_its_epoch_on_the_fold_it_predicts():
+    config = dict(dataset="synthetic", dataset_options=TINY, folds=3, fold=1)
+    inner = load_splits(DataConfig(**config), seed=0)
+    held = load_splits(DataConfig(**config, fold_validation="holdout"), seed=0)
+    assert np.array_equal(held.val.rows, held.holdout.rows) and np.array_equal(held.holdout.rows, inner.holdout.rows)
+    assert set(held.train.rows) == set(inner.train.rows) | set(inner.val.rows)  # the inner share trains instead

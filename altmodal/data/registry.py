@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ class DataConfig:
         "(K times the training cost of one run; 1: one model, its validation split choosing)",
     )
     fold: int = option(0, "the member of a cross-fitted run this run trains (1..folds; 0: the whole run)", cli=False)
+    fold_validation: Literal["inner", "holdout"] = option(
+        "inner",
+        "what selects a cross-fitted member's epoch: a validation share of its training folds (no choice ever "
+        "sees the out-of-fold predictions' samples), or the fold it predicts (more training data, but the fusion "
+        "is then scored on the samples that chose the epoch)",
+    )
     val_fraction: float = option(0.15, "validation share of each class when the data has no split")
     test_fraction: float = option(0.25, "test share of each class when the data has no split")
     standardize: bool = option(True, "standardise feature data with training-split statistics")
@@ -249,8 +256,13 @@ def load_splits(config: DataConfig, seed: int, loaded: Loaded | None = None) -> 
         present = missing_mask(present, rows, config.test_missing_rate, seed + 1, protocol)
     development = np.flatnonzero(split != "test")  # what a cross-fitted run's members share
     if config.fold > 0:
-        split = cross_fit_split(split, dataset.labels, config.folds, config.fold, config.val_fraction, seed)
+        inner = config.val_fraction if config.fold_validation == "inner" else 0.0
+        split = cross_fit_split(split, dataset.labels, config.folds, config.fold, inner, seed)
+        if config.fold_validation == "holdout":  # the fold a member predicts also selects its epoch
+            split = np.where(split == "holdout", "val", split)
     splits = make_splits(dataset, split)
+    if config.fold > 0 and config.fold_validation == "holdout":
+        splits = dataclasses.replace(splits, holdout=splits.val)
     warn_rare_classes(splits)
     if loaded.features and config.standardize:
         # a cross-fitted run and its members standardise alike: on all of the development samples
