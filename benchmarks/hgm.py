@@ -76,11 +76,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for dataset in args.datasets.split(","):
-            for label, options in VARIANTS.items():
+        for d, dataset in enumerate(args.datasets.split(",")):
+            for v, (label, options) in enumerate(VARIANTS.items()):
                 for seed in seeds:
-                    out = Path(tmp) / f"{len(results)}-{label[:8]}-{seed}".replace(" ", "_").replace(":", "")
-                    got = run(dataset, options, seed, out)
+                    got = run(dataset, options, seed, Path(tmp) / f"{d}-{v}-{seed}")
                     results.setdefault(dataset, {}).setdefault(label, []).append(got)
     for dataset, table in results.items():
         print(f"\n{Path(dataset).stem} ({len(seeds)} seeds; per epoch {', '.join(map(str, EPOCHS))})\n")
