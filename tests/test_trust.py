@@ -17,6 +17,7 @@ import torch
 from altmodal.benchmark import BenchmarkConfig, cells, run_path
 from altmodal.cli import build_parser, main, settings_from
 from altmodal.config import fields_of
+from altmodal.experiment import RunConfig
 from altmodal.runs import Run
 from tests.test_cli import FAST
 
@@ -209,9 +210,9 @@ def test_a_failed_start_leaves_no_config_behind(tmp_path, capsys):
     assert main(["train", "--out", str(out), *FAST, "--modalities", "m0,nope"]) == 2
     capsys.readouterr()
     assert not (out / "config.json").exists()
-    # an old folder holding only a config (left by an earlier version) counts as empty
+    # an old folder holding only a run's config (left by an earlier version) counts as empty
     out.mkdir(exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"strategy": "mla"}))
+    (out / "config.json").write_text(json.dumps(RunConfig().to_dict()))
     assert main(["train", "--out", str(out), *FAST]) == 0
 
 
