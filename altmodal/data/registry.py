@@ -12,7 +12,7 @@ import numpy as np
 
 from altmodal.config import option, require
 from altmodal.data.dataset import MultimodalDataset, Splits, Transform
-from altmodal.data.features import DataError, read_npz
+from altmodal.data.features import DataError, check_float32, read_npz
 from altmodal.data.mfeat import load_mfeat
 from altmodal.data.splits import (
     carve_validation,
@@ -234,6 +234,9 @@ def load_splits(config: DataConfig, seed: int, loaded: Loaded | None = None) -> 
     warn_rare_classes(splits)
     if loaded.features and config.standardize:
         splits = standardize(splits)
+    else:
+        for m, array in dataset.arrays.items():
+            check_float32(array, dataset.present[m], f"{dataset.name}: array {m!r}")
     present = dict(splits.train.present)
     protocol = config.missing_protocol
     if config.train_missing_rate > 0:
