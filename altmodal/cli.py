@@ -231,7 +231,14 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     settings = settings_from(args, skip=[*fields_of(BenchmarkConfig), "suite", "media_root"])
     names = fields_of(BenchmarkConfig)
-    grid_values = {k: coerce(BenchmarkConfig, k, v, "command line") for k, v in vars(args).items() if k in names}
+    for key in ("suite", "media_root"):
+        if key in settings:
+            raise ConfigError(f"{args.config}: {key} is set on the command line only (--{key.replace('_', '-')})")
+    # the grid's settings: a config file's, overlaid with the flags given
+    grid_values = {
+        k: coerce(BenchmarkConfig, k, settings.pop(k), str(args.config)) for k in list(settings) if k in names
+    }
+    grid_values.update({k: coerce(BenchmarkConfig, k, v, "command line") for k, v in vars(args).items() if k in names})
     bench = build(BenchmarkConfig, grid_values)
     if getattr(args, "suite", None):
         return run_suite_command(args, bench, settings)

@@ -565,6 +565,22 @@ def test_a_config_file_error_names_the_file_and_the_key(features, tmp_path, caps
         assert f"{conf}: {message}" in err and "command line" not in err
 
 
+def test_a_benchmark_config_file_sets_the_grid_and_names_itself(features, tmp_path, capsys):
+    pytest.importorskip("tomllib")
+    conf = tmp_path / "grid.toml"
+    conf.write_text('seeds = [0]\nstrategies = ["joint"]\nablation = "none"\ntrain_missing_rates = []\n')
+    argv = ["benchmark", "--config", str(conf), "--missing-rates", "", "--dataset", str(features), *TRAIN]
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    runs = sorted(p.name.split("-seed")[0] for p in (tmp_path / "b" / "runs").iterdir())
+    assert runs == ["joint", "unimodal", "unimodal"]
+    conf.write_text("seeds = [true]\n")
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 2
+    assert f"{conf}: seeds = [True] is not a valid list of int" in one_line_error(capsys)
+    conf.write_text('suite = "quick"\n')
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 2
+    assert f"{conf}: suite is set on the command line only" in one_line_error(capsys)
+
+
 @pytest.mark.parametrize(
     "damage",
     ["[1, 2]", "no modalities", "classes 5", "shape text", "no encoder", "best_epoch text", "not JSON"],
