@@ -2,6 +2,6 @@
 
 import sys
 
-from altmodal.cli import main
+from altmodal.console import main
 
 sys.exit(main())

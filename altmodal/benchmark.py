@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from altmodal.config import option, require
+from altmodal.config import ConfigError, option, require
 from altmodal.experiment import RunConfig, evaluate_run, layer, resolve, train_run
-from altmodal.runs import Run
+from altmodal.runs import Run, entries
 from altmodal.workers import watch_parent
 
 log = logging.getLogger(__name__)
@@ -184,17 +184,76 @@ def run_cell(
     config = resolve(flatten(config_dict), path)
     metrics = dict(train_run(config, path, dist=Dist(device=resolve_device(device))))
     run = Run(path)
-    cached = run.read_json("missing.json") if run.has("missing.json") else {}
-    if not isinstance(cached, dict):
-        cached = {}
+    cached = read_missing(run)
     for rate in rates:
         key = f"{rate:g}"
-        if not isinstance(cached.get(key), dict) or "missing" not in cached[key]:
+        if key not in cached:
             result = evaluate_run(path, missing_rate=rate, device=device)
             cached[key] = {**result["test"]["fused"], "missing": result["missing"]}
     if rates:
         run.write_json("missing.json", cached)
     return {"metrics": metrics, "missing": cached}
+
+
+def read_missing(run: Run) -> dict[str, Any]:
+    """A run's cached test-time missing-rate results (missing.json): rate -> fused metrics and
+    the realised shares. It is a cache: an entry that is not such a result (a hand edit, a
+    damaged file) is left out with a warning naming the file, and its rate is evaluated again."""
+    if not run.has("missing.json"):
+        return {}
+    path = run.file("missing.json")
+    try:
+        data = run.read_json("missing.json")
+    except ValueError as err:
+        log.warning("%s; evaluated again", err)
+        return {}
+    if not isinstance(data, dict):
+        log.warning("%s: holds %s, not a table of results; evaluated again", path, type(data).__name__)
+        return {}
+    kept = {}
+    for key, entry in data.items():
+        if _missing_result(key, entry):
+            kept[key] = entry
+        else:
+            log.warning(
+                "%s: entry %r is not the result of a missing rate; left out, the rates asked for are evaluated again",
+                path,
+                key,
+            )
+    return kept
+
+
+def _missing_result(key: str, entry: Any) -> bool:
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (0 <= value <= 1 or value != value)
+
+    try:
+        rate = float(key)
+    except ValueError:
+        return False
+    return (
+        0 < rate < 1
+        and f"{rate:g}" == key
+        and isinstance(entry, dict)
+        and number(entry.get("accuracy"))
+        and isinstance(entry.get("missing"), dict)
+        and all(number(entry["missing"].get(k)) for k in ("realised_share", "single_modality_share"))
+    )
+
+
+def check_benchmark_folder(root: Path) -> None:
+    """Raise a ConfigError unless ``root`` is new, empty or a benchmark's (it holds ``runs/``):
+    a benchmark writes report.md, report.json and tables, which must not replace a user's."""
+    run = Run(root)
+    run.check_folder()
+    if not root.is_dir() or (root / "runs").is_dir():
+        return
+    names = entries(root)
+    if names:
+        raise ConfigError(
+            f"{root}: the folder holds files of its own ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) "
+            "and no benchmark; choose a new or empty --out"
+        )
 
 
 def run_grid(
@@ -209,8 +268,10 @@ def run_grid(
     """Run every cell (skipping finished ones) with ``jobs`` processes; results per cell.
 
     Raises:
-        ConfigError: another process runs a benchmark in ``root``.
+        ConfigError: another process runs a benchmark in ``root``, or ``root`` holds files of
+            another kind.
     """
+    check_benchmark_folder(root)
     with Run(root).lock():
         return _run_grid(grid, base, root, missing_rates, jobs, progress)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from altmodal.data.registry import DATASETS, DataConfig
 from altmodal.data.splits import PROTOCOLS
 from altmodal.distributed import init_from_env, shutdown
 from altmodal.encoders import EncoderConfig
-from altmodal.experiment import RunConfig, evaluate_run, layer, option_classes, resolve, train_run
+from altmodal.experiment import RunConfig, check_settings, evaluate_run, layer, option_classes, resolve, train_run
 from altmodal.prepare import add_prepare_command
 from altmodal.strategies import STRATEGIES, Callback, TrainConfig
 
@@ -34,6 +35,7 @@ Handler = Callable[[argparse.Namespace], int]
 def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
     """Config-file settings overlaid with the flags given explicitly on the command line."""
     from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    check_settings(from_file, str(args.config), also=skip)  # its errors name the file, not the command line
     ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", "argv", "nproc", "log", *skip}
     return layer(from_file, {k: v for k, v in vars(args).items() if k not in ignored})
 
@@ -108,11 +110,13 @@ def strip_nproc(argv: Sequence[str]) -> list[str]:
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run this command in ``nproc`` processes with torchrun (torch.distributed.run)."""
+    """Run this command in ``nproc`` processes with torchrun (torch.distributed.run), through
+    :mod:`altmodal.launch`: killed, even by SIGKILL, this process leaves no torchrun or rank behind."""
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "altmodal.launch",  # torchrun, which ends with its ranks when this process dies
+        str(os.getpid()),
         "--standalone",
         f"--nproc_per_node={nproc}",
         "-m",
@@ -151,8 +155,18 @@ def _figure(value: float) -> str:
     return "n/a" if value != value else f"{value:.4f}"  # NaN: no sample to score
 
 
+def modality_list(text: str | None, flag: str = "--present") -> list[str] | None:
+    """The comma-separated modalities of a flag (None when it is not given)."""
+    if text is None:
+        return None
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise ConfigError(f"{flag} names no modality; give one or more, comma-separated")
+    return names
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    present = [m.strip() for m in args.present.split(",") if m.strip()] if args.present is not None else None
+    present = modality_list(args.present)
     result = evaluate_run(
         args.run,
         present=present,
@@ -190,15 +204,15 @@ def without_nan(obj: Any) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from altmodal.predictions import check_output
     from altmodal.predictor import load_run
     from altmodal.runs import write_csv
 
-    model = load_run(args.run, device=args.device)
-    present = [m for m in args.present.split(",") if m] if args.present else None
-    rows = model.table(args.data, present)
     out = Path(args.out)
-    if out.exists() and not out.is_file():
-        raise ConfigError(f"--out {out}: exists and is not a file")
+    present = modality_list(args.present)
+    check_output(out, args.data, args.overwrite)
+    model = load_run(args.run, device=args.device)
+    rows = model.table(args.data, present)
     write_csv(out, rows)
     print(f"predictions: {out}  ({len(rows)} samples, {len(model.classes)} classes)")
     scored = [r for r in rows if r["prediction"] != ""]
@@ -208,6 +222,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings a benchmark's cells share: its flags and config file less the grid's own."""
+    from altmodal.benchmark import BenchmarkConfig
+    from altmodal.config import fields_of
+
+    return settings_from(args, skip=[*fields_of(BenchmarkConfig), "suite", "media_root", "full"])
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from altmodal.benchmark import FULL_GRID, BenchmarkConfig, cells, modalities_of, run_grid
     from altmodal.config import build, coerce, fields_of
@@ -215,9 +237,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from altmodal.report import write_report
     from altmodal.tables import markdown
 
-    settings = settings_from(args, skip=[*fields_of(BenchmarkConfig), "suite", "media_root", "full"])
+    settings = benchmark_settings(args)
     names = fields_of(BenchmarkConfig)
-    grid_values = {k: coerce(BenchmarkConfig, k, v, "command line") for k, v in vars(args).items() if k in names}
+    for key in ("suite", "media_root"):
+        if key in settings:
+            raise ConfigError(f"{args.config}: {key} is set on the command line only (--{key.replace('_', '-')})")
+    # the grid's settings: a config file's, overlaid with the flags given
+    grid_values = {
+        k: coerce(BenchmarkConfig, k, settings.pop(k), str(args.config)) for k in list(settings) if k in names
+    }
+    grid_values.update({k: coerce(BenchmarkConfig, k, v, "command line") for k, v in vars(args).items() if k in names})
     if args.full:
         grid_values = {**FULL_GRID, **grid_values}
     bench = build(BenchmarkConfig, grid_values)
@@ -324,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--present", help="only these modalities present, comma-separated")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     predict.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
+    predict.add_argument(
+        "--overwrite", action="store_true", help="replace --out even when it is not a predictions file altmodal wrote"
+    )
     predict.set_defaults(handler=cmd_predict)
 
     from altmodal.benchmark import BenchmarkConfig
@@ -362,17 +394,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\n``): a name in a message cannot
+    drive the terminal or break the message's one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class _PrintableFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    stream = logging.StreamHandler()
+    stream.setFormatter(_PrintableFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[stream])
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as err:
-        print(f"altmodal: error: {err}", file=sys.stderr)
+    except (ConfigError, DataError, ValueError, OSError) as err:  # OSError: a file that cannot be read or written
+        print(f"altmodal: error: {printable(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from altmodal.files import read_text
+
 T = TypeVar("T")
 
 
@@ -129,8 +131,12 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
         if get_origin(base) is tuple:
             item = get_args(base)[0]
             items = value.split(",") if isinstance(value, str) else list(value)
+            if any(isinstance(v, bool) for v in items) and item is not bool:
+                raise TypeError  # int(True) would be 1
             return tuple(item(v) for v in items if not (isinstance(v, str) and not v.strip()))
-        if base is float and isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, bool):  # a bool is an int to Python, never a count or a rate here
+            raise TypeError
+        if base is float and isinstance(value, int):
             return float(value)
         if base in (int, str, float) and not isinstance(value, base):
             raise TypeError
@@ -138,7 +144,8 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{source}: {name} = {value!r} is not a valid {getattr(base, '__name__', base)}") from err
+        kind = f"list of {get_args(base)[0].__name__}" if get_origin(base) is tuple else getattr(base, "__name__", base)
+        raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind}") from err
 
 
 def build(cls: type[T], values: Mapping[str, Any]) -> T:
@@ -150,9 +157,12 @@ def build(cls: type[T], values: Mapping[str, Any]) -> T:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A flat dict of the settings in a TOML or JSON file (nested tables flattened)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    text = path.read_text()
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, ValueError) as err:  # a FIFO, a directory, a binary file
+        raise ConfigError(f"{first_line(err)}; give a TOML or JSON file of settings") from None
     try:
         if path.suffix == ".toml":
             try:

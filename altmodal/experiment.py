@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from altmodal.bagging import Bag
 from altmodal.config import ConfigError, build, coerce, fields_of, first_line, flatten, to_dict
 from altmodal.data.dataset import Splits
 from altmodal.data.registry import DATASETS, DataConfig, dataset_defaults, load_splits
@@ -28,7 +29,7 @@ from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import EncoderConfig, encoder_kinds, weights_by_modality
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.predictions import prediction_rows
-from altmodal.runs import Run, read_csv, write_csv
+from altmodal.runs import ADVICE, FOLDS, RUN_EXTRAS, RUN_FILES, Run, read_csv, write_csv
 from altmodal.strategies import STRATEGIES, Callback, DataSpec, Strategy, TrainConfig, build_strategy, strategy_class
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,35 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
     return RunConfig(strategy=name, options=options, **sections)
 
 
+def check_settings(values: Mapping[str, Any], source: str, also: Sequence[str] = ()) -> None:
+    """Check settings read from one place (a config file) by themselves, so that an error names
+    that place: every key must be a setting (or in ``also``), every value of its type.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type; the message names ``source``.
+    """
+    owners: dict[str, list[type]] = {}
+    for cls in (*SECTIONS.values(), *option_classes().values()):
+        for name in fields_of(cls):
+            owners.setdefault(name, []).append(cls)
+    for key, value in values.items():
+        if key == "strategy":
+            if not isinstance(value, str) or value not in STRATEGIES:
+                raise ConfigError(f"{source}: strategy = {value!r} is not one of {', '.join(STRATEGIES)}")
+        elif key in owners:
+            errors = []
+            for cls in owners[key]:  # strategies may share an option's name, not its type
+                try:
+                    coerce(cls, key, value, source)
+                    break
+                except ConfigError as err:
+                    errors.append(err)
+            else:
+                raise errors[0]
+        elif key not in also:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+
+
 def layer(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Settings ``overrides`` (explicit flags, a benchmark cell) laid over ``base`` (a config
     file, the benchmark's common settings).
@@ -145,18 +175,6 @@ def load_run_config(run: Run) -> RunConfig:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-
-
-RUN_FILES = (
-    "checkpoint.pt",
-    "metrics.json",
-    "model.pt",
-    "model.safetensors",
-    "model.json",
-    "preprocessing.safetensors",
-    "predictions_test.csv",
-    "history.csv",
-)
 
 
 class RunResult(dict):  # type: ignore[type-arg]
@@ -255,7 +273,7 @@ def _train_locked(
     loaded: Any,
     callbacks: Sequence[Callback],
 ) -> RunResult:
-    started_before = any(run.has(name) for name in ("checkpoint.pt", "history.csv", "metrics.json", *RUN_FILES))
+    started_before = any(run.has(name) for name in RUN_FILES)
     if run.has("config.json") and started_before and not overwrite:
         previous = run.read_object("config.json")
         if previous != config.to_dict():
@@ -264,7 +282,7 @@ def _train_locked(
             log.info("%s: finished already, skipping", run.path)
             return RunResult(run.read_object("metrics.json"), run.path, encoders=encoders)
     elif overwrite and dist.is_main:
-        for name in (*RUN_FILES, "missing.json"):
+        for name in (*RUN_FILES, *RUN_EXTRAS):
             run.remove(name)
         if run.has("config.json") and run.file(FOLDS).is_dir():  # the members of an overwritten run
             shutil.rmtree(run.file(FOLDS))
@@ -286,7 +304,7 @@ def _train_locked(
     run.write_json("config.json", config.to_dict())
     resume = run.load("checkpoint.pt") if run.has("checkpoint.pt") else None
     if resume is not None:
-        check_checkpoint(resume, run.file("checkpoint.pt"))
+        check_checkpoint(resume, run.file("checkpoint.pt"), strategy.state_dict())
         log.info("%s: resuming after epoch %d", run.path, int(resume["epoch"]) + 1)
     started = time.perf_counter()
     history = strategy.fit(
@@ -324,10 +342,6 @@ def _write_model(
     return RunResult(metrics, run.path, model)
 
 
-FOLDS = "folds"
-"""The folder of a cross-fitted run's members (``folds/<k>``, each a run folder)."""
-
-
 def member_seed(config: RunConfig) -> int:
     """The seed of the initialisation: the run's, mixed with the fold for a cross-fitted run's
     member (members start apart; the splits and masks follow the run's seed alone)."""
@@ -348,7 +362,6 @@ def _train_cross_fitted(
 ) -> RunResult:
     """Train (or resume, or skip) each member of a cross-fitted run in ``folds/<k>``, choose the
     fusion on their out-of-fold predictions and write the run as one model (:mod:`altmodal.bagging`)."""
-    from altmodal.bagging import Bag
     from altmodal.data.registry import load
 
     seed = config.train.seed
@@ -425,6 +438,50 @@ def model_card(
     }
 
 
+def check_model_card(card: Any, path: Path) -> dict[str, Any]:
+    """``card`` (a run's model.json) checked for what prediction reads from it.
+
+    Raises:
+        ValueError: an entry is missing or of the wrong kind; the message names ``path`` and it.
+    """
+    problem = ""
+    if not isinstance(card, dict):
+        problem = f"holds {type(card).__name__}, not the JSON object of a model"
+    elif not isinstance(card.get("classes"), list) or not all(isinstance(c, str) for c in card["classes"]):
+        problem = f"'classes' is {_shown(card.get('classes'))}, not a list of class names"
+    elif not isinstance(card.get("modalities"), dict) or not card["modalities"]:
+        problem = f"'modalities' is {_shown(card.get('modalities'))}, not a table of the model's modalities"
+    elif not isinstance(card.get("strategy"), str):
+        problem = f"'strategy' is {_shown(card.get('strategy'))}, not a strategy name"
+    elif not _count(card.get("num_samples")) or not _count(card.get("best_epoch")):
+        problem = "'num_samples' or 'best_epoch' is not a count"
+    elif not isinstance(card.get("preprocessing", {}), dict):
+        problem = f"'preprocessing' is {_shown(card.get('preprocessing'))}, not a table of modalities"
+    else:
+        for m, entry in card["modalities"].items():
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            if not isinstance(shape, list) or not all(_count(n) and n > 0 for n in shape):
+                problem = f"modality {m!r} has shape {_shown(shape)}, not a list of sizes"
+            elif not isinstance(entry.get("encoder"), str):
+                problem = f"modality {m!r} has encoder {_shown(entry.get('encoder'))}, not an encoder kind"
+            if problem:
+                break
+        unknown = [m for m in card.get("preprocessing", {}) if m not in card["modalities"]]
+        if unknown and not problem:
+            problem = f"'preprocessing' names modality {unknown[0]!r}, which the model does not have"
+    if problem:
+        raise ValueError(f"{path}: {problem}; {ADVICE['model.json']}")
+    return card
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shown(value: Any) -> str:
+    return "missing" if value is None else repr(value) if len(repr(value)) < 60 else type(value).__name__
+
+
 def flat_stats(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     """``{"<modality>.<name>": tensor}`` for a safetensors file."""
     return {f"{m}.{k}": torch.from_numpy(np.asarray(v)) for m, d in stats.items() for k, v in d.items()}
@@ -439,12 +496,13 @@ def load_model_weights(strategy: Strategy, run: Run) -> None:
         restore(strategy, run.load("model.pt", map_location=strategy.device), run.file("model.pt"))
 
 
-def check_checkpoint(state: Any, path: Path) -> None:
-    """Raise a ValueError naming ``path`` unless ``state`` has a checkpoint's layout."""
+def check_checkpoint(state: Any, path: Path, model: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Raise a ValueError naming ``path`` unless ``state`` has a checkpoint's layout, its random
+    state can be restored and (given the ``model``'s state dict) both its models fit ``model``."""
     problem = ""
     if not isinstance(state, Mapping) or not CHECKPOINT_KEYS <= set(state):
         problem = f"not an altmodal checkpoint (it needs the entries {', '.join(sorted(CHECKPOINT_KEYS))})"
-    elif not isinstance(state["epoch"], int) or state["epoch"] < 0:
+    elif not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool) or state["epoch"] < 0:
         problem = f"'epoch' is {state['epoch']!r}, not an epoch number"
     elif not isinstance(state["history"], list) or not all(isinstance(r, Mapping) for r in state["history"]):
         problem = "'history' is not a list of per-epoch rows"
@@ -454,8 +512,44 @@ def check_checkpoint(state: Any, path: Path) -> None:
         problem = "'best' lacks the best epoch, its score or its parameters"
     elif not isinstance(state["training"], Mapping) or not isinstance(state["rng"], Mapping):
         problem = "'training' or 'rng' is not a table of states"
+    elif not _restorable(state["rng"]):
+        problem = "'rng' is not a saved random state"
+    elif model is not None:
+        for key, saved in (("training", state["training"].get("model")), ("best", state["best"]["model"])):
+            mismatch = _mismatch(saved, model)
+            if mismatch:
+                problem = f"{key!r} holds parameters of another model ({mismatch})"
+                break
     if problem:
         raise ValueError(f"{path}: {problem}; delete it to start the run afresh")
+
+
+def _restorable(rng: Mapping[str, Any]) -> bool:
+    """Whether ``rng`` restores (tried, then the current state put back)."""
+    from altmodal.strategies.base import _rng_state, _set_rng_state
+
+    current = _rng_state()
+    try:
+        _set_rng_state(rng)
+    except Exception:  # any malformed entry: missing keys, wrong types, wrong sizes
+        return False
+    finally:
+        _set_rng_state(current)
+    return True
+
+
+def _mismatch(saved: Any, model: Mapping[str, torch.Tensor]) -> str:
+    """What keeps ``saved`` from loading into a model with state dict ``model`` ('' if nothing)."""
+    if not isinstance(saved, Mapping):
+        return f"a {type(saved).__name__}, not a table of tensors"
+    missing = [k for k in model if k not in saved]
+    unexpected = [k for k in saved if k not in model]
+    wrong = [k for k in model if k in saved and not isinstance(saved[k], torch.Tensor)]
+    shapes = [k for k in model if isinstance(saved.get(k), torch.Tensor) and saved[k].shape != model[k].shape]
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("not tensors", wrong), ("shapes", shapes)):
+        if keys:
+            return f"{what} {', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''}"
+    return ""
 
 
 def restore(strategy: Strategy, saved: Any, path: Path) -> None:
@@ -548,7 +642,8 @@ def evaluate_run(
     splits = load_splits(config.data, config.train.seed)
     # The saved model holds every parameter: pretrained weight files are not needed (nor read) again.
     encoder = dataclasses.replace(config.encoder, weights=())
-    strategy = build_strategy(config.strategy, splits, encoder, config.options)
+    members = [build_strategy(config.strategy, splits, encoder, config.options) for _ in range(config.data.folds)]
+    strategy = members[0] if len(members) == 1 else Bag(members, members[0].spec)
     strategy.configure(config.train, dist or Dist(device=resolve_device(device)))
     load_model_weights(strategy, run)
     # Evaluation never augments, whichever split is evaluated.

@@ -65,8 +65,8 @@ def stack_inputs(logits: Mapping[str, Tensor]) -> Tensor:
 
 
 def _lbfgs(params: list[Tensor], loss_fn: object) -> None:
-    """Minimise ``loss_fn()`` over ``params`` with L-BFGS (float32; convex problems, where the
-    last digits of the optimum do not change a prediction)."""
+    """Minimise ``loss_fn()`` over ``params`` with L-BFGS (at most 100 iterations: convex problems,
+    where the last digits of the optimum do not change a prediction)."""
     optimizer = torch.optim.LBFGS(params, max_iter=100, tolerance_change=1e-6, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
@@ -99,18 +99,21 @@ def weigh(logprobs: Tensor, weights: Tensor, present: Tensor) -> Tensor:
 
 
 def fit_weights(logprobs: Tensor, label: Tensor, l2: float = 1e-3) -> Tensor:
-    """(M,) non-negative weights of the ``weighted`` rule, minimising the mean cross-entropy of
-    sum_m w_m log p_m over (N, M, C) complete samples (from w = 1, the mean of log-probabilities);
-    a small ``l2`` pull towards 1 keeps a weight that the data cannot pin down."""
-    logprobs = logprobs.detach().float()
-    raw = torch.zeros(logprobs.shape[1], requires_grad=True)  # w = exp(raw)
+    """(M,) positive weights of the ``weighted`` rule (each in (e^-4, e^4)), minimising the mean
+    cross-entropy of sum_m w_m log p_m over (N, M, C) complete samples (from w = 1, the mean of
+    log-probabilities); a small ``l2`` pull towards 1 keeps a weight the data cannot pin down."""
+    logprobs = logprobs.detach().double()  # M numbers: float64 costs nothing here
+    raw = torch.zeros(logprobs.shape[1], dtype=torch.float64, requires_grad=True)
     full = torch.ones(logprobs.shape[:2], dtype=torch.bool)
 
+    def weights() -> Tensor:  # exp of a value bounded to (-4, 4): where the data are separable the
+        return torch.exp(4 * torch.tanh(raw / 4))  # loss falls forever as the weights grow
+
     def loss() -> Tensor:
-        return F.cross_entropy(weigh(logprobs, raw.exp(), full), label) + l2 * raw.square().sum()
+        return F.cross_entropy(weigh(logprobs, weights(), full), label) + l2 * raw.square().sum()
 
     _lbfgs([raw], loss)
-    return raw.detach().exp().float()
+    return weights().detach().float()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Metrics: pure functions on prediction tensors, and the per-split summary every run reports.
 
-- accuracy, macro-F1;
+- accuracy, macro-F1 (a row whose scores are NaN predicts no class);
 - per-modality (unimodal) accuracy over the samples that have the modality;
 - present-subset accuracy: the fused model with only a subset of modalities present;
 - modality gap (Liang et al., NeurIPS 2022): distance between the centroids of two modalities'
@@ -53,16 +53,25 @@ def subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
     return out
 
 
+def predicted(logits: Tensor) -> Tensor:
+    """(N, C) scores -> (N,) the predicted class, -1 (no class) where the scores have no
+    probabilities (NaN, or an infinite score): such a row is never counted as class 0, which
+    argmax would say, and is wrong for every label, as its empty prediction in the tables."""
+    valid = torch.isfinite(torch.softmax(logits.double(), dim=1)).all(dim=1)
+    return torch.where(valid, logits.argmax(dim=1), torch.full_like(valid, -1, dtype=torch.long))
+
+
 def accuracy(logits: Tensor, label: Tensor) -> float:
     if len(label) == 0:
         return float("nan")
-    return float((logits.argmax(dim=1) == label).double().mean())
+    return float((predicted(logits) == label).double().mean())
 
 
 def macro_f1(logits: Tensor, label: Tensor, num_classes: int) -> float:
     """Unweighted mean over classes of F1. A class that is predicted but never the label scores
-    0; a class that is neither the label nor predicted is left out of the mean."""
-    pred = logits.argmax(dim=1)
+    0; a class that is neither the label nor predicted is left out of the mean; a row without
+    a prediction (see :func:`predicted`) is a miss of its label."""
+    pred = predicted(logits)
     scores = []
     for c in range(num_classes):
         tp = int(((pred == c) & (label == c)).sum())
@@ -152,7 +161,7 @@ def analyses(outputs: Outputs) -> dict[str, object]:
     for m, logits in outputs.unimodal.items():
         rows = outputs.present[m]
         ent = entropy(logits[rows])
-        correct = logits[rows].argmax(dim=1) == outputs.label[rows]
+        correct = predicted(logits[rows]) == outputs.label[rows]
         checks[m] = {
             "auroc_neg_entropy_correct": auroc(-ent, correct),
             "mean_entropy": float(ent.mean()) if len(ent) else float("nan"),

@@ -8,12 +8,16 @@ gets them for the fused prediction too.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from altmodal.config import ConfigError
+from altmodal.files import check_parent, read_bytes
 from altmodal.metrics import Outputs
 
 
@@ -52,6 +56,48 @@ def prediction_rows(outputs: Outputs, classes: Sequence[str], labelled: bool = T
             row[f"present_{m}"] = int(outputs.present[m][i])
         rows.append(row)
     return rows
+
+
+def is_predictions_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file whose header is one :func:`prediction_rows` writes
+    (index, label, prediction, prob_*, prediction_*, present_*)."""
+    try:
+        head = read_bytes(path, limit=1 << 16).split(b"\n", 1)[0].decode("utf-8").strip()
+    except (OSError, ValueError):
+        return False
+    columns = head.split(",")
+    fixed = ("index", "label", "prediction")
+    return (
+        columns[0] == "index"
+        and "prediction" in columns
+        and all(c in fixed or c.startswith(("prob_", "prediction_", "present_")) for c in columns)
+    )
+
+
+def check_output(out: Path, data: str | Path, overwrite: bool) -> None:
+    """Raise a ConfigError, before anything is predicted, unless the predictions may be written
+    to ``out``: never over the ``data`` they come from, never into a file of the user's (one
+    that is not a predictions file) nor through a link, unless ``overwrite`` says so.
+    """
+    check_parent(out)
+    if not os.path.lexists(out):
+        return
+    if Path(data).exists() and out.exists() and os.path.samefile(out, data):
+        raise ConfigError(f"--out {out}: is the --data file; choose another name for the predictions")
+    if out.is_symlink():
+        if not overwrite:
+            raise ConfigError(
+                f"--out {out}: is a link; choose another name, or pass --overwrite to replace the link "
+                "(its target is kept)"
+            )
+        return
+    if not out.is_file():
+        raise ConfigError(f"--out {out}: exists and is not a file")
+    if not overwrite and not is_predictions_file(out):
+        raise ConfigError(
+            f"--out {out}: exists and is not a predictions file of altmodal; choose another name, "
+            "or pass --overwrite to replace it"
+        )
 
 
 def _number(value: float) -> object:

@@ -35,15 +35,15 @@ from torch import nn
 from altmodal.bagging import Bag
 from altmodal.config import ConfigError
 from altmodal.data.dataset import MultimodalDataset, Transform
-from altmodal.data.features import PRESENT_PREFIX, RESERVED, DataError, check_modality, read_arrays
+from altmodal.data.features import PRESENT_PREFIX, RESERVED, DataError, check_float32, check_modality, read_arrays
 from altmodal.data.splits import apply_standardization
 from altmodal.data.user import as_array
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import check_encoder
-from altmodal.experiment import load_model_weights, load_run_config
+from altmodal.experiment import check_model_card, load_model_weights, load_run_config
 from altmodal.metrics import Outputs, summarize
 from altmodal.predictions import any_present, names_of, prediction_rows, probabilities
-from altmodal.runs import Run
+from altmodal.runs import ADVICE, Run
 from altmodal.strategies import DataSpec, Strategy, assemble
 
 Inputs = Mapping[str, Any] | str | Path
@@ -141,7 +141,7 @@ class Predictor:
         if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
             return self._cache(Path(inputs), labels)
         source = str(inputs) if isinstance(inputs, (str, Path)) else "inputs"
-        raw = read_arrays(inputs) if isinstance(inputs, (str, Path)) else dict(inputs)
+        raw = read_arrays(inputs) if isinstance(inputs, (str, Path)) else self._mapping(inputs)
         raw = {str(k): as_array(v) for k, v in raw.items()}
         given = [k for k in raw if k not in RESERVED and not k.startswith(PRESENT_PREFIX)]
         unknown = [k for k in given if k not in self.modalities]
@@ -151,7 +151,9 @@ class Predictor:
             )
         if not given:
             raise DataError(f"{source}: none of this model's modalities ({', '.join(self.modalities)}) is given")
-        n = len(raw[given[0]])
+        n = len(raw[given[0]]) if raw[given[0]].ndim else 0
+        if n == 0:
+            raise DataError(f"{source}: holds no samples (modality {given[0]!r} has none); give one or more")
         arrays: dict[str, np.ndarray] = {}
         present: dict[str, np.ndarray] = {}
         for m in self.modalities:
@@ -170,13 +172,26 @@ class Predictor:
                 )
             arrays[m], present[m] = check_modality(raw, m, source)
             if m in self.preprocessing:
-                arrays[m] = apply_standardization(arrays[m], present[m], self.preprocessing[m])
+                arrays[m] = apply_standardization(
+                    arrays[m], present[m], self.preprocessing[m], f"{source}: array {m!r}"
+                )
+            else:
+                check_float32(arrays[m], present[m], f"{source}: array {m!r}")
         if labels is None and "label" in raw:
             labels = _named(raw["label"], raw.get("classes"))
         return self._with_labels(
             MultimodalDataset(source, arrays, present, np.zeros(n, np.int64), self.classes, np.arange(n)),
             labels,
             source,
+        )
+
+    def _mapping(self, inputs: Any) -> Mapping[str, Any]:
+        if isinstance(inputs, Mapping):
+            return inputs
+        wanted = ", ".join(f"{m!r}: (N, {', '.join(map(str, self.shape(m)))})" for m in self.modalities)
+        raise DataError(
+            f"inputs: got a {type(inputs).__name__}; give a dict of modality arrays ({wanted}), "
+            "or the path of an .npz feature file"
         )
 
     def _cache(self, folder: Path, labels: Any) -> tuple[MultimodalDataset, bool]:
@@ -211,25 +226,53 @@ class Predictor:
         bad = np.flatnonzero([t not in lookup for t in text])
         if len(bad):
             raise DataError(
-                f"{source}: label {text[bad[0]]!r} (row {bad[0]}) is not one of this model's classes "
+                f"{source}: label {str(text[bad[0]])!r} (row {bad[0]}) is not one of this model's classes "
                 f"({', '.join(self.classes)})"
             )
         index = np.array([lookup[t] for t in text], dtype=np.int64)
         return dataclasses.replace(dataset, labels=index, classes=self.classes), True
 
     def _present(self, dataset: MultimodalDataset, present: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+        n = len(dataset.labels)
+        if isinstance(present, str):  # "m0,m1", as on the command line
+            present = [m.strip() for m in present.split(",") if m.strip()]
         if not isinstance(present, Mapping):
-            unknown = [m for m in present if m not in self.modalities]
+            names = [str(m) for m in present]
+            if not names:
+                raise DataError("present names no modality; give one or more, or None for each sample's own")
+            unknown = [m for m in names if m not in self.modalities]
             if unknown:
                 raise DataError(
                     f"present: {unknown[0]!r} is not one of this model's modalities ({', '.join(self.modalities)})"
                 )
-            present = {m: np.full(len(dataset.labels), m in present) for m in self.modalities}
+            present = {m: np.full(n, m in names) for m in self.modalities}
+        unknown = [str(m) for m in present if m not in self.modalities]
+        if unknown:
+            raise DataError(
+                f"present: {unknown[0]!r} is not one of this model's modalities ({', '.join(self.modalities)})"
+            )
         masks = {}
         for m in self.modalities:
-            mask = np.asarray(present.get(m, True), dtype=bool)
-            masks[m] = np.asarray(dataset.present[m], dtype=bool) & np.broadcast_to(mask, dataset.labels.shape)
+            mask = _mask(present.get(m, True), n, f"present[{m!r}]")
+            masks[m] = np.asarray(dataset.present[m], dtype=bool) & mask
         return masks
+
+
+def _mask(value: Any, n: int, what: str) -> np.ndarray:
+    """A (n,) bool mask from True/False or one boolean (or 0/1) per sample; errors name ``what``."""
+    mask = as_array(value)
+    if mask.ndim > 1:
+        raise DataError(f"{what}: has shape {mask.shape}; give one boolean per sample ({n})")
+    if mask.ndim == 1 and len(mask) != n:
+        raise DataError(f"{what}: {len(mask)} entries for {n} samples; give one boolean per sample")
+    if mask.dtype != bool:
+        flat = mask.reshape(-1)
+        numeric = np.issubdtype(mask.dtype, np.number)
+        bad = np.flatnonzero(~np.isin(flat, (0, 1))) if numeric else np.arange(flat.size)
+        if len(bad):
+            raise DataError(f"{what}: holds {flat[bad[0]].item()!r} at row {int(bad[0])}; give booleans (or 0/1)")
+        mask = mask.astype(bool)
+    return np.broadcast_to(mask, (n,))
 
 
 def load_run(path: str | Path, device: str = "auto", encoders: Mapping[str, nn.Module] | None = None) -> Predictor:
@@ -247,7 +290,7 @@ def load_run(path: str | Path, device: str = "auto", encoders: Mapping[str, nn.M
         ConfigError: a modality needs your own encoder and none is given.
     """
     run = Run(path)
-    card = run.read_json("model.json")
+    card = check_model_card(run.read_json("model.json"), run.file("model.json"))
     config = load_run_config(run)
     shapes = {m: tuple(v["shape"]) for m, v in card["modalities"].items()}
     kinds = {m: v["encoder"] for m, v in card["modalities"].items()}
@@ -282,13 +325,37 @@ def load_run(path: str | Path, device: str = "auto", encoders: Mapping[str, nn.M
     strategy.config = config.train
     strategy.to(strategy.device)
     load_model_weights(strategy, run)
-    stats: dict[str, dict[str, np.ndarray]] = {}
-    if run.has("preprocessing.safetensors"):
-        for key, value in run.load_tensors("preprocessing.safetensors").items():
-            m, _, name = key.rpartition(".")
-            stats.setdefault(m, {})[name] = value.numpy()
+    stats = _preprocessing(run, card, shapes)
     strategy.best_epoch = int(card["best_epoch"])
     return Predictor(strategy, card, stats, run.path)
+
+
+def _preprocessing(
+    run: Run, card: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, dict[str, np.ndarray]]:
+    """The statistics model.json says the inputs are preprocessed with, checked: without them
+    the model would predict on raw inputs."""
+    wanted = list(card.get("preprocessing", {}))
+    if not wanted:
+        return {}
+    name = "preprocessing.safetensors"
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for key, tensor in run.load_tensors(name).items():
+        m, _, what = key.rpartition(".")
+        stats.setdefault(m, {})[what] = tensor.numpy()
+    advice = ADVICE[name]
+    for m in wanted:
+        found = stats.get(m, {})
+        if "mean" not in found or "std" not in found:
+            raise ValueError(f"{run.file(name)}: has no statistics of modality {m!r}; {advice}")
+        found.setdefault("scale", np.ones_like(found["mean"]))
+        for what, array in found.items():
+            if tuple(array.shape) != shapes[m]:
+                raise ValueError(
+                    f"{run.file(name)}: the {what} of modality {m!r} has shape {tuple(array.shape)}, its "
+                    f"inputs {shapes[m]}; {advice}"
+                )
+    return stats
 
 
 def _named(label: np.ndarray, classes: np.ndarray | None) -> np.ndarray:

@@ -28,7 +28,8 @@ def curves(results: Results, root: Path, base: Mapping[str, Any], modalities: Se
     for cell in results:
         if cell.group != "main" or cell.label in out:
             continue
-        history = read_csv(run_path(root, cell, cell.config(base)) / "history.csv")
+        folder = run_path(root, cell, cell.config(base))
+        history = read_csv(folder / "history.csv", f"the run's history is damaged: delete {folder} to train it again")
         out[cell.label] = {
             m: {
                 "val_accuracy": [row.get(f"val_accuracy_{m}", math.nan) for row in history],

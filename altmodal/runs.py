@@ -19,18 +19,26 @@ complete epoch. Files follow the umask, as files written with ``open`` do.
 Safety: weights and preprocessing are safetensors files (tensors only); ``checkpoint.pt`` (and an
 older run's ``model.pt``) hold only tensors, numbers, strings, lists and dicts, and
 :meth:`Run.load` reads them with ``torch.load(..., weights_only=True)``, so a file planted in a
-run folder can never run code. A process working in a folder holds ``DIR/.lock`` (its pid);
-a second process is refused, and the lock of a process that no longer exists is taken over.
+run folder can never run code. JSON and CSV files are read only when they are regular files (a
+FIFO or a device in their place is an error, never a hang).
+
+A process working in a folder holds ``DIR/.lock``: an open file with an exclusive ``flock`` on
+it and the holder's pid inside. A second process is refused; the lock of a process that no
+longer exists is taken over, and since the kernel grants the ``flock`` to one process only, two
+processes can never both take over one stale lock. (Where a filesystem has no ``flock``, the
+pid alone decides.) A lock that is a directory, a link or a FIFO is refused, never followed.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
 import os
 import pickle
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,16 +48,39 @@ from typing import IO, Any
 import torch
 
 from altmodal.config import ConfigError, first_line
+from altmodal.files import check_parent, kind_of, read_bytes, read_text
 from altmodal.strategies.base import Callback
+
+try:
+    import fcntl
+except ImportError:  # no flock on this platform: the pid in the lock decides alone
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
+RUN_FILES = (
+    "checkpoint.pt",
+    "metrics.json",
+    "model.pt",
+    "model.safetensors",
+    "model.json",
+    "preprocessing.safetensors",
+    "predictions_test.csv",
+    "history.csv",
+)
+"""The files a run writes besides its config.json (``--overwrite`` removes them, and no others)."""
+FOLDS = "folds"
+"""The folder of a cross-fitted run's members (``folds/<k>``, each a run folder)."""
+RUN_EXTRAS = ("missing.json", "tensorboard", FOLDS)
+"""What else a run folder may hold: the benchmark's cache of missing-rate results, TensorBoard logs,
+a cross-fitted run's members."""
 ADVICE = {
     "checkpoint.pt": "delete it to start the run afresh",
     "model.pt": "the trained model is lost: train the run again (the same command with --overwrite)",
     "model.safetensors": "the trained model is lost: train the run again (the same command with --overwrite)",
     "preprocessing.safetensors": "the run cannot predict: train it again (the same command with --overwrite)",
+    "model.json": "the run cannot predict: train it again (the same command with --overwrite)",
 }
 
 
@@ -101,9 +132,35 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     atomic_write(path, lambda fh: fh.write(buffer.getvalue().encode()))
 
 
-def read_csv(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+def read_csv(path: Path, advice: str = "replace or delete it") -> list[dict[str, float]]:
+    """The rows of a CSV file of numbers (a run's history.csv) as dicts; empty cells left out.
+
+    Raises:
+        ValueError: the file is not a regular file, not text, or holds a cell that is not a
+            number; the message names the file, row and column, and ends with ``advice``.
+    """
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({first_line(err)})") from err
+    except ValueError as err:
+        raise ValueError(f"{err}; {advice}") from err
+    rows = []
+    for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=1):
+        parsed: dict[str, float] = {}
+        for key, value in row.items():
+            if value in ("", None):
+                continue
+            try:
+                parsed[str(key)] = float(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}: row {number}, column {key!r} holds {value!r}, not a number; {advice}"
+                ) from None
+        rows.append(parsed)
+    return rows
 
 
 class Run(Callback):
@@ -117,17 +174,44 @@ class Run(Callback):
         return self.path / name
 
     def check_folder(self) -> None:
-        """Raise a ConfigError when the path exists but is not a folder."""
+        """Raise a ConfigError when the path exists but is not a folder, or lies inside a file."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"{self.path}: is a file, not a run folder; choose a folder")
+        try:
+            check_parent(self.path)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def foreign_files(self) -> list[str]:
-        """The folder's files when it is not a run folder (empty for a run folder, a new or an
-        empty one). A run writes its ``config.json`` before any other file, so a folder without
-        one that holds anything besides a lock or temporary files belongs to someone else."""
-        if not self.path.is_dir() or self.has("config.json"):
+        """The folder's entries when it is not a run folder (empty for a run folder, a new or an
+        empty one). A run writes its ``config.json`` before any other file, so a folder is a
+        run's when its config.json sits next to files a run writes, or alone and holds a run's
+        config (a start that stopped before its first epoch). Anything else, such as another
+        tool's config.json with its notes, belongs to someone else. A lock and temporary files
+        do not count."""
+        if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK and not _temporary(p.name))
+        names = entries(self.path)
+        others = [n for n in names if n != "config.json"]
+        if len(others) < len(names):
+            if any(n in RUN_FILES or n in RUN_EXTRAS for n in others):
+                return []
+            if not others and self._holds_run_config():
+                return []
+        return names
+
+    def _holds_run_config(self) -> bool:
+        """Whether config.json holds what a run writes there (strategy and its sections)."""
+        try:
+            data = json.loads(read_bytes(self.file("config.json"), limit=1 << 20))
+        except (OSError, ValueError):
+            return False
+        sections = ("data", "encoder", "train")
+        return (
+            isinstance(data, dict)
+            and isinstance(data.get("strategy"), str)
+            and all(isinstance(data.get(s), dict) for s in sections)
+        )
 
     @property
     def finished(self) -> bool:
@@ -137,13 +221,15 @@ class Run(Callback):
         self.check_folder()
         path = self.file(name)
         try:
-            return json.loads(path.read_text())
+            text = read_text(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: not found; is {self.path} a run folder?") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON ({first_line(err)})") from err
         except OSError as err:
             raise ValueError(f"{path}: cannot be read ({first_line(err)})") from err
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({first_line(err)})") from err
 
     def read_object(self, name: str) -> dict[str, Any]:
         """A JSON file that must hold an object (config.json, metrics.json)."""
@@ -194,12 +280,16 @@ class Run(Callback):
         from safetensors.torch import load
 
         path = self.file(name)
+        advice = ADVICE.get(name, "replace or delete it")
         try:
-            tensors = load(path.read_bytes())
+            data = read_bytes(path)
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: not found; is {self.path} a finished run folder?") from None
+            raise FileNotFoundError(f"{path}: not found; is {self.path} a finished run folder? {advice}") from None
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{first_line(err)}; {advice}") from err
+        try:
+            tensors = load(data)
         except Exception as err:  # safetensors raises its own error types for a damaged file
-            advice = ADVICE.get(name, "replace or delete it")
             raise ValueError(f"{path}: cannot be read ({first_line(err)}); {advice}") from err
         return {k: v.to(device) for k, v in tensors.items()}
 
@@ -212,10 +302,11 @@ class Run(Callback):
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold ``DIR/.lock`` (this process's pid) while working in the folder.
+        """Hold ``DIR/.lock`` while working in the folder (see the module docstring).
 
         Raises:
-            ConfigError: another living process holds the lock; the message names its pid.
+            ConfigError: another living process holds the lock (the message names its pid), or
+                the lock is not a regular file.
         """
         if not self.main:
             yield
@@ -223,29 +314,15 @@ class Run(Callback):
         self.check_folder()
         self.path.mkdir(parents=True, exist_ok=True)
         path = self.file(LOCK)
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode())
-            except FileExistsError:
-                holder = _lock_holder(path)
-                if holder is not None and _alive(holder):
-                    raise ConfigError(
-                        f"{self.path} is in use by process {holder} ({path}); wait for it to finish, "
-                        "or delete the lock if that process is not altmodal"
-                    ) from None
-                log.warning("%s: taking over the lock of process %s, which no longer runs", self.path, holder)
-                path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-            break
-        else:
-            raise ConfigError(f"{path}: cannot take the lock; another process keeps taking it")
+        fd = _take_lock(path, self.path)
         try:
             yield
         finally:
-            if _lock_holder(path) == os.getpid():
-                path.unlink(missing_ok=True)
+            try:
+                if _same_file(path, fd):
+                    path.unlink()
+            finally:
+                os.close(fd)
 
     def on_epoch_end(self, strategy: Any, state: dict[str, Any]) -> None:
         if self.main:
@@ -253,17 +330,98 @@ class Run(Callback):
             self.save("checkpoint.pt", state)
 
 
+def entries(folder: Path) -> list[str]:
+    """The names in ``folder`` but a lock and temporary files, sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK and not _temporary(p.name))
+
+
 def _temporary(name: str) -> bool:
     """A temporary file of :func:`atomic_write` (``.NAME.XXXX.tmp``)."""
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def _lock_holder(path: Path) -> int | None:
-    """The pid written in a lock file (None when unreadable)."""
+def _take_lock(path: Path, folder: Path) -> int:
+    """Open, flock and fill in the lock file ``path``; return its descriptor (kept open while held)."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    for _ in range(5):
+        try:
+            fd = os.open(path, flags, file_mode())
+        except OSError as err:
+            raise ConfigError(f"{path}: {_not_a_lock(path, err)}; remove it, or choose another folder") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise ConfigError(f"{path}: is a {kind_of(mode)}, not a lock file; remove it, or choose another folder")
+        if not _flock(fd):
+            holder = _pid(_read_lock(fd))
+            os.close(fd)
+            raise ConfigError(
+                f"{folder} is in use by process {holder if holder is not None else '(unknown)'} ({path}); "
+                "wait for it to finish"
+            )
+        if not _same_file(path, fd):  # removed or replaced before the flock: try the new one
+            os.close(fd)
+            continue
+        text = _read_lock(fd)
+        holder = _pid(text)
+        if holder is not None and holder != os.getpid():
+            if _alive(holder):  # e.g. an older altmodal, which held no flock
+                os.close(fd)
+                raise ConfigError(
+                    f"{folder} is in use by process {holder} ({path}); wait for it to finish, "
+                    "or delete the lock if that process is not altmodal"
+                )
+            log.warning("%s: taking over the lock of process %s, which no longer runs", folder, holder)
+        elif holder is None and text.strip():
+            log.warning("%s: taking over the lock %s, which names no process (%r)", folder, path, text)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+    raise ConfigError(f"{path}: cannot take the lock; other processes keep replacing it")
+
+
+def _not_a_lock(path: Path, err: OSError) -> str:
+    if isinstance(err, IsADirectoryError):
+        return "is a directory, not a lock file"
+    if err.errno == errno.ELOOP or path.is_symlink():
+        return "is a link, not a lock file"
+    return f"cannot be opened as a lock ({err.strerror or first_line(err)})"
+
+
+def _flock(fd: int) -> bool:
+    """Take an exclusive flock on ``fd`` without waiting; False when another process holds it."""
+    if fcntl is None:
+        return True
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a filesystem without flock: the pid decides alone
+        return True
+    return True
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        there = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    here = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
+
+
+def _read_lock(fd: int) -> str:
+    return os.pread(fd, 64, 0).decode("utf-8", errors="replace")
+
+
+def _pid(text: str) -> int | None:
+    """The pid written in a lock file (None when it names none)."""
+    try:
+        pid = int(text.strip())
+    except ValueError:
         return None
+    return pid if pid > 0 else None
 
 
 def _alive(pid: int) -> bool:

@@ -122,3 +122,13 @@ def test_a_member_may_select_its_epoch_on_the_fold_it_predicts():
     held = load_splits(DataConfig(**config, fold_validation="holdout"), seed=0)
     assert np.array_equal(held.val.rows, held.holdout.rows) and np.array_equal(held.holdout.rows, inner.holdout.rows)
     assert set(held.train.rows) == set(inner.train.rows) | set(inner.val.rows)  # the inner share trains instead
+
+
+def test_a_cross_fitted_run_is_re_evaluated_as_it_was_tested(bagged):
+    from altmodal.experiment import evaluate_run
+
+    out, metrics = bagged
+    again = evaluate_run(out)
+    assert again["test"]["fused"]["accuracy"] == pytest.approx(metrics["test"]["fused"]["accuracy"])
+    missing = evaluate_run(out, missing_rate=0.5)
+    assert 0 <= missing["test"]["fused"]["accuracy"] <= 1 and missing["missing"]["realised_share"] > 0.2

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from altmodal.benchmark import BenchmarkConfig, cells, run_path
-from altmodal.cli import build_parser, main, settings_from
-from altmodal.config import fields_of
+from altmodal.cli import benchmark_settings, build_parser, main
+from altmodal.experiment import RunConfig
 from altmodal.runs import Run
 from tests.test_cli import FAST
 
@@ -92,7 +92,7 @@ def test_a_planted_file_does_not_run_in_a_rerun_benchmark(tmp_path, capsys, plan
     root = tmp_path / "bench"
     argv = ["benchmark", "--strategies", "joint", "--seeds", "0", "--ablation", "none"]
     argv += ["--train-missing-rates", "", "--missing-rates", "0.5", "--jobs", "1", "--out", str(root), *FAST]
-    common = settings_from(build_parser().parse_args(argv), skip=list(fields_of(BenchmarkConfig)))
+    common = benchmark_settings(build_parser().parse_args(argv))
     grid = cells(
         BenchmarkConfig(strategies=("joint",), seeds=(0,), ablation="none", train_missing_rates=()), ["m0", "m1"]
     )
@@ -209,9 +209,9 @@ def test_a_failed_start_leaves_no_config_behind(tmp_path, capsys):
     assert main(["train", "--out", str(out), *FAST, "--modalities", "m0,nope"]) == 2
     capsys.readouterr()
     assert not (out / "config.json").exists()
-    # an old folder holding only a config (left by an earlier version) counts as empty
+    # an old folder holding only a run's config (left by an earlier version) counts as empty
     out.mkdir(exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"strategy": "mla"}))
+    (out / "config.json").write_text(json.dumps(RunConfig().to_dict()))
     assert main(["train", "--out", str(out), *FAST]) == 0
 
 

@@ -17,6 +17,7 @@ Format (every array's first axis is the sample axis, N samples):
 from __future__ import annotations
 
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from altmodal.data.dataset import SPLITS, MultimodalDataset
 
 RESERVED = ("label", "split", "classes")
 PRESENT_PREFIX = "present_"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class DataError(ValueError):
@@ -119,12 +121,17 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a feature file (.npz)")
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path}: is not a regular file, not a feature file (.npz)")
     if not path.is_file():
         raise DataError(f"{path}: no such feature file")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not an .npz file (a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
+            twice = [key for key, count in Counter(npz.files).items() if count > 1]
+            if twice:  # numpy would read the last one and say nothing
+                raise DataError(f"{path}: holds two arrays named {twice[0]!r}; save each array once (numpy.savez)")
             raw = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
@@ -180,6 +187,26 @@ def encode_labels(label: np.ndarray, class_names: np.ndarray | None, source: str
     if len(np.unique(labels)) < 2:
         raise DataError(f"{source}: every sample has the label {classes[int(labels[0])]!r}; need at least 2 classes")
     return labels, classes
+
+
+def check_float32(array: np.ndarray, present: np.ndarray, what: str) -> None:
+    """Raise unless every value of the present rows of ``array`` fits float32, the type the
+    models compute in (a larger value would become inf, and its scores NaN)."""
+    if not np.issubdtype(array.dtype, np.floating) or array.dtype.itemsize <= 4:
+        return
+    flat = array.reshape(len(array), -1)
+    big = np.flatnonzero(np.asarray(present, dtype=bool) & (np.abs(flat) > FLOAT32_MAX).any(axis=1))
+    if len(big):
+        raise_beyond_float32(array, int(big[0]), int(np.flatnonzero(np.abs(flat[big[0]]) > FLOAT32_MAX)[0]), what)
+
+
+def raise_beyond_float32(array: np.ndarray, row: int, col: int, what: str, after: str = "") -> None:
+    """The error for the value at (``row``, feature ``col``) of ``array`` that does not fit float32."""
+    value = float(array.reshape(len(array), -1)[row, col])
+    raise DataError(
+        f"{what}: row {row} holds {value:g} at feature {col}, beyond the float32 range (±{FLOAT32_MAX:.3g}) "
+        f"the models compute in{after}; rescale the feature (e.g. its log) or mark the sample absent"
+    )
 
 
 def check_finite(array: np.ndarray, present: np.ndarray, what: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from altmodal.config import option, require
 from altmodal.data.dataset import MultimodalDataset, Splits, Transform
-from altmodal.data.features import DataError, read_npz
+from altmodal.data.features import DataError, check_float32, read_npz
 from altmodal.data.mfeat import load_mfeat
 from altmodal.data.splits import (
     carve_validation,
@@ -267,6 +267,9 @@ def load_splits(config: DataConfig, seed: int, loaded: Loaded | None = None) -> 
     if loaded.features and config.standardize:
         # a cross-fitted run and its members standardise alike: on all of the development samples
         splits = standardize(splits, development if config.folds > 1 else None)
+    else:
+        for m, array in dataset.arrays.items():
+            check_float32(array, dataset.present[m], f"{dataset.name}: array {m!r}")
     splits = without_empty_samples(splits.map(lambda view: view.with_present(present)))
     return splits.map_named(
         lambda name, view: view.with_transforms(loaded.train_transforms if name == "train" else loaded.eval_transforms)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from altmodal.data.dataset import SPLITS, MultimodalDataset, Splits
-from altmodal.data.features import DataError
+from altmodal.data.features import FLOAT32_MAX, DataError, raise_beyond_float32
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,25 @@ def standardization_stats(train: MultimodalDataset) -> Stats:
     return stats
 
 
-def apply_standardization(array: np.ndarray, present: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
-    """``(array / scale - mean) / std`` as float32, absent rows zero."""
+def apply_standardization(
+    array: np.ndarray, present: np.ndarray, stats: Mapping[str, np.ndarray], what: str = "data"
+) -> np.ndarray:
+    """``(array / scale - mean) / std`` as float32, absent rows zero.
+
+    Raises:
+        DataError: a present value lies so far beyond the training split's range that it does not
+            fit float32 once standardised; the message names ``what``, the row and the value.
+    """
     scaled = np.asarray(array, dtype=np.float64) / stats["scale"]
-    out = ((scaled - stats["mean"]) / stats["std"]).astype(np.float32)
-    out[~np.asarray(present, dtype=bool)] = 0
+    standardized = (scaled - stats["mean"]) / stats["std"]
+    mask = np.asarray(present, dtype=bool)
+    flat = standardized.reshape(len(standardized), -1)
+    big = np.flatnonzero(mask & ~(np.abs(flat) <= FLOAT32_MAX).all(axis=1))
+    if len(big):
+        col = int(np.flatnonzero(~(np.abs(flat[big[0]]) <= FLOAT32_MAX))[0])
+        raise_beyond_float32(array, int(big[0]), col, what, " once standardised with the training split's statistics")
+    out = standardized.astype(np.float32)
+    out[~mask] = 0
     return out
 
 
@@ -160,7 +174,10 @@ def standardize(splits: Splits, rows: np.ndarray | None = None) -> Splits:
     the samples ``rows``), which the result keeps in ``Splits.preprocessing`` (a run folder
     stores them for prediction)."""
     stats = standardization_stats(splits.train if rows is None else splits.train.view(rows))
-    arrays = {m: apply_standardization(a, splits.train.present[m], stats[m]) for m, a in splits.train.arrays.items()}
+    arrays = {
+        m: apply_standardization(a, splits.train.present[m], stats[m], f"{splits.train.name}: array {m!r}")
+        for m, a in splits.train.arrays.items()
+    }
     standardized = splits.map(lambda view: _with_arrays(view, arrays))
     return dataclasses.replace(standardized, preprocessing=stats)
 

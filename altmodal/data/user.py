@@ -17,6 +17,7 @@ Loaders and datasets are read once into memory.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -54,9 +55,13 @@ def loaded_from(data: Any) -> Loaded:
 
 
 def fingerprint(loaded: Loaded) -> str:
-    """A short digest of the data's arrays, masks, labels and split."""
+    """A short digest of the data: its modalities' names, shapes and types, arrays, masks,
+    labels, classes and split (the same bytes under other names or in another shape are other
+    data)."""
     dataset = loaded.dataset
     digest = hashlib.sha256()
+    layout = {m: [str(a.dtype), list(a.shape)] for m, a in dataset.arrays.items()}
+    digest.update(json.dumps({"modalities": layout, "present": list(dataset.present)}).encode())
     parts = [*dataset.arrays.values(), *dataset.present.values(), dataset.labels, dataset.rows]
     for array in [*parts, np.asarray(dataset.classes, dtype=str), np.asarray(loaded.split, dtype=str)]:
         digest.update(np.ascontiguousarray(array).tobytes())

@@ -24,6 +24,7 @@ saved altmodal model (``model.safetensors``/checkpoint: the ``encoders.<modality
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,26 +99,84 @@ def build_encoder(kind: str, in_shape: Sequence[int], config: EncoderConfig, mod
     Raises:
         ValueError: an unknown kind, a shape the kind cannot take, or weights that do not fit.
     """
-    encoder: nn.Module
-    if kind == "mlp":
-        encoder = MLPEncoder(in_shape, config.hidden, config.dim, config.dropout)
-    elif kind == "resnet18-audio":
-        encoder = AudioResNet(in_shape, config.dim, config.resnet_width)
-    elif kind == "resnet18-visual":
-        encoder = VisualResNet(in_shape, config.dim, config.resnet_width)
-    elif kind.startswith("text:"):
-        vocab = kind.partition(":")[2]
-        if not vocab.isdigit() or int(vocab) < 1:
-            raise ValueError(f"encoder kind {kind!r}: the vocabulary size after 'text:' must be a positive integer")
-        encoder = TextEncoder(
-            in_shape, int(vocab), config.dim, config.text_width, config.text_layers, config.text_heads
-        )
-    else:
-        raise ValueError(f"unknown encoder kind {kind!r}; kinds: {', '.join(KINDS)}")
+    with torch.device("meta"):  # sizes only, nothing allocated
+        check_size(_build(kind, in_shape, config), kind, config, modality)
+    encoder = _build(kind, in_shape, config)
     path = weights_by_modality(config.weights).get(modality or "")
     if path is not None:
         load_weights(encoder, path, str(modality), kind)
     return encoder
+
+
+def _build(kind: str, in_shape: Sequence[int], config: EncoderConfig) -> nn.Module:
+    if kind == "mlp":
+        return MLPEncoder(in_shape, config.hidden, config.dim, config.dropout)
+    if kind == "resnet18-audio":
+        return AudioResNet(in_shape, config.dim, config.resnet_width)
+    if kind == "resnet18-visual":
+        return VisualResNet(in_shape, config.dim, config.resnet_width)
+    if kind.startswith("text:"):
+        vocab = kind.partition(":")[2]
+        if not vocab.isdigit() or int(vocab) < 1:
+            raise ValueError(f"encoder kind {kind!r}: the vocabulary size after 'text:' must be a positive integer")
+        return TextEncoder(in_shape, int(vocab), config.dim, config.text_width, config.text_layers, config.text_heads)
+    raise ValueError(f"unknown encoder kind {kind!r}; kinds: {', '.join(KINDS)}")
+
+
+TRAINING_COPIES = 4
+"""Copies of the parameters training holds: the weights, their gradients, the optimizer's state
+(SGD's momentum) and the best epoch's copy."""
+
+
+def check_size(encoder: nn.Module, kind: str, config: EncoderConfig, modality: str | None = None) -> None:
+    """Raise before an encoder is built whose training would need more memory than this process
+    may use (``encoder`` built on the meta device, which allocates nothing).
+
+    Raises:
+        ValueError: the message names the modality, the parameter count and the size settings.
+    """
+    count = sum(p.numel() for p in encoder.parameters()) + sum(b.numel() for b in encoder.buffers())
+    needed = count * 4 * TRAINING_COPIES  # float32
+    limit = memory_limit()
+    if needed <= limit:
+        return
+    if kind == "mlp":
+        settings = f"--hidden {','.join(map(str, config.hidden))} --dim {config.dim}"
+    elif kind.startswith("resnet18"):
+        settings = f"--resnet-width {config.resnet_width} --dim {config.dim}"
+    else:
+        settings = f"--text-width {config.text_width} --text-layers {config.text_layers} (vocabulary {kind[5:]})"
+    raise ValueError(
+        f"encoder of modality {modality or '?'!r} ({kind}) would hold {count:.2g} parameters ({settings}): "
+        f"{needed / 2**30:.3g} GiB to train, more than the {limit / 2**30:.3g} GiB of memory here; "
+        "choose smaller widths"
+    )
+
+
+def memory_limit() -> int:
+    """The bytes of memory this process may use: the machine's, or less where an address-space
+    limit (``ulimit -v``) or a control group caps it."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(cgroup).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) if limits else 2**62
 
 
 def weights_by_modality(entries: Sequence[str]) -> dict[str, Path]:
@@ -139,9 +198,10 @@ def by_modality(entries: Sequence[str], flag: str, what: str) -> dict[str, str]:
 def encoder_kinds(defaults: Mapping[str, str], modalities: Sequence[str], config: EncoderConfig) -> dict[str, str]:
     """modality -> encoder kind: ``--encoder`` entries over the dataset's kinds (default ``mlp``)."""
     chosen = by_modality(config.kinds, "--encoder", "kind")
-    unknown = [m for m in chosen if m not in modalities]
-    if unknown:
-        raise ValueError(f"--encoder names modality {unknown[0]!r}; the modalities are {', '.join(modalities)}")
+    for flag, named in (("--encoder", chosen), ("--weights", weights_by_modality(config.weights))):
+        unknown = [m for m in named if m not in modalities]
+        if unknown:
+            raise ValueError(f"{flag} names modality {unknown[0]!r}; the modalities are {', '.join(modalities)}")
     return {m: chosen.get(m, defaults.get(m, "mlp")) for m in modalities}
 
 
@@ -245,7 +305,9 @@ __all__ = [
     "build_encoder",
     "channels_last",
     "check_encoder",
+    "check_size",
     "encoder_kinds",
     "load_weights",
+    "memory_limit",
     "weights_by_modality",
 ]

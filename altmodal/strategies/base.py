@@ -103,9 +103,12 @@ class TrainConfig:
         require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         require(self.prefetch >= 1, "prefetch", self.prefetch, "at least 1")
         require(self.workers >= 1, "workers", self.workers, "at least 1")
+        require(0 <= self.seed <= SEED_MAX, "seed", self.seed, f"in [0, {SEED_MAX}]")
 
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+SEED_MAX = 2**32 - 1
+"""The largest seed: numpy's generators take seeds of 32 bits."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ are never used for selection. Samples listed in ``dropped`` are left out.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from altmodal.config import first_line
 from altmodal.data.corpora.common import Options
 from altmodal.data.dataset import MultimodalDataset, Transform
 from altmodal.data.features import DataError
 from altmodal.data.media.image import ImageTransform
 from altmodal.data.registry import DataConfig, Loaded
 from altmodal.data.splits import carve_validation
+from altmodal.files import kind_of, read_text
 
 FORMAT = "altmodal-media-cache"
 VERSION = 1
@@ -80,18 +84,38 @@ class Cache:
         return self.meta["modalities"][modality]  # type: ignore[no-any-return]
 
     def extra(self, name: str) -> np.ndarray:
-        path = self.path / f"{name}.npy"
-        if not path.is_file():
-            raise DataError(f"{path}: missing from the cache; prepare it again")
-        return np.load(path, mmap_mode="r")
+        return load_array(self.path / f"{name}.npy", mmap=True)
+
+
+def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """One ``.npy`` array of a cache (memory-mapped with ``mmap``), never pickled objects;
+    errors name the file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing from the cache; prepare it again") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({first_line(err)}); prepare the cache again") from err
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: is a {kind_of(mode)}, not a regular file; prepare the cache again")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)  # type: ignore[no-any-return]
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "Python objects" in str(err):
+            raise DataError(
+                f"{path}: holds pickled Python objects, which are never loaded; prepare the cache again"
+            ) from err
+        raise DataError(f"{path}: not a readable .npy array ({first_line(err)}); prepare the cache again") from err
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({first_line(err)}); prepare the cache again") from err
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     file = path / META
     try:
-        meta = json.loads(file.read_text())
+        meta = json.loads(read_text(file))
     except (OSError, ValueError) as err:
-        raise DataError(f"{file}: not a readable cache description ({err})") from err
+        raise DataError(f"{file}: not a readable cache description ({first_line(err)})") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{file}: not an altmodal media cache (written by `altmodal prepare`)")
     if meta.get("version") != VERSION:
@@ -111,6 +135,7 @@ def open_cache(path: str | Path | None, dataset: str) -> Cache:
     if not (path / META).is_file():
         raise DataError(f"{path}: no {META}; run `altmodal prepare {dataset} --root RAW --out {path}` first")
     meta = read_meta(path)
+    check_meta(meta, path / META)
     if meta["dataset"] != dataset:
         raise DataError(f"{path}: holds a {meta['dataset']!r} cache, not {dataset!r}")
     if meta.get("status") != "complete":
@@ -118,23 +143,62 @@ def open_cache(path: str | Path | None, dataset: str) -> Cache:
             f"{path}: preparation is unfinished; run the same `altmodal prepare {dataset} ...` command to resume"
         )
     arrays: dict[str, np.ndarray] = {}
+    n = meta["num_samples"]
     for name, spec in meta["modalities"].items():
-        array = np.load(path / spec["file"], mmap_mode="r")
-        if tuple(array.shape) != (meta["num_samples"], *spec["shape"]):
+        array = load_array(path / spec["file"], mmap=True)
+        if tuple(array.shape) != (n, *spec["shape"]):
             raise DataError(f"{path / spec['file']}: shape {array.shape} disagrees with {META}")
         arrays[name] = array
-    present_all = np.load(path / PRESENT)
+    present_all = load_array(path / PRESENT)
+    if present_all.shape != (n, len(meta["modalities"])):
+        raise DataError(f"{path / PRESENT}: shape {present_all.shape} disagrees with {META}")
     present = {m: present_all[:, j].astype(bool) for j, m in enumerate(meta["modalities"])}
+    rows = {name: load_array(path / name) for name in (LABELS, KEYS, SPLIT, GROUP)}
+    for name, array in rows.items():
+        if array.shape != (n,):
+            raise DataError(f"{path / name}: shape {array.shape} disagrees with {META} ({n} samples)")
+    labels = rows[LABELS]
+    if not np.issubdtype(labels.dtype, np.integer) or (
+        n and not 0 <= labels.min() <= labels.max() < len(meta["classes"])
+    ):
+        raise DataError(f"{path / LABELS}: does not hold class indices of the {len(meta['classes'])} classes of {META}")
     return Cache(
         path=path,
         meta=meta,
         arrays=arrays,
         present=present,
-        labels=np.load(path / LABELS),
-        keys=np.load(path / KEYS),
-        split=np.load(path / SPLIT),
-        group=np.load(path / GROUP),
+        labels=labels,
+        keys=rows[KEYS],
+        split=rows[SPLIT],
+        group=rows[GROUP],
     )
+
+
+def check_meta(meta: Mapping[str, Any], file: Path) -> None:
+    """Raise a DataError naming ``file`` and the entry unless a complete cache's meta.json has
+    what reading the cache needs."""
+    kinds: dict[str, tuple[type, str]] = {
+        "dataset": (str, "the corpus name"),
+        "classes": (list, "the class names"),
+        "num_samples": (int, "the number of samples"),
+        "modalities": (dict, "the table of modalities"),
+    }
+    for key, (kind, what) in kinds.items():
+        if key not in meta:
+            raise DataError(f"{file}: has no {key!r} ({what}); prepare the cache again")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise DataError(f"{file}: {key!r} is {meta[key]!r}, not {what}; prepare the cache again")
+    for name, spec in meta["modalities"].items():
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("file"), str)
+            or Path(spec["file"]).name != spec["file"]
+            or not isinstance(spec.get("shape"), list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in spec["shape"])
+        ):
+            raise DataError(
+                f"{file}: modality {name!r} has no file name and shape of its array; prepare the cache again"
+            )
 
 
 def held_out_groups(groups: np.ndarray, spec: str, seed: int, where: str, option: str = "test_speakers") -> list[str]:
