@@ -204,7 +204,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     scored = [r for r in rows if r["prediction"] != ""]
     if rows and "label" in rows[0] and scored:
         correct = sum(r["prediction"] == r["label"] for r in scored)
-        print(f"accuracy {correct / len(scored):.4f}  ({correct} of {len(scored)} samples with a modality)")
+        unscored = f"; {len(rows) - len(scored)} without any left out" if len(scored) < len(rows) else ""
+        counts = f"{correct} correct of {len(scored)} samples with a modality{unscored}"
+        print(f"accuracy {correct / len(scored):.4f}  ({counts})")
     return 0
 
 

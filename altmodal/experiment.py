@@ -284,7 +284,9 @@ def _train_locked(
     dist.barrier()
     from altmodal.predictor import Predictor
 
-    model = Predictor(strategy, card, splits.preprocessing, run.path, splits.test.transforms)
+    model = Predictor(
+        strategy, card, splits.preprocessing, run.path, splits.test.transforms, config=config.to_dict(), metrics=metrics
+    )
     return RunResult(metrics, run.path, model)
 
 
@@ -313,18 +315,22 @@ def model_card(
     train = splits.train
     kinds = encoder_kinds(train.kinds, train.modalities, config.encoder)
     kinds.update({m: f"custom:{type(module).__module__}.{type(module).__qualname__}" for m, module in custom.items()})
-    return {
+    card: dict[str, Any] = {
         "format": 1,
         "strategy": config.strategy,
         "dataset": config.data.dataset,
         "dataset_options": list(config.data.dataset_options),
         "classes": [str(c) for c in train.classes],
+        "label_type": "integer" if train.integer_labels else "string",
         "modalities": {m: {"shape": list(train.input_shape(m)), "encoder": kinds[m]} for m in train.modalities},
         "num_samples": len(train.labels),
         "preprocessing": {m: "standardize" for m in splits.preprocessing},
         "best_epoch": strategy.best_epoch,
         "versions": {"altmodal": altmodal.__version__, "torch": torch.__version__},
     }
+    if train.columns:
+        card["columns"] = {m: list(train.columns[m]) for m in train.modalities}
+    return card
 
 
 def flat_stats(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, torch.Tensor]:

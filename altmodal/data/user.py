@@ -60,6 +60,10 @@ def fingerprint(loaded: Loaded) -> str:
     parts = [*dataset.arrays.values(), *dataset.present.values(), dataset.labels, dataset.rows]
     for array in [*parts, np.asarray(dataset.classes, dtype=str), np.asarray(loaded.split, dtype=str)]:
         digest.update(np.ascontiguousarray(array).tobytes())
+    if dataset.integer_labels:  # what prediction gives back (only added when set: older digests stay)
+        digest.update(b"integer labels")
+    for m, columns in dataset.columns.items():
+        digest.update(f"{m}: {list(columns)}".encode())
     return digest.hexdigest()[:12]
 
 
