@@ -17,16 +17,20 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import altmodal
 from altmodal.callbacks import Summary, TensorBoardLogger
-from altmodal.config import ConfigError, add_arguments, read_config_file
+from altmodal.config import ConfigError, add_arguments, fields_of, read_config_file
 from altmodal.data.features import DataError
-from altmodal.data.registry import DATASETS, DataConfig
+from altmodal.data.registry import DATASETS, FEATURE_FILE_DEFAULTS, DataConfig
 from altmodal.data.splits import PROTOCOLS
 from altmodal.distributed import init_from_env, shutdown
 from altmodal.encoders import EncoderConfig
-from altmodal.experiment import RunConfig, evaluate_run, layer, option_classes, resolve, train_run
+from altmodal.experiment import DEFAULT_STRATEGY, RunConfig, evaluate_run, layer, option_classes, resolve, train_run
 from altmodal.prepare import add_prepare_command
 from altmodal.strategies import STRATEGIES, Callback, TrainConfig
+from altmodal.threads import THREADS_HELP, parse_threads, threads_for, torch_threads
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -34,7 +38,20 @@ Handler = Callable[[argparse.Namespace], int]
 def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
     """Config-file settings overlaid with the flags given explicitly on the command line."""
     from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
-    ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", "argv", "nproc", "log", *skip}
+    ignored = {
+        "command",
+        "config",
+        "out",
+        "quiet",
+        "overwrite",
+        "handler",
+        "verbose",
+        "argv",
+        "nproc",
+        "log",
+        "threads",
+    }
+    ignored |= set(skip)
     return layer(from_file, {k: v for k, v in vars(args).items() if k not in ignored})
 
 
@@ -42,7 +59,10 @@ def parser_for_runs(parser: argparse.ArgumentParser, with_strategy: bool = True)
     """The flags that define a run: strategy, data, encoder, training and strategy options."""
     if with_strategy:
         parser.add_argument(
-            "--strategy", default=argparse.SUPPRESS, choices=list(STRATEGIES), help="training strategy (default: joint)"
+            "--strategy",
+            default=argparse.SUPPRESS,
+            choices=list(STRATEGIES),
+            help=f"training strategy (default: {DEFAULT_STRATEGY})",
         )
     parser.add_argument("--config", help="TOML or JSON file of settings; explicit flags win")
     add_arguments(parser, DataConfig, "data")
@@ -55,6 +75,55 @@ def parser_for_runs(parser: argparse.ArgumentParser, with_strategy: bool = True)
         group = parser.add_argument_group(f"strategy {name}")
         fresh = _OnlyNew(group, seen)
         add_arguments(fresh, cls)
+
+
+FEATURE_DATA = "mfeat, synthetic and feature files (.npz, .csv, .parquet)"
+"""The data :data:`~altmodal.data.registry.FEATURE_FILE_DEFAULTS` apply to, as --help names them."""
+
+
+def data_defaults(for_benchmark: bool = False) -> dict[str, dict[str, object]]:
+    """Data kind (as --help names it) -> the settings it changes from the dataclass defaults
+    (for ``benchmark``, with the grid's own per-dataset settings)."""
+    kinds: dict[str, dict[str, object]] = {FEATURE_DATA: dict(FEATURE_FILE_DEFAULTS)}
+    for info in DATASETS.values():
+        settings = {**info.defaults, **(info.benchmark if for_benchmark else {})}
+        if info.defaults == FEATURE_FILE_DEFAULTS and set(settings) <= set(FEATURE_FILE_DEFAULTS):
+            continue  # mfeat and synthetic: named with the feature files
+        if settings:
+            kinds[info.name] = settings
+    return kinds
+
+
+def default_text(value: object) -> str:
+    """A default as --help shows it (tuples comma-separated, as the flags take them)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) or "(none)"
+    return "none" if value is None else str(value)
+
+
+def tell_true_defaults(parser: argparse.ArgumentParser, for_benchmark: bool = False) -> None:
+    """Rewrite the "(default: X)" of each flag some data kinds set otherwise, e.g. --lr's
+    "(default: 0.01 for mfeat, synthetic and feature files (.npz, .csv, .parquet); 0.05 for
+    avdigits; 0.001 for the other datasets)", so that --help names the default each run gets."""
+    kinds = data_defaults(for_benchmark)
+    fields = {name: f for c in (DataConfig, EncoderConfig, TrainConfig) for name, (f, _) in fields_of(c).items()}
+    for action in parser._actions:
+        if action.dest not in fields or not action.help or "(default: " not in action.help:
+            continue
+        by_value: dict[str, list[str]] = {}
+        for kind, settings in kinds.items():
+            if action.dest in settings:
+                by_value.setdefault(default_text(settings[action.dest]), []).append(kind)
+        if not by_value:
+            continue
+        parts = [f"{value} for {_and(names)}" for value, names in by_value.items()]
+        parts.append(f"{default_text(fields[action.dest].default)} for the other datasets")
+        head = action.help[: action.help.index("(default: ")]
+        action.help = f"{head}(default: {'; '.join(parts)})"
+
+
+def _and(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 class _OnlyNew:
@@ -84,11 +153,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks.append(TensorBoardLogger(Path(out) / "tensorboard"))
     try:
         metrics = train_run(
-            config, out, dist=dist, progress=not args.quiet, overwrite=args.overwrite, callbacks=callbacks
+            config,
+            out,
+            dist=dist,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+            callbacks=callbacks,
+            threads=args.threads,
         )
     finally:
         shutdown()
     if dist.is_main:
+        if metrics.skipped:
+            print(f"run: {out} had finished: training skipped (--overwrite trains it again)")
         print_summary(config, str(out), metrics)
     return 0
 
@@ -160,6 +237,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         missing_protocol=args.missing_protocol,
         split=args.split,
         device=args.device,
+        threads=args.threads,
     )
     if args.json:
         print(json.dumps(without_nan(result), indent=2, allow_nan=False))
@@ -195,7 +273,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = load_run(args.run, device=args.device)
     present = [m for m in args.present.split(",") if m] if args.present else None
-    rows = model.table(args.data, present)
+    with torch_threads(threads_for(args.threads, model.strategy)):
+        rows = model.table(args.data, present)
     out = Path(args.out)
     if out.exists() and not out.is_file():
         raise ConfigError(f"--out {out}: exists and is not a file")
@@ -284,10 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="altmodal", description="Multimodal learning that does not go lazy (MLA and its baselines)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument(
+        "--version", action="version", version=f"altmodal {altmodal.__version__} (torch {torch.__version__})"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one run and write its folder")
     parser_for_runs(train)
+    tell_true_defaults(train)
+    train.add_argument("--threads", type=parse_threads, default="auto", help=THREADS_HELP)
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<strategy>-seed<S>-<config hash>)")
     train.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     train.add_argument("--quiet", action="store_true", help="no summary and no progress bars")
@@ -314,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.add_argument("--threads", type=parse_threads, default="auto", help=THREADS_HELP)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="predict labels for new samples with a finished run's model")
@@ -324,12 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--present", help="only these modalities present, comma-separated")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     predict.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
+    predict.add_argument("--threads", type=parse_threads, default="auto", help=THREADS_HELP)
     predict.set_defaults(handler=cmd_predict)
 
     from altmodal.benchmark import BenchmarkConfig
 
     bench = sub.add_parser("benchmark", help="run the paper's experiments on a dataset and write a report")
     parser_for_runs(bench, with_strategy=False)
+    tell_true_defaults(bench, for_benchmark=True)
     add_arguments(bench, BenchmarkConfig, "grid")
     bench.add_argument("--out", help="report and runs folder (default: runs/benchmark-<dataset> or -<suite>)")
     bench.add_argument(

@@ -22,18 +22,23 @@ from altmodal.config import ConfigError, build, coerce, fields_of, first_line, f
 from altmodal.data.dataset import Splits
 from altmodal.data.registry import DATASETS, DataConfig, dataset_defaults, load_splits
 from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
+from altmodal.data.table import is_table
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import EncoderConfig, encoder_kinds, weights_by_modality
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.predictions import prediction_rows
 from altmodal.runs import Run, write_csv
 from altmodal.strategies import STRATEGIES, Callback, Strategy, TrainConfig, build_strategy, strategy_class
+from altmodal.threads import Threads, threads_for, torch_threads
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"epoch", "training", "history", "best", "rng"}
 SECTIONS: dict[str, type] = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig}
 DEFAULT_STRATEGY = "mla"
+LATER_DATA_FIELDS = ("label", "columns")
+"""Data settings that came after run folders existed: config.json holds them only when they are
+set, so an older run's config (its digest and its folder's name) stays the same."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,13 @@ class RunConfig:
     """The strategy's own options, resolved (empty for strategies without options)."""
 
     def to_dict(self) -> dict[str, Any]:
+        data = to_dict(self.data)
+        for name in LATER_DATA_FIELDS:
+            if getattr(self.data, name) == getattr(DataConfig, name):
+                del data[name]
         return {
             "strategy": self.strategy,
-            "data": to_dict(self.data),
+            "data": data,
             "encoder": to_dict(self.encoder),
             "train": to_dict(self.train),
             "options": json.loads(json.dumps(self.options)),
@@ -62,7 +71,8 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def default_out(self, root: str | Path = "runs") -> Path:
-        name = Path(self.data.dataset).stem if self.data.dataset.endswith(".npz") else self.data.dataset
+        file = self.data.dataset.endswith(".npz") or is_table(self.data.dataset)
+        name = Path(self.data.dataset).stem if file else self.data.dataset
         return Path(root) / f"{name}-{self.strategy}-seed{self.train.seed}-{self.digest()}"
 
 
@@ -156,15 +166,22 @@ RUN_FILES = (
 class RunResult(dict):  # type: ignore[type-arg]
     """A finished run's metrics (what metrics.json holds), with the trained model as ``model``
     (a :class:`~altmodal.predictor.Predictor`; read from the folder on first use when the run
-    had finished before) and the run folder as ``path``."""
+    had finished before), the run folder as ``path`` and ``skipped`` (True when it had)."""
 
     def __init__(
-        self, metrics: Mapping[str, Any], path: Path, model: Any = None, encoders: Mapping[str, Any] | None = None
+        self,
+        metrics: Mapping[str, Any],
+        path: Path,
+        model: Any = None,
+        encoders: Mapping[str, Any] | None = None,
+        skipped: bool = False,
     ):
         super().__init__(metrics)
         self.path = path
         self._model = model
         self._encoders = encoders
+        self.skipped = skipped
+        """The run had finished before: nothing was trained."""
 
     @property
     def model(self) -> Any:
@@ -185,8 +202,10 @@ def train_run(
     encoders: Mapping[str, torch.nn.Module] | None = None,
     data: Any = None,
     callbacks: Sequence[Callback] = (),
+    threads: Threads = None,
 ) -> RunResult:
-    """Train (or resume, or skip if finished) the run in ``out``; return its metrics and model.
+    """Train (or resume, or skip if finished) the run in ``out``; return its metrics and model
+    (``skipped`` on the result tells whether it had finished before).
 
     Args:
         config: the run's settings (:func:`resolve`).
@@ -201,6 +220,8 @@ def train_run(
             feature file, a ``MultimodalDataset``, or a torch Dataset / DataLoader of modality
             dicts (see :func:`altmodal.data.user.loaded_from`).
         callbacks: more :class:`~altmodal.strategies.base.Callback` objects for the loop.
+        threads: torch CPU threads while training: a number, ``"auto"`` (the rule of
+            :mod:`altmodal.threads`) or None (torch's setting as it is); restored afterwards.
 
     Raises:
         ConfigError: ``out`` is a file, a folder of other files (without ``overwrite``), a run of
@@ -223,7 +244,7 @@ def train_run(
             "choose a new or empty --out, or pass --overwrite to write the run there"
         )
     with run.lock():
-        return _train_locked(config, run, dist, progress, overwrite, encoders, loaded, callbacks)
+        return _train_locked(config, run, dist, progress, overwrite, encoders, loaded, callbacks, threads)
 
 
 def _train_locked(
@@ -235,6 +256,7 @@ def _train_locked(
     encoders: Mapping[str, torch.nn.Module] | None,
     loaded: Any,
     callbacks: Sequence[Callback],
+    threads: Threads,
 ) -> RunResult:
     started_before = any(run.has(name) for name in ("checkpoint.pt", "history.csv", "metrics.json", *RUN_FILES))
     if run.has("config.json") and started_before and not overwrite:
@@ -243,7 +265,7 @@ def _train_locked(
             raise ConfigError(f"{run.path} holds a run with another config; choose another --out or pass --overwrite")
         if run.finished:
             log.info("%s: finished already, skipping", run.path)
-            return RunResult(run.read_object("metrics.json"), run.path, encoders=encoders)
+            return RunResult(run.read_object("metrics.json"), run.path, encoders=encoders, skipped=True)
     elif overwrite and dist.is_main:
         for name in (*RUN_FILES, "missing.json"):
             run.remove(name)
@@ -265,13 +287,14 @@ def _train_locked(
     if resume is not None:
         check_checkpoint(resume, run.file("checkpoint.pt"))
         log.info("%s: resuming after epoch %d", run.path, int(resume["epoch"]) + 1)
-    started = time.perf_counter()
-    history = strategy.fit(
-        splits, config.train, dist=dist, resume=resume, callbacks=[run, *callbacks], progress=progress
-    )
-    seconds = time.perf_counter() - started
-    test_outputs = strategy.collect(splits.test)
-    metrics = final_metrics(strategy, splits, config, history, test_outputs)
+    with torch_threads(threads_for(threads, strategy)):
+        started = time.perf_counter()
+        history = strategy.fit(
+            splits, config.train, dist=dist, resume=resume, callbacks=[run, *callbacks], progress=progress
+        )
+        seconds = time.perf_counter() - started
+        test_outputs = strategy.collect(splits.test)
+        metrics = final_metrics(strategy, splits, config, history, test_outputs)
     metrics["train_seconds"] = seconds
     card = model_card(strategy, splits, config, encoders or {})
     run.save_tensors("model.safetensors", strategy.state_dict())
@@ -330,6 +353,7 @@ def model_card(
     }
     if train.columns:
         card["columns"] = {m: list(train.columns[m]) for m in train.modalities}
+        card["label_column"] = config.data.label
     return card
 
 
@@ -420,11 +444,13 @@ def evaluate_run(
     seed: int | None = None,
     dist: Dist | None = None,
     device: str = "auto",
+    threads: Threads = None,
 ) -> dict[str, Any]:
     """Re-evaluate a finished run's best model on a split, optionally with only ``present``
     modalities or with modalities dropped at ``missing_rate`` under ``missing_protocol`` (default:
-    the run's), on ``device`` (whichever device the run was trained on). The result's ``missing``
-    entry states the protocol and the realised shares."""
+    the run's), on ``device`` (whichever device the run was trained on) with ``threads`` torch CPU
+    threads (see :func:`train_run`). The result's ``missing`` entry states the protocol and the
+    realised shares."""
     if not 0 <= missing_rate < 1:
         raise ConfigError(f"missing rate {missing_rate} must be in [0, 1)")
     if missing_protocol is not None and missing_protocol not in PROTOCOLS:
@@ -459,7 +485,8 @@ def evaluate_run(
     if missing_rate > 0:
         mask_seed = config.train.seed + 1 if seed is None else seed
         dataset = dataset.with_present(missing_mask(dataset.present, dataset.rows, missing_rate, mask_seed, protocol))
-    outputs = strategy.collect(dataset)
+    with torch_threads(threads_for(threads, strategy)):
+        outputs = strategy.collect(dataset)
     rate = missing_rate if missing_rate > 0 else config.data.test_missing_rate
     result: dict[str, Any] = {
         "run": str(run.path),

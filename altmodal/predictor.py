@@ -41,6 +41,7 @@ from altmodal.config import ConfigError
 from altmodal.data.dataset import MultimodalDataset, Transform
 from altmodal.data.features import PRESENT_PREFIX, RESERVED, DataError, check_modality, read_arrays
 from altmodal.data.splits import apply_standardization
+from altmodal.data.table import is_frame, is_table, read_table, table_arrays
 from altmodal.data.user import as_array
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import check_encoder
@@ -52,7 +53,8 @@ from altmodal.strategies import DataSpec, Strategy, assemble
 
 log = logging.getLogger(__name__)
 
-Inputs = Mapping[str, Any] | str | Path
+Inputs = Mapping[str, Any] | str | Path | Any
+"""A dict of arrays, a pandas DataFrame, or the path of a file or media cache."""
 Present = Mapping[str, Any] | Sequence[str] | None
 
 
@@ -189,7 +191,10 @@ class Predictor:
         if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
             return self._cache(Path(inputs), labels)
         source = str(inputs) if isinstance(inputs, (str, Path)) else "inputs"
-        raw = read_arrays(inputs) if isinstance(inputs, (str, Path)) else dict(inputs)
+        if is_frame(inputs) or (isinstance(inputs, (str, Path)) and is_table(inputs)):
+            raw = self._table(read_table(inputs) if isinstance(inputs, (str, Path)) else inputs, source)
+        else:
+            raw = read_arrays(inputs) if isinstance(inputs, (str, Path)) else dict(inputs)
         raw = {str(k): as_array(v) for k, v in raw.items()}
         offered = [k for k in raw if k not in RESERVED and not k.startswith(PRESENT_PREFIX)]
         given = [k for k in offered if k in self.modalities]
@@ -234,6 +239,21 @@ class Predictor:
             labels,
             source,
         )
+
+    def _table(self, frame: Any, source: str) -> dict[str, np.ndarray]:
+        """A table's arrays: the columns the model was trained on, by name (or, for a model not
+        trained on a table, by ``MODALITY__`` prefix); the label column when the table has it."""
+        columns: Mapping[str, Sequence[str]] | None = self.card.get("columns")
+        label = str(self.card.get("label_column", "label"))
+        if columns:  # a modality none of whose columns the table has is absent
+            header = {str(c) for c in frame.columns}
+            columns = {m: names for m, names in columns.items() if any(c in header for c in names)}
+            if not columns:
+                raise DataError(
+                    f"{source}: has none of the columns of this model's modalities ({', '.join(self.modalities)})"
+                )
+        arrays, _ = table_arrays(frame, source, label=label, spec=columns, label_required=False)
+        return arrays
 
     def _cache(self, folder: Path, labels: Any) -> tuple[MultimodalDataset, bool]:
         from altmodal.data.registry import DATASETS, DataConfig, load
