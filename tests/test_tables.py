@@ -108,7 +108,7 @@ def test_a_split_column_is_the_split(tmp_path):
         (
             lambda t: t.assign(audio__2=[np.nan, 1.0, np.nan, *[1.0] * 117]),
             [],
-            "row 0, column 'audio__2': empty while other columns of modality 'audio' are not (2 rows so)",
+            "row 0, column 'audio__2': empty (NaN) while other columns of modality 'audio' are not (2 rows so)",
         ),
         (lambda t: t.assign(video__0=[1.0, np.inf, *[1.0] * 118]), [], "row 1, column 'video__0' holds inf"),
         (lambda t: t.assign(y=[np.nan, *[1.0] * 119]), [], "label column 'y' is empty in row 0"),

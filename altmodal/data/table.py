@@ -244,6 +244,13 @@ def modality_block(frame: Any, m: str, names: Sequence[str], source: str) -> tup
             f"{source}: column {name!r} (modality {m!r}) is not numeric: row {row} holds {column.iloc[row]!r}"
         )
     values = frame[list(names)].to_numpy(dtype=np.float64, na_value=np.nan)
+    return values, presence(values, m, names, source)
+
+
+def presence(values: np.ndarray, m: str, names: Sequence[Any], source: str) -> np.ndarray:
+    """(N,) False where every one of modality ``m``'s (N, k) ``values`` is NaN (the modality is
+    absent); a row with some NaN, or an infinite value, is an error naming the row and column
+    (``names``: the k column names)."""
     empty = np.isnan(values)
     absent = empty.all(axis=1)
     partial = np.flatnonzero(empty.any(axis=1) & ~absent)
@@ -251,15 +258,15 @@ def modality_block(frame: Any, m: str, names: Sequence[str], source: str) -> tup
         row = int(partial[0])
         column = names[int(np.flatnonzero(empty[row])[0])]
         raise DataError(
-            f"{source}: row {row}, column {column!r}: empty while other columns of modality {m!r} are not "
+            f"{source}: row {row}, column {column!r}: empty (NaN) while other columns of modality {m!r} are not "
             f"({len(partial)} rows so); fill it, or empty all of the row's {m!r} columns to mark the modality absent"
         )
     infinite = np.flatnonzero(np.isinf(values).any(axis=1))
     if len(infinite):
         row = int(infinite[0])
         column = names[int(np.flatnonzero(np.isinf(values[row]))[0])]
-        raise DataError(f"{source}: row {row}, column {column!r} holds {values[row, names.index(column)]}")
-    return values, ~absent
+        raise DataError(f"{source}: row {row}, column {column!r} holds {values[row, list(names).index(column)]}")
+    return ~absent
 
 
 def label_values(column: Any, source: str, name: str) -> np.ndarray:
