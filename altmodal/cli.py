@@ -342,7 +342,7 @@ def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[st
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    width = max(len(name) for name in [*DATASETS, "<file>.npz"])
+    width = max(len(name) for name in [*DATASETS, "<file>.parquet"])
     for info in DATASETS.values():
         notes = [", ".join(f"{k}={_show(v)}" for k, v in d.items()) for d in (info.defaults, info.benchmark)]
         extra = (f" [defaults: {notes[0]}]" if notes[0] else "") + (f" [benchmark: {notes[1]}]" if notes[1] else "")
@@ -350,6 +350,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     print(
         f"{'<file>.npz':<{width}}  a feature file: one array per modality, 'label', optional 'split' "
         "and 'present_<modality>' (see altmodal.data.features)"
+    )
+    print(
+        f"{'<file>.csv':<{width}}  a table (also .parquet): one row per sample, --label COLUMN, modalities by "
+        "MODALITY__ column prefix or --modality NAME=COLUMNS (see altmodal.data.table)"
     )
     return 0
 
@@ -404,7 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="predict labels for new samples with a finished run's model")
     predict.add_argument("--run", required=True, help="the run folder")
     predict.add_argument(
-        "--data", required=True, help="an .npz feature file (labels optional) or a prepared media cache folder"
+        "--data",
+        required=True,
+        help="an .npz feature file, a .csv / .parquet table (labels optional: the run's columns are read by "
+        "name) or a prepared media cache folder",
     )
     predict.add_argument("--present", help="only these modalities present, comma-separated")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

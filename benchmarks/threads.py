@@ -8,7 +8,8 @@ epochs after the first (the first warms the allocator and the thread pool up). T
   multiply-adds per sample);
 - ``acm`` and ``cora`` from ``../shared/data/multiview`` (about 3,000 samples, views of 1,400 to
   3,025 features: the largest MLPs a feature file gives), skipped when absent;
-- a ResNet18 (width 16) on 600 synthetic 32 x 32 three-channel images, the media-like case.
+- a ResNet18 (width 16) on 600 synthetic three-channel images of 32 x 32 and 64 x 64 pixels
+  (with an 8-feature MLP modality beside them), the media-like cases.
 
     python benchmarks/threads.py                     # every case, 1 and 2 threads, 4 epochs
     python benchmarks/threads.py --cases mfeat3 --threads 1,2,4 --epochs 6
@@ -42,7 +43,7 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def case_data(case: dict[str, Any], folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+def case_data(case: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     """The run settings and (for data built here) the arrays of a case."""
     rng = np.random.default_rng(0)
     settings: dict[str, Any] = {"strategy": "mla"}
@@ -80,7 +81,7 @@ def measure(name: str, threads: int, epochs: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as folder:
-        settings, data = case_data(CASES[name], Path(folder))
+        settings, data = case_data(CASES[name])
         config = resolve({**settings, "epochs": epochs})
         result = train_run(config, Path(folder) / "run", data=data)
         history = (Path(folder) / "run" / "history.csv").read_text().splitlines()
