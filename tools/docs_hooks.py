@@ -100,7 +100,9 @@ def options_table(name: str) -> str:
     presets = getattr(cls, "PRESETS", {})
     if presets:
         rows += ["", "Presets (`--preset NAME`) set these options (explicit flags win):", ""]
-        rows += [f"- `{p}`: {', '.join(f'`{k}={v}`' for k, v in s.items()) or 'the defaults above'}" for p, s in presets.items()]
+        for preset, settings in presets.items():
+            shown = ", ".join(f"`{k}={v}`" for k, v in settings.items()) or "the defaults above"
+            rows.append(f"- `{preset}`: {shown}")
     return "\n".join(rows)
 
 
