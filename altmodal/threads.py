@@ -8,9 +8,11 @@ join in, and a busy machine makes a waiting thread far slower still; large matri
 convolutions do split well.
 
 Measured with ``python benchmarks/threads.py`` (seconds per MLA training epoch, medians; two
-shared CPU cores; the README lists the figures): small MLPs (mfeat, 90k-370k parameters) 0.03-0.17 s
-on one thread and the same or slower on two; MLPs of 1.9M and 3.7M parameters (cora, acm) 1.3-1.5x
-faster on two; a width-16 ResNet18 on 600 images 1.2x faster on two when the cores were free.
+CPU cores shared with other jobs; the README has the table): with the cores nearly free, small
+MLPs (mfeat, 90k-370k parameters) took 0.03-0.17 s on one thread and the same or more on two;
+MLPs of 1.9M and 3.7M parameters (cora, acm) and a width-16 ResNet18 on 600 images were 1.2-1.5x
+faster on two. While other jobs kept the cores busy, two threads made every model 5-40x slower,
+so on a shared machine ``--threads 1`` is the safe choice.
 
 Threads are set for the run (or the prediction) and restored afterwards, so a Python session
 keeps its own setting; ``None`` leaves torch's setting alone (what :func:`train_run` does when it
