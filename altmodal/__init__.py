@@ -14,12 +14,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from altmodal.estimator import MultimodalClassifier
     from altmodal.experiment import resolve, train_run
     from altmodal.predictor import Predictor, load_run
 
-__all__ = ["Predictor", "__version__", "load_run", "resolve", "train_run"]
+__all__ = ["MultimodalClassifier", "Predictor", "__version__", "load_run", "resolve", "train_run"]
 
-_HOMES = {"resolve": "experiment", "train_run": "experiment", "Predictor": "predictor", "load_run": "predictor"}
+_HOMES = {
+    "resolve": "experiment",
+    "train_run": "experiment",
+    "Predictor": "predictor",
+    "load_run": "predictor",
+    "MultimodalClassifier": "estimator",  # it needs scikit-learn (extra ``sklearn``)
+}
 
 
 def __getattr__(name: str) -> Any:

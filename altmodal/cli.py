@@ -18,16 +18,29 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import altmodal
 from altmodal.callbacks import Summary, TensorBoardLogger
-from altmodal.config import ConfigError, add_arguments, read_config_file
+from altmodal.config import ConfigError, add_arguments, fields_of, read_config_file
 from altmodal.data.features import DataError
-from altmodal.data.registry import DATASETS, DataConfig
+from altmodal.data.registry import DATASETS, FEATURE_FILE_DEFAULTS, DataConfig
 from altmodal.data.splits import PROTOCOLS
 from altmodal.distributed import init_from_env, shutdown
 from altmodal.encoders import EncoderConfig
-from altmodal.experiment import RunConfig, check_settings, evaluate_run, layer, option_classes, resolve, train_run
+from altmodal.experiment import (
+    DEFAULT_STRATEGY,
+    RunConfig,
+    check_settings,
+    evaluate_run,
+    layer,
+    option_classes,
+    resolve,
+    train_run,
+)
 from altmodal.prepare import add_prepare_command
 from altmodal.strategies import STRATEGIES, Callback, TrainConfig
+from altmodal.threads import THREADS_HELP, parse_threads, threads_for, torch_threads
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -36,7 +49,20 @@ def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[st
     """Config-file settings overlaid with the flags given explicitly on the command line."""
     from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
     check_settings(from_file, str(args.config), also=skip)  # its errors name the file, not the command line
-    ignored = {"command", "config", "out", "quiet", "overwrite", "handler", "verbose", "argv", "nproc", "log", *skip}
+    ignored = {
+        "command",
+        "config",
+        "out",
+        "quiet",
+        "overwrite",
+        "handler",
+        "verbose",
+        "argv",
+        "nproc",
+        "log",
+        "threads",
+    }
+    ignored |= set(skip)
     return layer(from_file, {k: v for k, v in vars(args).items() if k not in ignored})
 
 
@@ -44,7 +70,10 @@ def parser_for_runs(parser: argparse.ArgumentParser, with_strategy: bool = True)
     """The flags that define a run: strategy, data, encoder, training and strategy options."""
     if with_strategy:
         parser.add_argument(
-            "--strategy", default=argparse.SUPPRESS, choices=list(STRATEGIES), help="training strategy (default: joint)"
+            "--strategy",
+            default=argparse.SUPPRESS,
+            choices=list(STRATEGIES),
+            help=f"training strategy (default: {DEFAULT_STRATEGY})",
         )
     parser.add_argument("--config", help="TOML or JSON file of settings; explicit flags win")
     add_arguments(parser, DataConfig, "data")
@@ -57,6 +86,55 @@ def parser_for_runs(parser: argparse.ArgumentParser, with_strategy: bool = True)
         group = parser.add_argument_group(f"strategy {name}")
         fresh = _OnlyNew(group, seen)
         add_arguments(fresh, cls)
+
+
+FEATURE_DATA = "mfeat, synthetic and feature files (.npz, .csv, .parquet)"
+"""The data :data:`~altmodal.data.registry.FEATURE_FILE_DEFAULTS` apply to, as --help names them."""
+
+
+def data_defaults(for_benchmark: bool = False) -> dict[str, dict[str, object]]:
+    """Data kind (as --help names it) -> the settings it changes from the dataclass defaults
+    (for ``benchmark``, with the grid's own per-dataset settings)."""
+    kinds: dict[str, dict[str, object]] = {FEATURE_DATA: dict(FEATURE_FILE_DEFAULTS)}
+    for info in DATASETS.values():
+        settings = {**info.defaults, **(info.benchmark if for_benchmark else {})}
+        if info.defaults == FEATURE_FILE_DEFAULTS and set(settings) <= set(FEATURE_FILE_DEFAULTS):
+            continue  # mfeat and synthetic: named with the feature files
+        if settings:
+            kinds[info.name] = settings
+    return kinds
+
+
+def default_text(value: object) -> str:
+    """A default as --help shows it (tuples comma-separated, as the flags take them)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) or "(none)"
+    return "none" if value is None else str(value)
+
+
+def tell_true_defaults(parser: argparse.ArgumentParser, for_benchmark: bool = False) -> None:
+    """Rewrite the "(default: X)" of each flag some data kinds set otherwise, e.g. --lr's
+    "(default: 0.01 for mfeat, synthetic and feature files (.npz, .csv, .parquet); 0.05 for
+    avdigits; 0.001 for the other datasets)", so that --help names the default each run gets."""
+    kinds = data_defaults(for_benchmark)
+    fields = {name: f for c in (DataConfig, EncoderConfig, TrainConfig) for name, (f, _) in fields_of(c).items()}
+    for action in parser._actions:
+        if action.dest not in fields or not action.help or "(default: " not in action.help:
+            continue
+        by_value: dict[str, list[str]] = {}
+        for kind, settings in kinds.items():
+            if action.dest in settings:
+                by_value.setdefault(default_text(settings[action.dest]), []).append(kind)
+        if not by_value:
+            continue
+        parts = [f"{value} for {_and(names)}" for value, names in by_value.items()]
+        parts.append(f"{default_text(fields[action.dest].default)} for the other datasets")
+        head = action.help[: action.help.index("(default: ")]
+        action.help = f"{head}(default: {'; '.join(parts)})"
+
+
+def _and(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 class _OnlyNew:
@@ -86,11 +164,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks.append(TensorBoardLogger(Path(out) / "tensorboard"))
     try:
         metrics = train_run(
-            config, out, dist=dist, progress=not args.quiet, overwrite=args.overwrite, callbacks=callbacks
+            config,
+            out,
+            dist=dist,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+            callbacks=callbacks,
+            threads=args.threads,
         )
     finally:
         shutdown()
     if dist.is_main:
+        if metrics.skipped:
+            print(f"run: {out} had finished: training skipped (--overwrite trains it again)")
         print_summary(config, str(out), metrics)
     return 0
 
@@ -174,6 +260,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         missing_protocol=args.missing_protocol,
         split=args.split,
         device=args.device,
+        threads=args.threads,
     )
     if args.json:
         print(json.dumps(without_nan(result), indent=2, allow_nan=False))
@@ -212,13 +299,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     present = modality_list(args.present)
     check_output(out, args.data, args.overwrite)
     model = load_run(args.run, device=args.device)
-    rows = model.table(args.data, present)
+    with torch_threads(threads_for(args.threads, model.strategy)):
+        rows = model.table(args.data, present)
     write_csv(out, rows)
     print(f"predictions: {out}  ({len(rows)} samples, {len(model.classes)} classes)")
     scored = [r for r in rows if r["prediction"] != ""]
     if rows and "label" in rows[0] and scored:
         correct = sum(r["prediction"] == r["label"] for r in scored)
-        print(f"accuracy {correct / len(scored):.4f}  ({correct} of {len(scored)} samples with a modality)")
+        unscored = f"; {len(rows) - len(scored)} without any left out" if len(scored) < len(rows) else ""
+        counts = f"{correct} correct of {len(scored)} samples with a modality{unscored}"
+        print(f"accuracy {correct / len(scored):.4f}  ({counts})")
     return 0
 
 
@@ -292,7 +382,7 @@ def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[st
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    width = max(len(name) for name in [*DATASETS, "<file>.npz"])
+    width = max(len(name) for name in [*DATASETS, "<file>.parquet"])
     for info in DATASETS.values():
         notes = [", ".join(f"{k}={_show(v)}" for k, v in d.items()) for d in (info.defaults, info.benchmark)]
         extra = (f" [defaults: {notes[0]}]" if notes[0] else "") + (f" [benchmark: {notes[1]}]" if notes[1] else "")
@@ -300,6 +390,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     print(
         f"{'<file>.npz':<{width}}  a feature file: one array per modality, 'label', optional 'split' "
         "and 'present_<modality>' (see altmodal.data.features)"
+    )
+    print(
+        f"{'<file>.csv':<{width}}  a table (also .parquet): one row per sample, --label COLUMN, modalities by "
+        "MODALITY__ column prefix or --modality NAME=COLUMNS (see altmodal.data.table)"
     )
     return 0
 
@@ -313,10 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="altmodal", description="Multimodal learning that does not go lazy (MLA and its baselines)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument(
+        "--version", action="version", version=f"altmodal {altmodal.__version__} (torch {torch.__version__})"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one run and write its folder")
     parser_for_runs(train)
+    tell_true_defaults(train)
+    train.add_argument("--threads", type=parse_threads, default="auto", help=THREADS_HELP)
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<strategy>-seed<S>-<config hash>)")
     train.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     train.add_argument("--quiet", action="store_true", help="no summary and no progress bars")
@@ -343,12 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.add_argument("--threads", type=parse_threads, default="auto", help=THREADS_HELP)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="predict labels for new samples with a finished run's model")
     predict.add_argument("--run", required=True, help="the run folder")
     predict.add_argument(
-        "--data", required=True, help="an .npz feature file (labels optional) or a prepared media cache folder"
+        "--data",
+        required=True,
+        help="an .npz feature file, a .csv / .parquet table (labels optional: the run's columns are read by "
+        "name) or a prepared media cache folder",
     )
     predict.add_argument("--present", help="only these modalities present, comma-separated")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -356,12 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--overwrite", action="store_true", help="replace --out even when it is not a predictions file altmodal wrote"
     )
+    predict.add_argument("--threads", type=parse_threads, default="auto", help=THREADS_HELP)
     predict.set_defaults(handler=cmd_predict)
 
     from altmodal.benchmark import BenchmarkConfig
 
     bench = sub.add_parser("benchmark", help="run the paper's experiments on a dataset and write a report")
     parser_for_runs(bench, with_strategy=False)
+    tell_true_defaults(bench, for_benchmark=True)
     add_arguments(bench, BenchmarkConfig, "grid")
     bench.add_argument("--out", help="report and runs folder (default: runs/benchmark-<dataset> or -<suite>)")
     bench.add_argument(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -47,6 +48,11 @@ def require(ok: bool, name: str, value: Any, what: str) -> None:
 
 def fields_of(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
     """Field name -> (field, resolved type) of a config dataclass."""
+    return _fields(cls)
+
+
+@functools.cache  # resolving type hints is slow, and resolving a run's settings asks often
+def _fields(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
     hints = typing.get_type_hints(cls)
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
 

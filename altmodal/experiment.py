@@ -25,18 +25,23 @@ from altmodal.config import ConfigError, build, coerce, fields_of, first_line, f
 from altmodal.data.dataset import Splits
 from altmodal.data.registry import DATASETS, DataConfig, dataset_defaults, load_splits
 from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
+from altmodal.data.table import is_table
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import EncoderConfig, encoder_kinds, weights_by_modality
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.predictions import prediction_rows
 from altmodal.runs import ADVICE, FOLDS, RUN_EXTRAS, RUN_FILES, Run, read_csv, write_csv
 from altmodal.strategies import STRATEGIES, Callback, DataSpec, Strategy, TrainConfig, build_strategy, strategy_class
+from altmodal.threads import Threads, threads_for, torch_threads
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"epoch", "training", "history", "best", "rng"}
 SECTIONS: dict[str, type] = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig}
 DEFAULT_STRATEGY = "mla"
+LATER_DATA_FIELDS = ("label", "columns")
+"""Data settings that came after run folders existed: config.json holds them only when they are
+set, so an older run's config (its digest and its folder's name) stays the same."""
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,13 @@ class RunConfig:
     """The strategy's own options, resolved (empty for strategies without options)."""
 
     def to_dict(self) -> dict[str, Any]:
+        data = to_dict(self.data)
+        for name in LATER_DATA_FIELDS:
+            if getattr(self.data, name) == getattr(DataConfig, name):
+                del data[name]
         return {
             "strategy": self.strategy,
-            "data": to_dict(self.data),
+            "data": data,
             "encoder": to_dict(self.encoder),
             "train": to_dict(self.train),
             "options": json.loads(json.dumps(self.options)),
@@ -65,7 +74,8 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def default_out(self, root: str | Path = "runs") -> Path:
-        name = Path(self.data.dataset).stem if self.data.dataset.endswith(".npz") else self.data.dataset
+        file = self.data.dataset.endswith(".npz") or is_table(self.data.dataset)
+        name = Path(self.data.dataset).stem if file else self.data.dataset
         return Path(root) / f"{name}-{self.strategy}-seed{self.train.seed}-{self.digest()}"
 
 
@@ -180,15 +190,22 @@ def seed_everything(seed: int) -> None:
 class RunResult(dict):  # type: ignore[type-arg]
     """A finished run's metrics (what metrics.json holds), with the trained model as ``model``
     (a :class:`~altmodal.predictor.Predictor`; read from the folder on first use when the run
-    had finished before) and the run folder as ``path``."""
+    had finished before), the run folder as ``path`` and ``skipped`` (True when it had)."""
 
     def __init__(
-        self, metrics: Mapping[str, Any], path: Path, model: Any = None, encoders: Mapping[str, Any] | None = None
+        self,
+        metrics: Mapping[str, Any],
+        path: Path,
+        model: Any = None,
+        encoders: Mapping[str, Any] | None = None,
+        skipped: bool = False,
     ):
         super().__init__(metrics)
         self.path = path
         self._model = model
         self._encoders = encoders
+        self.skipped = skipped
+        """The run had finished before: nothing was trained."""
 
     @property
     def model(self) -> Any:
@@ -209,8 +226,10 @@ def train_run(
     encoders: Mapping[str, torch.nn.Module] | None = None,
     data: Any = None,
     callbacks: Sequence[Callback] = (),
+    threads: Threads = None,
 ) -> RunResult:
-    """Train (or resume, or skip if finished) the run in ``out``; return its metrics and model.
+    """Train (or resume, or skip if finished) the run in ``out``; return its metrics and model
+    (``skipped`` on the result tells whether it had finished before).
 
     Args:
         config: the run's settings (:func:`resolve`).
@@ -225,6 +244,8 @@ def train_run(
             feature file, a ``MultimodalDataset``, or a torch Dataset / DataLoader of modality
             dicts (see :func:`altmodal.data.user.loaded_from`).
         callbacks: more :class:`~altmodal.strategies.base.Callback` objects for the loop.
+        threads: torch CPU threads while training: a number, ``"auto"`` (the rule of
+            :mod:`altmodal.threads`) or None (torch's setting as it is); restored afterwards.
 
     Raises:
         ConfigError: ``out`` is a file, a folder of other files (without ``overwrite``), a run of
@@ -238,7 +259,7 @@ def train_run(
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=name))
     config = with_absolute_paths(config)
     dist = dist or Dist(device=resolve_device(config.train.device))
-    return _train_in(config, Path(out), dist, progress, overwrite, encoders, loaded, callbacks)
+    return _train_in(config, Path(out), dist, progress, overwrite, encoders, loaded, callbacks, threads)
 
 
 def _train_in(
@@ -250,6 +271,7 @@ def _train_in(
     encoders: Mapping[str, torch.nn.Module] | None,
     loaded: Any,
     callbacks: Sequence[Callback],
+    threads: Threads,
 ) -> RunResult:
     run = Run(out, main=dist.is_main)
     run.check_folder()
@@ -260,7 +282,7 @@ def _train_in(
             "choose a new or empty --out, or pass --overwrite to write the run there"
         )
     with run.lock():
-        return _train_locked(config, run, dist, progress, overwrite, encoders, loaded, callbacks)
+        return _train_locked(config, run, dist, progress, overwrite, encoders, loaded, callbacks, threads)
 
 
 def _train_locked(
@@ -272,6 +294,7 @@ def _train_locked(
     encoders: Mapping[str, torch.nn.Module] | None,
     loaded: Any,
     callbacks: Sequence[Callback],
+    threads: Threads,
 ) -> RunResult:
     started_before = any(run.has(name) for name in RUN_FILES)
     if run.has("config.json") and started_before and not overwrite:
@@ -280,7 +303,7 @@ def _train_locked(
             raise ConfigError(f"{run.path} holds a run with another config; choose another --out or pass --overwrite")
         if run.finished:
             log.info("%s: finished already, skipping", run.path)
-            return RunResult(run.read_object("metrics.json"), run.path, encoders=encoders)
+            return RunResult(run.read_object("metrics.json"), run.path, encoders=encoders, skipped=True)
     elif overwrite and dist.is_main:
         for name in (*RUN_FILES, *RUN_EXTRAS):
             run.remove(name)
@@ -288,7 +311,7 @@ def _train_locked(
             shutil.rmtree(run.file(FOLDS))
     dist.barrier()
     if config.data.folds > 1 and config.data.fold == 0:
-        return _train_cross_fitted(config, run, dist, progress, overwrite, encoders, loaded, callbacks)
+        return _train_cross_fitted(config, run, dist, progress, overwrite, encoders, loaded, callbacks, threads)
     seed_everything(member_seed(config))
     splits = load_splits(config.data, config.train.seed, loaded)
     strategy = build_strategy(config.strategy, splits, config.encoder, config.options, encoders)
@@ -306,16 +329,17 @@ def _train_locked(
     if resume is not None:
         check_checkpoint(resume, run.file("checkpoint.pt"), strategy.state_dict())
         log.info("%s: resuming after epoch %d", run.path, int(resume["epoch"]) + 1)
-    started = time.perf_counter()
-    history = strategy.fit(
-        splits, config.train, dist=dist, resume=resume, callbacks=[run, *callbacks], progress=progress
-    )
-    seconds = time.perf_counter() - started
-    test_outputs = strategy.collect(splits.test)
-    metrics = final_metrics(strategy, splits, config, history, test_outputs)
+    with torch_threads(threads_for(threads, strategy)):
+        started = time.perf_counter()
+        history = strategy.fit(
+            splits, config.train, dist=dist, resume=resume, callbacks=[run, *callbacks], progress=progress
+        )
+        seconds = time.perf_counter() - started
+        test_outputs = strategy.collect(splits.test)
+        metrics = final_metrics(strategy, splits, config, history, test_outputs)
     metrics["train_seconds"] = seconds
     card = model_card(strategy, splits, config, encoders or {})
-    return _write_model(run, dist, strategy, card, splits, test_outputs, metrics)
+    return _write_model(run, dist, strategy, card, splits, test_outputs, metrics, config)
 
 
 def _write_model(
@@ -326,6 +350,7 @@ def _write_model(
     splits: Splits,
     test_outputs: Outputs,
     metrics: Mapping[str, Any],
+    config: RunConfig,
 ) -> RunResult:
     """Write a trained model's files (metrics.json last: it marks the run finished)."""
     run.save_tensors("model.safetensors", strategy.state_dict())
@@ -338,7 +363,9 @@ def _write_model(
     dist.barrier()
     from altmodal.predictor import Predictor
 
-    model = Predictor(strategy, card, splits.preprocessing, run.path, splits.test.transforms)
+    model = Predictor(
+        strategy, card, splits.preprocessing, run.path, splits.test.transforms, config=config.to_dict(), metrics=metrics
+    )
     return RunResult(metrics, run.path, model)
 
 
@@ -359,6 +386,7 @@ def _train_cross_fitted(
     encoders: Mapping[str, torch.nn.Module] | None,
     loaded: Any,
     callbacks: Sequence[Callback],
+    threads: Threads,
 ) -> RunResult:
     """Train (or resume, or skip) each member of a cross-fitted run in ``folds/<k>``, choose the
     fusion on their out-of-fold predictions and write the run as one model (:mod:`altmodal.bagging`)."""
@@ -375,11 +403,13 @@ def _train_cross_fitted(
     for k in range(1, config.data.folds + 1):
         member = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k))
         own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
-        result = _train_in(member, run.file(FOLDS) / str(k), dist, progress, overwrite, own, loaded, callbacks)
+        path = run.file(FOLDS) / str(k)
+        result = _train_in(member, path, dist, progress, overwrite, own, loaded, callbacks, threads)
         strategy = result.model.strategy
         holdout = load_splits(member.data, seed, loaded).holdout
         assert holdout is not None
-        held_out.append((strategy, strategy.collect(holdout, all_subsets=False)))
+        with torch_threads(threads_for(threads, strategy)):
+            held_out.append((strategy, strategy.collect(holdout, all_subsets=False)))
         members.append(strategy)
         history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
     spec = DataSpec(tuple(splits.train.modalities), splits.train.num_classes, len(splits.train.labels))
@@ -387,16 +417,17 @@ def _train_cross_fitted(
     bag.dist, bag.config = dist, config.train
     bag.best_epoch = members[0].best_epoch
     bag.to(bag.device)
-    bag.choose(held_out, seed)
-    seconds = time.perf_counter() - started
-    test_outputs = bag.collect(splits.test)
-    metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)
+    with torch_threads(threads_for(threads, members[0])):
+        bag.choose(held_out, seed)
+        seconds = time.perf_counter() - started
+        test_outputs = bag.collect(splits.test)
+        metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)
     metrics["train_seconds"] = seconds
     metrics["best_epoch"] = [m.best_epoch for m in members]
     card = {**model_card(bag, splits, config, encoders or {}), "folds": config.data.folds}
     if run.main:
         write_csv(run.file("history.csv"), history)
-    return _write_model(run, dist, bag, card, splits, test_outputs, metrics)
+    return _write_model(run, dist, bag, card, splits, test_outputs, metrics, config)
 
 
 PYTHON_DATA = "<data from Python>"
@@ -424,18 +455,23 @@ def model_card(
     train = splits.train
     kinds = encoder_kinds(train.kinds, train.modalities, config.encoder)
     kinds.update({m: f"custom:{type(module).__module__}.{type(module).__qualname__}" for m, module in custom.items()})
-    return {
+    card: dict[str, Any] = {
         "format": 1,
         "strategy": config.strategy,
         "dataset": config.data.dataset,
         "dataset_options": list(config.data.dataset_options),
         "classes": [str(c) for c in train.classes],
+        "label_type": "integer" if train.integer_labels else "string",
         "modalities": {m: {"shape": list(train.input_shape(m)), "encoder": kinds[m]} for m in train.modalities},
         "num_samples": len(train.labels),
         "preprocessing": {m: "standardize" for m in splits.preprocessing},
         "best_epoch": strategy.best_epoch,
         "versions": {"altmodal": altmodal.__version__, "torch": torch.__version__},
     }
+    if train.columns:
+        card["columns"] = {m: list(train.columns[m]) for m in train.modalities}
+        card["label_column"] = config.data.label
+    return card
 
 
 def check_model_card(card: Any, path: Path) -> dict[str, Any]:
@@ -619,11 +655,13 @@ def evaluate_run(
     seed: int | None = None,
     dist: Dist | None = None,
     device: str = "auto",
+    threads: Threads = None,
 ) -> dict[str, Any]:
     """Re-evaluate a finished run's best model on a split, optionally with only ``present``
     modalities or with modalities dropped at ``missing_rate`` under ``missing_protocol`` (default:
-    the run's), on ``device`` (whichever device the run was trained on). The result's ``missing``
-    entry states the protocol and the realised shares."""
+    the run's), on ``device`` (whichever device the run was trained on) with ``threads`` torch CPU
+    threads (see :func:`train_run`). The result's ``missing`` entry states the protocol and the
+    realised shares."""
     if not 0 <= missing_rate < 1:
         raise ConfigError(f"missing rate {missing_rate} must be in [0, 1)")
     if missing_protocol is not None and missing_protocol not in PROTOCOLS:
@@ -659,7 +697,8 @@ def evaluate_run(
     if missing_rate > 0:
         mask_seed = config.train.seed + 1 if seed is None else seed
         dataset = dataset.with_present(missing_mask(dataset.present, dataset.rows, missing_rate, mask_seed, protocol))
-    outputs = strategy.collect(dataset)
+    with torch_threads(threads_for(threads, strategy)):
+        outputs = strategy.collect(dataset)
     rate = missing_rate if missing_rate > 0 else config.data.test_missing_rate
     result: dict[str, Any] = {
         "run": str(run.path),

@@ -38,6 +38,21 @@ def names_of(probs: np.ndarray, classes: Sequence[str]) -> list[str]:
     return ["" if np.isnan(row).any() else classes[int(row.argmax())] for row in probs]
 
 
+def labels_of(probs: np.ndarray, values: Sequence[object]) -> np.ndarray:
+    """The most probable class value per row of (N, C) ``probs``, as an array of the values'
+    own kind (int64 for integers, objects for names); a NaN row gets '' among names and None
+    among integers (the array is then of dtype object)."""
+    known = ~np.isnan(probs).any(axis=1)
+    index = np.where(known, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), 0)
+    integer = all(isinstance(v, (int, np.integer)) for v in values)
+    picked = np.asarray(values, dtype=np.int64 if integer else object)[index]
+    if known.all():
+        return picked
+    out = picked.astype(object)
+    out[~known] = None if integer else ""
+    return out
+
+
 def prediction_rows(outputs: Outputs, classes: Sequence[str], labelled: bool = True) -> list[dict[str, object]]:
     """One row per sample: ``index``, ``label`` (class name, if ``labelled``), ``prediction``,
     ``prob_<class>`` for each class, then per modality ``prediction_<m>`` and ``present_<m>``."""

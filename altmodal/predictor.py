@@ -2,20 +2,25 @@
 
     model = load_run("runs/x", device="cpu")
     model.classes, model.modalities
-    model.predict(inputs)                 # (N,) class names
-    fused, each = model.predict_proba(inputs)   # (N, C) and modality -> (N, C)
+    model.predict(inputs)                 # (N,) labels: integers for integer labels, else names
+    model.predict_proba(inputs)           # (N, C) fused probabilities, columns in model.classes order
+    model.modality_proba(inputs)          # modality -> (N, C): each modality's own prediction
     model.embed(inputs)                   # modality -> (N, d) features
     model.evaluate(inputs, labels)        # the metrics block of metrics.json
+    model.save("elsewhere")               # a run folder load_run reads again
 
 ``inputs`` is a dict of arrays keyed by modality holding RAW values (the run's stored
 preprocessing, e.g. standardisation with the training split's statistics, is applied), laid
 out like a feature file: optional ``present_<modality>`` masks and ``label`` may sit in the same
-dict. It may also be the path of such an ``.npz`` file, or of a media cache written by
-``altmodal prepare`` for the corpus the run was trained on (its evaluation transforms apply; a
-dict of media arrays gets none, so use the cache for media runs). A modality left out of the
-dict is absent for every sample; ``present`` (modality -> (N,) bool, or the names of the
-modalities to keep) marks more samples absent. A modality a sample lacks gets NaN rows in the
-per-modality results; a sample with none gets NaN fused probabilities and an empty prediction.
+dict. It may also be the path of such an ``.npz`` file, of a CSV or Parquet table when the run
+was trained on one (the columns it was trained on are read by name; the label column is
+optional), or of a media cache written by ``altmodal prepare`` for the corpus the run was
+trained on (its evaluation transforms apply; a dict of media arrays gets none, so use the cache
+for media runs). A modality left out of the dict is absent for every sample; one the model does
+not know is ignored, with a one-line note in the log. ``present`` (modality -> (N,) bool, or the
+names of the modalities to keep) marks more samples absent. A modality a sample lacks gets NaN
+rows in the per-modality results; a sample with none gets NaN fused probabilities and no
+prediction ('' for class names, None for integer labels).
 
 Loading reads only JSON and safetensors files: no code in a run folder is ever run.
 """
@@ -24,9 +29,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,24 +43,21 @@ from altmodal.config import ConfigError
 from altmodal.data.dataset import MultimodalDataset, Transform
 from altmodal.data.features import PRESENT_PREFIX, RESERVED, DataError, check_float32, check_modality, read_arrays
 from altmodal.data.splits import apply_standardization
+from altmodal.data.table import is_frame, is_table, read_table, table_arrays
 from altmodal.data.user import as_array
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import check_encoder
 from altmodal.experiment import check_model_card, load_model_weights, load_run_config
 from altmodal.metrics import Outputs, summarize
-from altmodal.predictions import any_present, names_of, prediction_rows, probabilities
+from altmodal.predictions import any_present, labels_of, prediction_rows, probabilities
 from altmodal.runs import ADVICE, Run
 from altmodal.strategies import DataSpec, Strategy, assemble
 
-Inputs = Mapping[str, Any] | str | Path
+log = logging.getLogger(__name__)
+
+Inputs = Mapping[str, Any] | str | Path | Any
+"""A dict of arrays, a pandas DataFrame, or the path of a file or media cache."""
 Present = Mapping[str, Any] | Sequence[str] | None
-
-
-class Probabilities(NamedTuple):
-    """Fused (N, C) probabilities and each modality's own (N, C) (NaN rows where absent)."""
-
-    fused: np.ndarray
-    modalities: dict[str, np.ndarray]
 
 
 class Predictor:
@@ -67,12 +70,19 @@ class Predictor:
         preprocessing: Mapping[str, Mapping[str, np.ndarray]],
         path: Path,
         transforms: Mapping[str, Transform] | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
     ):
         self.strategy = strategy
         self.card = dict(card)
         self.preprocessing = preprocessing
         self.path = Path(path)
         self.transforms = dict(transforms or {})
+        self.config = dict(config or {})
+        """The run's resolved config (what config.json holds)."""
+        self.metrics = dict(metrics or {})
+        """The run's metrics.json (empty when the folder had none)."""
 
     def __repr__(self) -> str:
         return (
@@ -85,6 +95,14 @@ class Predictor:
         return list(self.card["classes"])
 
     @property
+    def class_values(self) -> list[Any]:
+        """The classes as the training labels gave them: integers for integer labels, else
+        the names of :attr:`classes`; :meth:`predict` answers with these."""
+        if self.card.get("label_type") == "integer":
+            return [int(c) for c in self.classes]
+        return self.classes
+
+    @property
     def modalities(self) -> list[str]:
         return list(self.card["modalities"])
 
@@ -94,14 +112,22 @@ class Predictor:
 
     # ----- answers -------------------------------------------------------------------------
     def predict(self, inputs: Inputs, present: Present = None) -> np.ndarray:
-        """(N,) predicted class names ('' for a sample with no modality)."""
-        return np.array(names_of(self.predict_proba(inputs, present).fused, self.classes), dtype=object)
+        """(N,) predicted labels in the training labels' own kind: integers (int64) for integer
+        labels, class names (objects) otherwise. A sample with no modality gets '' (names) or
+        None (integers; the array is then of dtype object)."""
+        return labels_of(self.predict_proba(inputs, present), self.class_values)
 
-    def predict_proba(self, inputs: Inputs, present: Present = None) -> Probabilities:
-        """Fused probabilities (N, C) and modality -> (N, C) of its own prediction."""
+    def predict_proba(self, inputs: Inputs, present: Present = None) -> np.ndarray:
+        """(N, C) fused probabilities, columns in :attr:`classes` order (NaN rows for samples
+        with no modality)."""
         out, _ = self._collect(inputs, present)
-        fused = probabilities(out.fused, any_present(out))
-        return Probabilities(fused, {m: probabilities(v, out.present[m]) for m, v in out.unimodal.items()})
+        return probabilities(out.fused, any_present(out))
+
+    def modality_proba(self, inputs: Inputs, present: Present = None) -> dict[str, np.ndarray]:
+        """modality -> (N, C) probabilities of that modality's own prediction inside the model
+        (NaN rows where the sample lacks it)."""
+        out, _ = self._collect(inputs, present)
+        return {m: probabilities(v, out.present[m]) for m, v in out.unimodal.items()}
 
     def embed(self, inputs: Inputs, present: Present = None) -> dict[str, np.ndarray]:
         """modality -> (N, d) features before the head (NaN rows where absent)."""
@@ -125,6 +151,32 @@ class Predictor:
         out, labelled = self._collect(inputs, present)
         return prediction_rows(out, self.classes, labelled=labelled)
 
+    def save(self, path: str | Path) -> Path:
+        """Write the model as a run folder that :func:`load_run` (and ``altmodal predict --run``)
+        reads: config.json, model.json, model.safetensors, preprocessing.safetensors and, when
+        known, metrics.json.
+
+        Raises:
+            ConfigError: ``path`` is a file, or a folder that already holds files (nothing is
+                overwritten).
+        """
+        from altmodal.experiment import flat_stats
+
+        run = Run(path)
+        run.check_folder()
+        if run.path.is_dir() and any(run.path.iterdir()):
+            raise ConfigError(f"{run.path}: the folder holds files already; save into a new or empty folder")
+        if not self.config:
+            raise ConfigError(f"{self.path}: this model has no run config to save (it predates Predictor.save)")
+        with run.lock():
+            run.write_json("config.json", self.config)
+            run.save_tensors("model.safetensors", self.strategy.state_dict())
+            run.save_tensors("preprocessing.safetensors", flat_stats(self.preprocessing))
+            run.write_json("model.json", self.card)
+            if self.metrics:
+                run.write_json("metrics.json", self.metrics)
+        return run.path
+
     # ----- the one path: inputs -> dataset -> Strategy.collect ---------------------------------
     def _collect(
         self, inputs: Inputs, present: Present = None, labels: Any = None, all_subsets: bool = False
@@ -141,16 +193,28 @@ class Predictor:
         if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
             return self._cache(Path(inputs), labels)
         source = str(inputs) if isinstance(inputs, (str, Path)) else "inputs"
-        raw = read_arrays(inputs) if isinstance(inputs, (str, Path)) else self._mapping(inputs)
+        raw: Mapping[str, Any]
+        if is_frame(inputs) or (isinstance(inputs, (str, Path)) and is_table(inputs)):
+            raw = self._table(read_table(inputs) if isinstance(inputs, (str, Path)) else inputs, source)
+        else:
+            raw = read_arrays(inputs) if isinstance(inputs, (str, Path)) else self._mapping(inputs)
         raw = {str(k): as_array(v) for k, v in raw.items()}
-        given = [k for k in raw if k not in RESERVED and not k.startswith(PRESENT_PREFIX)]
-        unknown = [k for k in given if k not in self.modalities]
-        if unknown:
-            raise DataError(
-                f"{source}: modality {unknown[0]!r} is not one of this model's ({', '.join(self.modalities)})"
-            )
+        offered = [k for k in raw if k not in RESERVED and not k.startswith(PRESENT_PREFIX)]
+        given = [k for k in offered if k in self.modalities]
+        extra = [k for k in offered if k not in self.modalities]
         if not given:
-            raise DataError(f"{source}: none of this model's modalities ({', '.join(self.modalities)}) is given")
+            raise DataError(
+                f"{source}: none of this model's modalities ({', '.join(self.modalities)}) is given "
+                f"(it has {', '.join(offered) or 'no modality'})"
+            )
+        if extra:
+            log.warning(
+                "%s: ignoring %s %s, not among this model's modalities (%s)",
+                source,
+                "modality" if len(extra) == 1 else "modalities",
+                ", ".join(map(repr, extra)),
+                ", ".join(self.modalities),
+            )
         n = len(raw[given[0]]) if raw[given[0]].ndim else 0
         if n == 0:
             raise DataError(f"{source}: holds no samples (modality {given[0]!r} has none); give one or more")
@@ -191,8 +255,23 @@ class Predictor:
         wanted = ", ".join(f"{m!r}: (N, {', '.join(map(str, self.shape(m)))})" for m in self.modalities)
         raise DataError(
             f"inputs: got a {type(inputs).__name__}; give a dict of modality arrays ({wanted}), "
-            "or the path of an .npz feature file"
+            "a pandas DataFrame, or the path of an .npz feature file or a table"
         )
+
+    def _table(self, frame: Any, source: str) -> dict[str, np.ndarray]:
+        """A table's arrays: the columns the model was trained on, by name (or, for a model not
+        trained on a table, by ``MODALITY__`` prefix); the label column when the table has it."""
+        columns: Mapping[str, Sequence[str]] | None = self.card.get("columns")
+        label = str(self.card.get("label_column", "label"))
+        if columns:  # a modality none of whose columns the table has is absent
+            header = {str(c) for c in frame.columns}
+            columns = {m: names for m, names in columns.items() if any(c in header for c in names)}
+            if not columns:
+                raise DataError(
+                    f"{source}: has none of the columns of this model's modalities ({', '.join(self.modalities)})"
+                )
+        arrays, _ = table_arrays(frame, source, label=label, spec=columns, label_required=False)
+        return arrays
 
     def _cache(self, folder: Path, labels: Any) -> tuple[MultimodalDataset, bool]:
         from altmodal.data.registry import DATASETS, DataConfig, load
@@ -327,7 +406,8 @@ def load_run(path: str | Path, device: str = "auto", encoders: Mapping[str, nn.M
     load_model_weights(strategy, run)
     stats = _preprocessing(run, card, shapes)
     strategy.best_epoch = int(card["best_epoch"])
-    return Predictor(strategy, card, stats, run.path)
+    metrics = run.read_object("metrics.json") if run.finished else None
+    return Predictor(strategy, card, stats, run.path, config=config.to_dict(), metrics=metrics)
 
 
 def _preprocessing(

@@ -78,18 +78,32 @@ def counters_on_host(module: nn.Module, *names: str) -> None:
     a list of ints for a vector): a step updates only those, so it never reads or writes the
     device for them; the buffers receive them whenever a state dict is taken and give them back
     when one is loaded (checkpoints, resume)."""
+    hooks = _HostCounters(names)
+    hooks.read(module)
+    module.register_state_dict_pre_hook(hooks.before_state_dict)
+    module.register_load_state_dict_post_hook(hooks.after_load)
 
-    def read(owner: nn.Module) -> None:
-        for name in names:
+
+class _HostCounters:
+    """The hooks of :func:`counters_on_host` as methods of a small object, so that a module that
+    has them can be pickled (a closure cannot)."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = tuple(names)
+
+    def read(self, owner: nn.Module) -> None:
+        for name in self.names:
             setattr(owner, f"host_{name}", getattr(owner, name).tolist())
 
-    def write(owner: nn.Module) -> None:
-        for name in names:
+    def write(self, owner: nn.Module) -> None:
+        for name in self.names:
             getattr(owner, name).copy_(torch.as_tensor(getattr(owner, f"host_{name}")))
 
-    read(module)
-    module.register_state_dict_pre_hook(lambda owner, prefix, keep_vars: write(owner))
-    module.register_load_state_dict_post_hook(lambda owner, keys: read(owner))
+    def before_state_dict(self, owner: nn.Module, prefix: str, keep_vars: bool) -> None:
+        self.write(owner)
+
+    def after_load(self, owner: nn.Module, keys: object) -> None:
+        self.read(owner)
 
 
 TARGETS = ("gradient", "update")

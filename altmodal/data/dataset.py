@@ -51,6 +51,12 @@ class MultimodalDataset:
     transforms: Mapping[str, Transform] = field(default_factory=dict)
     kinds: Mapping[str, str] = field(default_factory=dict)
     """modality -> encoder kind (see :func:`altmodal.encoders.build_encoder`); default ``mlp``."""
+    integer_labels: bool = False
+    """The labels were given as integers (``classes`` holds them as text): predictions give
+    integers back."""
+    columns: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """modality -> the table columns (CSV, Parquet, DataFrame) its features came from, in order;
+    empty for other data."""
 
     @property
     def modalities(self) -> list[str]:
@@ -79,6 +85,7 @@ class MultimodalDataset:
             present={m: self.present[m] for m in modalities},
             transforms={m: t for m, t in self.transforms.items() if m in modalities},
             kinds={m: k for m, k in self.kinds.items() if m in modalities},
+            columns={m: c for m, c in self.columns.items() if m in modalities},
         )
 
     def with_present(self, present: Mapping[str, np.ndarray]) -> MultimodalDataset:

@@ -82,8 +82,15 @@ def arrays_to_dataset(raw: dict[str, np.ndarray], source: str) -> tuple[Multimod
                 f"{source}: 'split' row {bad[0]} is {str(split[bad[0]])!r}; "
                 f"each entry must be one of {', '.join(SPLITS)}"
             )
+    integer = raw.get("classes") is None and label.dtype.kind in "iuf"  # integral floats: checked above
     dataset = MultimodalDataset(
-        name=source, arrays=arrays, present=present, labels=labels, classes=classes, rows=np.arange(n)
+        name=source,
+        arrays=arrays,
+        present=present,
+        labels=labels,
+        classes=classes,
+        rows=np.arange(n),
+        integer_labels=integer,
     )
     return dataset, split
 

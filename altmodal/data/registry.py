@@ -13,7 +13,7 @@ import numpy as np
 
 from altmodal.config import option, require
 from altmodal.data.dataset import MultimodalDataset, Splits, Transform
-from altmodal.data.features import DataError, check_float32, read_npz
+from altmodal.data.features import DataError, arrays_to_dataset, check_float32, read_npz
 from altmodal.data.mfeat import load_mfeat
 from altmodal.data.splits import (
     carve_validation,
@@ -25,6 +25,7 @@ from altmodal.data.splits import (
     warn_rare_classes,
 )
 from altmodal.data.synthetic import generate, synthetic_config
+from altmodal.data.table import is_table, parse_modality_map, read_table, table_arrays
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 class DataConfig:
     """Which data, which modalities, how it is split and which modalities go missing."""
 
-    dataset: str = option("mfeat", "a built-in dataset name (see `altmodal datasets`) or a .npz feature file")
+    dataset: str = option(
+        "mfeat", "a built-in dataset name (see `altmodal datasets`), a .npz feature file or a .csv / .parquet table"
+    )
     data_dir: str | None = option(None, "folder of a prepared media dataset (`altmodal prepare`)")
     modalities: tuple[str, ...] = option((), "modalities to use, comma-separated (default: all)")
     dataset_options: tuple[str, ...] = option(
@@ -61,6 +64,15 @@ class DataConfig:
     standardize: bool = option(True, "standardise feature data with training-split statistics")
     train_missing_rate: float = option(0.0, "drop modalities of training samples at this rate (>=1 kept)")
     test_missing_rate: float = option(0.0, "drop modalities of val/test samples at this rate (>=1 kept)")
+    label: str = option("label", "the label column of a .csv / .parquet table")
+    columns: tuple[str, ...] = option(
+        (),
+        "one modality of a .csv / .parquet table as NAME=COL1,COL2 or NAME=PREFIX* (repeat the flag for more) "
+        "(default: columns grouped by their MODALITY__ prefix)",
+        flag="--modality",
+        repeat=True,
+        metavar="NAME=COLUMNS",
+    )
     missing_protocol: Literal["independent", "share"] = option(
         "independent",
         "what a missing rate means: independent (each modality of each sample dropped with probability "
@@ -156,7 +168,7 @@ def dataset_defaults(dataset: str) -> Mapping[str, object]:
     info = DATASETS.get(dataset)
     if info is not None:
         return info.defaults
-    return FEATURE_FILE_DEFAULTS if dataset.endswith(".npz") else {}
+    return FEATURE_FILE_DEFAULTS if dataset.endswith(".npz") or is_table(dataset) else {}
 
 
 def parse_options(items: Sequence[str]) -> dict[str, str]:
@@ -185,6 +197,11 @@ def load(config: DataConfig) -> Loaded:
             f"{config.dataset}: is a directory, not a feature file; give a .npz file "
             "(or, for a prepared media cache, the dataset name with --data-dir)"
         )
+    if is_table(config.dataset):
+        _no_options(config.dataset, options)
+        return load_table(config)
+    if config.label != DataConfig.label or config.columns:
+        raise DataError(f"{config.dataset}: --label and --modality name the columns of a .csv or .parquet table")
     if config.dataset.endswith(".npz") or Path(config.dataset).suffix:
         dataset, split = read_npz(config.dataset)
         _no_options(config.dataset, options)
@@ -193,6 +210,14 @@ def load(config: DataConfig) -> Loaded:
         f"unknown dataset {config.dataset!r}; built-in datasets: {', '.join(DATASETS)} "
         "(or give the path of a .npz feature file)"
     )
+
+
+def load_table(config: DataConfig) -> Loaded:
+    """A CSV or Parquet table (:mod:`altmodal.data.table`) as a feature file's dataset."""
+    spec = parse_modality_map(config.columns) or None
+    arrays, columns = table_arrays(read_table(config.dataset), config.dataset, label=config.label, spec=spec)
+    dataset, split = arrays_to_dataset(arrays, config.dataset)
+    return Loaded(dataclasses.replace(dataset, columns=columns), split)
 
 
 def select_modalities(dataset: MultimodalDataset, wanted: Sequence[str]) -> MultimodalDataset:

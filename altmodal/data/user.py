@@ -5,7 +5,8 @@ standardisation, missing masks) is the same as for a feature file:
 
 - a dict of arrays laid out like a feature file (:mod:`altmodal.data.features`): one array per
   modality, ``label``, optionally ``split`` and ``present_<modality>``;
-- a :class:`~altmodal.data.dataset.MultimodalDataset` (used as it is);
+- a :class:`~altmodal.data.dataset.MultimodalDataset` (used as it is), or a
+  :class:`~altmodal.data.registry.Loaded` (a dataset with its split);
 - a ``torch.utils.data.DataLoader`` yielding :class:`~altmodal.data.batch.Batch` objects (use
   :func:`altmodal.data.collate`) or dicts of batched tensors in the feature-file layout;
 - a ``torch.utils.data.Dataset`` of per-sample dicts ``{"inputs": {modality: tensor or None},
@@ -38,6 +39,8 @@ def loaded_from(data: Any) -> Loaded:
     Raises:
         DataError: ``data`` is of another kind, or its arrays are malformed.
     """
+    if isinstance(data, Loaded):
+        return data
     if isinstance(data, MultimodalDataset):
         return Loaded(data)
     if isinstance(data, Mapping):
@@ -65,6 +68,10 @@ def fingerprint(loaded: Loaded) -> str:
     parts = [*dataset.arrays.values(), *dataset.present.values(), dataset.labels, dataset.rows]
     for array in [*parts, np.asarray(dataset.classes, dtype=str), np.asarray(loaded.split, dtype=str)]:
         digest.update(np.ascontiguousarray(array).tobytes())
+    if dataset.integer_labels:  # what prediction gives back (only added when set: older digests stay)
+        digest.update(b"integer labels")
+    for m, columns in dataset.columns.items():
+        digest.update(f"{m}: {list(columns)}".encode())
     return digest.hexdigest()[:12]
 
 

@@ -1,0 +1,97 @@
+"""How many torch CPU threads a run uses (``--threads``, the estimator's ``threads``).
+
+The rule for ``auto``, the default: a model whose encoders are all MLPs and which has fewer than
+:data:`SMALL_MODEL` parameters runs on ONE thread; any other model (wider MLPs, ResNets, the text
+encoder, your own encoders) keeps torch's default (one thread per core, or ``OMP_NUM_THREADS``).
+A small MLP's operations take a few microseconds each, less than it costs a second thread to
+join in, and a busy machine makes a waiting thread far slower still; large matrix products and
+convolutions do split well.
+
+Measured with ``python benchmarks/threads.py`` (seconds per MLA training epoch, medians; two
+CPU cores shared with other jobs; the README has the table): with the cores nearly free, small
+MLPs (mfeat, 90k-370k parameters) took 0.03-0.17 s on one thread and the same or more on two;
+MLPs of 1.9M and 3.7M parameters (cora, acm) and a width-16 ResNet18 on 600 images were 1.2-1.5x
+faster on two. While other jobs kept the cores busy, two threads made every model 5-40x slower,
+so on a shared machine ``--threads 1`` is the safe choice.
+
+Threads are set for the run (or the prediction) and restored afterwards, so a Python session
+keeps its own setting; ``None`` leaves torch's setting alone (what :func:`train_run` does when it
+is not asked for threads, so a benchmark's per-worker setting stands).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from altmodal.config import ConfigError
+from altmodal.encoders.mlp import MLPEncoder
+
+SMALL_MODEL = 1_000_000
+"""Parameters below which an all-MLP model trains on one thread."""
+
+Threads = int | str | None
+"""A thread count, ``"auto"`` (:func:`auto_threads`) or None (leave torch's setting)."""
+
+
+def auto_threads(model: nn.Module) -> int | None:
+    """1 for a model whose encoders are all MLPs with fewer than :data:`SMALL_MODEL` parameters
+    in all; None (torch's default) for any other."""
+    encoders = getattr(model, "encoders", None)
+    if not isinstance(encoders, nn.ModuleDict) or not len(encoders):
+        return None
+    if not all(isinstance(e, MLPEncoder) for e in encoders.values()):
+        return None
+    return 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL else None
+
+
+def threads_for(setting: Threads, model: nn.Module) -> int | None:
+    """The thread count to set for ``model`` (None: leave torch's setting).
+
+    Raises:
+        ConfigError: ``setting`` is neither ``"auto"``, None nor a positive integer.
+    """
+    if setting is None:
+        return None
+    if setting == "auto":
+        return auto_threads(model)
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ConfigError(f"threads must be 'auto' or a positive integer (got {setting!r})")
+    return setting
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (None: unchanged), then restore."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def parse_threads(text: str) -> int | str:
+    """``--threads``: ``auto`` or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be 'auto' or a positive integer (got {text!r})")
+    return value
+
+
+THREADS_HELP = (
+    "torch CPU threads: a number, or auto: 1 for a model of MLP encoders under 1M parameters, torch's "
+    "default (one per core) for larger ones, ResNets, text and your own encoders (default: auto)"
+)
