@@ -85,7 +85,7 @@ def test_the_bag_averages_its_members_and_fuses_by_the_chosen_rule(bagged):
     head = torch.stack([torch.log_softmax(h, 1) for h in heads]).mean(0)
     fitted = Fitted((fusion.weight, fusion.bias), fusion.weights)
     expected = apply_rule(fusion.chosen, logp, present, fitted, head, own).softmax(1)
-    assert np.allclose(bag.predict_proba(inputs).fused, expected.numpy(), atol=1e-5)
+    assert np.allclose(bag.predict_proba(inputs), expected.numpy(), atol=1e-5)
 
 
 def test_an_interrupted_cross_fitted_run_resumes_to_the_same_model(tmp_path, monkeypatch, bagged):

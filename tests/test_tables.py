@@ -31,7 +31,7 @@ def test_a_csv_trains_by_prefix_and_predicts_integers(tmp_path, capsys):
     table.to_csv(tmp_path / "t.csv", index=False)
     run = tmp_path / "run"
     argv = ["train", "--dataset", str(tmp_path / "t.csv"), "--label", "y", "--out", str(run), *FAST]
-    assert main([*argv, "--epochs", "8"]) == 0
+    assert main([*argv, "--epochs", "20", "--lr", "0.05"]) == 0
     capsys.readouterr()
     card = json.loads((run / "model.json").read_text())
     assert card["columns"] == {"audio": ["audio__0", "audio__1", "audio__2"], "video": ["video__0", "video__1"]}
