@@ -133,7 +133,8 @@ class Bag(Strategy):
             parts.setdefault("index", []).append(out.index)
             for m in self.modalities:
                 parts.setdefault(f"features/{m}", []).append(out.features[m])
-        cat = {k: torch.cat(v) for k, v in parts.items()}
+        order = torch.cat(parts["index"]).argsort()  # sample order: the same choice in any number of processes
+        cat = {k: torch.cat(v)[order] for k, v in parts.items()}  # (the choice's folds follow it)
         unimodal = {m: cat[f"unimodal/{m}"] for m in self.modalities}
         present = {m: cat[f"present/{m}"] for m in self.modalities}
         head, own = cat.get("head"), cat["own"]

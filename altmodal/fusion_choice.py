@@ -364,15 +364,23 @@ class ChosenFusion(nn.Module):
         seed: int,
         head: Tensor | None = None,
         own: Tensor | None = None,
+        index: Tensor | None = None,
     ) -> Choice:
-        """Choose the rule on held-out outputs and keep its fitted weights."""
+        """Choose the rule on held-out outputs and keep its fitted weights. With the samples'
+        ``index`` they are first put in sample order, so that the folds of the choice, and the
+        choice, are the same whatever order the outputs were gathered in (one process or several)."""
+        order = index.cpu().argsort() if index is not None else torch.arange(len(label))
+
+        def host(x: Tensor) -> Tensor:
+            return x.detach().cpu()[order]
+
         choice = choose_rule(
-            {m: logits[m].detach().cpu() for m in self.modalities},
-            {m: present[m].cpu() for m in self.modalities},
-            label.cpu(),
+            {m: host(logits[m]) for m in self.modalities},
+            {m: host(present[m]) for m in self.modalities},
+            host(label),
             self.bias.numel(),
-            head=None if head is None else head.detach().cpu(),
-            own=None if own is None else own.detach().cpu(),
+            head=None if head is None else host(head),
+            own=None if own is None else host(own),
             rules=self.rules,
             seed=seed,
         )

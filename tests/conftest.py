@@ -29,6 +29,7 @@ def tiny_settings(**overrides: object) -> dict[str, object]:
         "hidden": (16,),
         "dim": 8,
         "lr": 0.05,
+        "folds": 1,  # one model (the default mla trains five: tests of cross-fitting ask for it)
     }
     settings.update(overrides)
     return settings

@@ -8,7 +8,7 @@ from altmodal.cli import main
 from altmodal.metrics import mean_std
 from tests.conftest import TINY
 
-ARGS = ["--dataset", "synthetic", "--epochs", "2", "--hidden", "16", "--dim", "8", "--seeds", "0,1"]
+ARGS = ["--dataset", "synthetic", "--epochs", "2", "--hidden", "16", "--dim", "8", "--seeds", "0,1", "--folds", "1"]
 ARGS += [arg for item in TINY for arg in ("--dataset-option", item)]
 ARGS += ["--missing-rates", "0.5", "--train-missing-rates", "0.5", "--ablation", "core", "--jobs", "1", "--quiet"]
 ARGS += ["--strategies", "mla,joint,ume"]

@@ -7,7 +7,7 @@ from altmodal.config import ConfigError
 from altmodal.experiment import resolve
 from tests.conftest import TINY
 
-FAST = ["--dataset", "synthetic", "--epochs", "2", "--hidden", "16", "--dim", "8", "--quiet"]
+FAST = ["--dataset", "synthetic", "--epochs", "2", "--hidden", "16", "--dim", "8", "--folds", "1", "--quiet"]
 FAST += [arg for item in TINY for arg in ("--dataset-option", item)]
 
 

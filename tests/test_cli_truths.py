@@ -15,7 +15,7 @@ from altmodal.data.registry import DATASETS
 from altmodal.experiment import layer, option_classes, resolve
 from tests.conftest import TINY
 
-FAST = ["--dataset", "synthetic", "--epochs", "1", "--hidden", "16", "--dim", "8", "--quiet"]
+FAST = ["--dataset", "synthetic", "--epochs", "1", "--hidden", "16", "--dim", "8", "--folds", "1", "--quiet"]
 FAST += [arg for item in TINY for arg in ("--dataset-option", item)]
 
 

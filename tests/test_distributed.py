@@ -19,7 +19,7 @@ from tests.conftest import TINY
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
 
-BASE = ["--dataset", "synthetic", "--hidden", "16", "--dim", "8", "--batch-size", "32", "--quiet"]
+BASE = ["--dataset", "synthetic", "--hidden", "16", "--dim", "8", "--batch-size", "32", "--folds", "1", "--quiet"]
 BASE += [arg for item in TINY for arg in ("--dataset-option", item)]
 
 
@@ -62,6 +62,7 @@ def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
         "hidden": [16],
         "dim": 8,
         "batch_size": 32,
+        "folds": 1,
     }
     runs = {name: {**settings, "strategy": name} for name in STRATEGIES}
     runs["unimodal"]["modalities"] = ["m0"]
@@ -70,6 +71,7 @@ def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
         "mla-ogd": {**settings, "strategy": "mla", "projection_method": "ogd", "ogd_refresh": 3, "epochs": 2},
         "mmpareto-2": {**settings, "strategy": "mmpareto", "epochs": 2},
         "inforeg-window": {**settings, "strategy": "inforeg", "inforeg_k": -1.0, "epochs": 3},
+        "mla-cross-fitted": {**settings, "strategy": "mla", "folds": 2, "epochs": 2},
     }
     mp.spawn(
         ddp_workers.train_runs,
@@ -102,6 +104,7 @@ def test_qmf_histories_stay_identical_across_processes(tmp_path):
         "hidden": [16],
         "dim": 8,
         "batch_size": 32,
+        "folds": 1,
     }
     mp.spawn(
         ddp_workers.train_every_strategy,

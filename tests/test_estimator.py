@@ -21,7 +21,7 @@ from altmodal import MultimodalClassifier, load_run  # noqa: E402
 from altmodal.config import ConfigError  # noqa: E402
 from altmodal.data.features import DataError  # noqa: E402
 
-FAST = {"epochs": 8, "lr": 0.05, "options": {"hidden": (16,), "dim": 8}}
+FAST = {"epochs": 8, "lr": 0.05, "options": {"hidden": (16,), "dim": 8, "folds": 1}}
 
 
 @parametrize_with_checks([MultimodalClassifier(epochs=2)])

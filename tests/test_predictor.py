@@ -12,7 +12,7 @@ from altmodal.cli import main
 from altmodal.config import ConfigError
 from altmodal.predictions import labels_of
 
-FAST = ["--epochs", "2", "--hidden", "16", "--dim", "8", "--lr", "0.05", "--quiet"]
+FAST = ["--epochs", "2", "--hidden", "16", "--dim", "8", "--lr", "0.05", "--folds", "1", "--quiet"]
 
 
 def three_modality_file(path, n=150, labels=None):

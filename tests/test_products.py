@@ -22,7 +22,7 @@ from altmodal.optim import build_optimizer, lr_factor
 from altmodal.strategies import TrainConfig, build_strategy
 from tests.conftest import tiny_config
 
-FAST = ["--epochs", "2", "--hidden", "16", "--dim", "8", "--lr", "0.05", "--quiet"]
+FAST = ["--epochs", "2", "--hidden", "16", "--dim", "8", "--lr", "0.05", "--folds", "1", "--quiet"]
 
 
 def feature_file(path, n=160, seed=0):

@@ -8,7 +8,7 @@ from altmodal.cli import main
 from altmodal.metrics import mean_std
 from tests.conftest import TINY
 
-TINY_RUN = {"epochs": 1, "hidden": (16,), "dim": 8, "batch_size": 32}
+TINY_RUN = {"epochs": 1, "hidden": (16,), "dim": 8, "batch_size": 32, "folds": 1}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from altmodal.data.table import modality_columns, parse_modality_map, table_arra
 
 pd = pytest.importorskip("pandas")
 
-FAST = ["--epochs", "2", "--hidden", "16", "--dim", "8", "--lr", "0.05", "--quiet"]
+FAST = ["--epochs", "2", "--hidden", "16", "--dim", "8", "--lr", "0.05", "--folds", "1", "--quiet"]
 
 
 def frame(n=120, seed=0):

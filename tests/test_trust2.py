@@ -32,8 +32,8 @@ from altmodal.runs import Run
 from tests.conftest import TINY
 from tests.test_trust import one_line_error
 
-TRAIN = ["--epochs", "1", "--hidden", "8", "--dim", "4", "--quiet"]
-SYNTHETIC = ["--dataset", "synthetic", "--hidden", "8", "--dim", "4", "--batch-size", "32", "--quiet"]
+TRAIN = ["--epochs", "1", "--hidden", "8", "--dim", "4", "--folds", "1", "--quiet"]
+SYNTHETIC = ["--dataset", "synthetic", "--hidden", "8", "--dim", "4", "--batch-size", "32", "--folds", "1", "--quiet"]
 SYNTHETIC += [arg for item in TINY for arg in ("--dataset-option", item)]
 BENCH = ["benchmark", "--strategies", "joint", "--seeds", "0", "--ablation", "none", "--train-missing-rates", ""]
 BENCH += ["--missing-rates", "0.5", "--jobs", "1"]

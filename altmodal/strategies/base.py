@@ -64,7 +64,7 @@ class TrainConfig:
     lr_gamma: float = option(0.1, "learning-rate decay factor")
     warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up before the schedule")
     patience: int = option(
-        0,
+        20,
         "early stopping: end training once this many epochs in a row have not improved the best validation "
         "accuracy (0: train every epoch)",
     )
