@@ -133,6 +133,29 @@ def tell_true_defaults(parser: argparse.ArgumentParser, for_benchmark: bool = Fa
         action.help = f"{head}(default: {'; '.join(parts)})"
 
 
+def tell_preset_defaults(parser: argparse.ArgumentParser) -> None:
+    """Rewrite the "(default: X)" of each run setting that the default strategy's default preset
+    sets, e.g. --folds's "(default: 5 for mla, 1 for its presets fast, paper, ... and the other
+    strategies)"."""
+    from altmodal.experiment import preset_settings
+
+    cls = STRATEGIES[DEFAULT_STRATEGY]
+    fields = {name: f for c in (DataConfig, EncoderConfig, TrainConfig) for name, (f, _) in fields_of(c).items()}
+    presets = getattr(cls.options_class, "PRESETS", {})
+    for action in parser._actions:
+        value = preset_settings(cls).get(action.dest)
+        if action.dest not in fields or value is None or not action.help or "(default: " not in action.help:
+            continue
+        plain_default = fields[action.dest].default
+        others = [p for p, settings in presets.items() if settings.get(action.dest, plain_default) != value]
+        head = action.help[: action.help.index("(default: ")]
+        plain = default_text(fields[action.dest].default)
+        action.help = (
+            f"{head}(default: {default_text(value)} for {DEFAULT_STRATEGY}, {plain} for its presets "
+            f"{_and(others)} and the other strategies)"
+        )
+
+
 def _and(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
@@ -415,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one run and write its folder")
     parser_for_runs(train)
     tell_true_defaults(train)
+    tell_preset_defaults(train)
     train.add_argument("--threads", type=parse_threads, default="auto", help=THREADS_HELP)
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<strategy>-seed<S>-<config hash>)")
     train.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
@@ -467,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", help="run the paper's experiments on a dataset and write a report")
     parser_for_runs(bench, with_strategy=False)
     tell_true_defaults(bench, for_benchmark=True)
+    tell_preset_defaults(bench)
     add_arguments(bench, BenchmarkConfig, "grid")
     bench.add_argument("--out", help="report and runs folder (default: runs/benchmark-<dataset> or -<suite>)")
     bench.add_argument(

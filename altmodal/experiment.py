@@ -395,7 +395,9 @@ def _train_cross_fitted(
     seed = config.train.seed
     loaded = load(config.data) if loaded is None else loaded
     splits = load_splits(config.data, seed, loaded)
-    run.write_json("config.json", config.to_dict())
+    own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}
+    build_strategy(config.strategy, splits, config.encoder, config.options, own)  # the model is valid ...
+    run.write_json("config.json", config.to_dict())  # ... before the run is written (as a single run's)
     started = time.perf_counter()
     members: list[Strategy] = []
     held_out = []

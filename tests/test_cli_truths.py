@@ -66,6 +66,16 @@ def check_defaults(parser, base_of):
     for dest, text in printed_defaults(parser).items():
         if dest in {"threads", "config", "out", "nproc", "log", "media_root", "suite"}:
             continue
+        if " for mla, " in text:  # set by mla's default preset: check it and each named preset
+            value, _, rest = text.partition(" for mla, ")
+            plain, _, presets = rest.partition(" for its presets ")
+            assert default_text(used_value(base_of("mfeat"), dest)) == value, dest
+            for preset in re.split(r", | and ", presets.removesuffix(" and the other strategies")):
+                got = used_value({**base_of("mfeat"), "preset": preset}, dest)
+                assert default_text(got) == plain, f"--{dest} with --preset {preset}: {got}"
+            assert default_text(used_value({**base_of("mfeat"), "strategy": "joint"}, dest)) == plain
+            checked += 1
+            continue
         if " for " not in text:
             value = used_value(base_of("mfeat"), dest)
             shown = text if value == () and text in SAYS_NONE else default_text(value)
