@@ -261,6 +261,7 @@ def render(summary: Mapping[str, Any]) -> str:
         f"| {s} | {r['win']} | {r['tie']} | {r['loss']} | {r.get('mean_rank', math.nan):.2f} |"
         for s, r in summary["record"].items()
     ]
+    lines += ["", overview(summary)]
     for d in summary["datasets"]:
         lines += ["", f"## {d['name']}"]
         if "skipped" in d:
@@ -277,3 +278,27 @@ def render(summary: Mapping[str, Any]) -> str:
             lines.append(f"| best modality alone ({alone['modality']}) | {fmt(alone['fused'])} | – | – | – |")
         lines.append(f"\nReport: `{d['folder']}/report.md`")
     return "\n".join(lines) + "\n"
+
+
+def overview(summary: Mapping[str, Any]) -> str:
+    """One table over the datasets that ran: per strategy, each dataset's mean fused accuracy with
+    its laziness in brackets (bold: the best), its mean rank and its wins / ties / losses; a last
+    row gives each dataset's best modality trained alone."""
+    ran = [d for d in summary["datasets"] if "skipped" not in d]
+    lines = [
+        "| strategy | " + " | ".join(d["name"] for d in ran) + " | mean rank | wins / ties / losses |",
+        "|---" * (len(ran) + 3) + "|",
+    ]
+    for s in summary["strategies"]:
+        cells = []
+        for d in ran:
+            row = d["strategies"][s]
+            text = f"{mean_std(row['fused'])[0]:.3f}" + (
+                "" if math.isnan(row["laziness"]) else f" ({row['laziness']:.2f})"
+            )
+            cells.append(f"**{text}**" if s == d["best"] else text)
+        r = summary["record"][s]
+        lines.append(f"| {s} | {' | '.join(cells)} | {r['mean_rank']:.2f} | {r['win']} / {r['tie']} / {r['loss']} |")
+    alone = [f"{mean_std(d['alone']['fused'])[0]:.3f} ({d['alone']['modality']})" if "alone" in d else "–" for d in ran]
+    lines.append(f"| best modality alone | {' | '.join(alone)} | – | – |")
+    return "\n".join(lines)

@@ -53,6 +53,8 @@ def test_each_dataset_gets_a_report_and_the_summary_counts_every_verdict(ran):
     text = (ran / "suite.md").read_text()
     assert "| strategy | wins | ties | losses | mean rank |" in text and "Skipped: no raw avdigits folder" in text
     assert "| best modality alone (" in text
+    assert "| strategy | tiny a | tiny b (m1 weak) | mean rank | wins / ties / losses |" in text  # the overview
+    assert text.count("| best modality alone | ") == 1
 
 
 def test_verdicts_follow_the_spread():

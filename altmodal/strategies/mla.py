@@ -8,11 +8,21 @@ the head from forgetting what the other modalities taught it. At test time each 
 modality's prediction is scored by its entropy and the predictions are fused with per-sample
 weights (:func:`altmodal.fusion.entropy_weights`).
 
-Test-time fusion: the default (``test_fusion="auto"``, preset ``altmodal``) chooses, after
-training, between the paper's entropy weights, a plain average of the logits and a small stacked
-classifier, by accuracy on the run's own validation split (:mod:`altmodal.fusion_choice`); the
-entropy rule stays in use during training, so the best epoch is selected as in the paper.
-``--preset paper`` (``test_fusion="entropy"``) is the paper's method exactly.
+Test-time fusion: with ``test_fusion="auto"`` (presets ``altmodal`` and ``fast``) the rule is
+chosen after training among the candidates of :mod:`altmodal.fusion_choice` (the paper's entropy
+weights, a logit average, a weighted product of experts, a fusion head on detached features, a
+stacked classifier, each modality alone): by ``fast`` on the run's own validation split, by the
+default ``altmodal`` on the out-of-fold predictions of five cross-fitted models
+(:mod:`altmodal.bagging`, ``--folds 5``). The entropy rule stays in use during training, so the
+best epoch is selected as in the paper. ``--preset paper`` (``test_fusion="entropy"``, one model,
+100 epochs) is the paper's method exactly.
+
+HGM under momentum: the paper projects the head's gradient; momentum and weight decay then carry
+unprojected past updates into the head. The default projects the optimizer's whole update of the
+head instead (``projection_target="update"``; the paper's preset keeps ``gradient``), so a step
+moves the head's answer on the protected features by exactly what P allows; ``forget`` lets P
+restart each epoch or decay (the paper's P only shrinks); ``projection_stats`` records per epoch
+how much of the update survives and how far the other modalities' outputs moved.
 
 Granularity: ``cycle="batch"`` (default, as the reference code) runs the steps of every modality
 one after the other on each mini-batch; ``cycle="iteration"`` takes one modality per mini-batch.
