@@ -340,7 +340,7 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
     from altmodal.benchmark import BenchmarkConfig
     from altmodal.config import fields_of
 
-    return settings_from(args, skip=[*fields_of(BenchmarkConfig), "suite", "media_root", "full"])
+    return settings_from(args, skip=[*fields_of(BenchmarkConfig), "suite", "suite_datasets", "media_root", "full"])
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -352,7 +352,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     settings = benchmark_settings(args)
     names = fields_of(BenchmarkConfig)
-    for key in ("suite", "media_root"):
+    for key in ("suite", "suite_datasets", "media_root"):
         if key in settings:
             raise ConfigError(f"{args.config}: {key} is set on the command line only (--{key.replace('_', '-')})")
     # the grid's settings: a config file's, overlaid with the flags given
@@ -398,6 +398,7 @@ def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[st
         media_root=Path(getattr(args, "media_root", MEDIA_ROOT)),
         jobs=bench.jobs,
         progress=not args.quiet,
+        only=[n.strip() for n in args.suite_datasets.split(",") if n.strip()] if "suite_datasets" in args else None,
     )
     print(render(summary).split("\n## ")[0])
     print(f"suite report: {out / 'suite.md'}")
@@ -500,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a suite of datasets instead of one (real: 11 real multi-view datasets, mfeat and AV-digits, "
         "3 seeds; dev: mfeat views, synthetic data and AV-digits, 3 seeds; quick: dev's feature datasets, one seed, "
         "fewer epochs) and write suite.md with each strategy's wins, ties, losses and mean rank",
+    )
+    bench.add_argument(
+        "--suite-datasets",
+        default=argparse.SUPPRESS,
+        metavar="NAMES",
+        help="run only these datasets of the suite, in this order (comma-separated folder names, e.g. "
+        "bbcsport,mfeat-fou-mor; default: all)",
     )
     bench.add_argument(
         "--media-root",

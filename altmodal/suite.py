@@ -126,11 +126,14 @@ def run_suite(
     media_root: Path | None = None,
     jobs: int = 0,
     progress: bool = True,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run every dataset of the suite ``name`` (finished runs are skipped) and write the summary."""
+    """Run every dataset of the suite ``name`` (finished runs are skipped), or those named in
+    ``only`` in that order, and write the summary."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; suites: {', '.join(SUITES)}")
     suite = SUITES[name]
+    entries = choose(suite.entries, only, name) if only else suite.entries
     bench = BenchmarkConfig(
         strategies=tuple(strategies),
         seeds=tuple(seeds or suite.seeds),
@@ -140,7 +143,7 @@ def run_suite(
         jobs=jobs,
     )
     datasets: list[dict[str, Any]] = []
-    for entry in suite.entries:
+    for entry in entries:
         base = {**entry.settings, **(suite.overrides if entry.media is None else {}), **(settings or {})}
         if entry.file is not None:
             path = (media_root or Path(".")) / entry.file
@@ -173,6 +176,17 @@ def run_suite(
     text = render(summary)
     atomic_write(out / "suite.md", lambda fh: fh.write(text.encode()))
     return summary
+
+
+def choose(entries: Sequence[Entry], names: Sequence[str], suite: str) -> tuple[Entry, ...]:
+    """The entries named (by their name or their folder's name), in the order given."""
+    by_name = {**{e.name: e for e in entries}, **{_slug(e.name): e for e in entries}}
+    for n in names:
+        if n not in by_name:
+            known = ", ".join(_slug(e.name) for e in entries)
+            raise ValueError(f"suite {suite!r} has no dataset {n!r}; its datasets: {known}")
+    chosen = {_slug(by_name[n].name): by_name[n] for n in names}  # a name given twice runs once
+    return tuple(chosen.values())
 
 
 def _prepared(corpus: str, root: Path | None, cache: Path) -> Path | None:

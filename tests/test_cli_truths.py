@@ -64,7 +64,7 @@ def check_defaults(parser, base_of):
     checked = 0
     media = [n for n, info in DATASETS.items() if info.needs_data_dir]
     for dest, text in printed_defaults(parser).items():
-        if dest in {"threads", "config", "out", "nproc", "log", "media_root", "suite"}:
+        if dest in {"threads", "config", "out", "nproc", "log", "media_root", "suite", "suite_datasets"}:
             continue
         if " for mla, " in text:  # set by mla's default preset: check it and each named preset
             value, _, rest = text.partition(" for mla, ")

@@ -67,3 +67,12 @@ def test_verdicts_follow_the_spread():
     rows = suite.summarize(results, list(fused), [])["strategies"]
     assert [rows[s]["verdict"] for s in fused] == ["win", "tie", "loss", "win"]
     assert rows["c"]["gap"] == pytest.approx(-0.15)
+
+
+def test_a_suite_runs_the_datasets_named_in_their_order(ran, capsys):
+    args = ["benchmark", "--suite", "tiny", "--strategies", "joint,mla", "--out", str(ran), "--jobs", "1", "--quiet"]
+    assert main([*args, "--suite-datasets", "tiny-b,tiny-a"]) == 0  # its runs are done: nothing retrains
+    summary = json.loads((ran / "suite.json").read_text())
+    assert [d["name"] for d in summary["datasets"]] == ["tiny b (m1 weak)", "tiny a"]
+    assert main([*args, "--suite-datasets", "tiny-c"]) == 2
+    assert "suite 'tiny' has no dataset 'tiny-c'; its datasets: tiny-a, tiny-b, media" in capsys.readouterr().err
