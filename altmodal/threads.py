@@ -8,8 +8,8 @@ join in, and a busy machine makes a waiting thread far slower still; large matri
 convolutions do split well.
 
 Measured with ``python benchmarks/threads.py`` (seconds per MLA training epoch, medians; two
-CPU cores shared with other jobs; the README has the table): with the cores nearly free, small
-MLPs (mfeat, 90k-370k parameters) took 0.03-0.17 s on one thread and the same or more on two;
+CPU cores shared with other jobs; the docs' Results page has the table): with the cores nearly
+free, small MLPs (mfeat, 90k-370k parameters) took 0.03-0.17 s on one thread and the same or more on two;
 MLPs of 1.9M and 3.7M parameters (cora, acm) and a width-16 ResNet18 on 600 images were 1.2-1.5x
 faster on two. While other jobs kept the cores busy, two threads made every model 5-40x slower,
 so on a shared machine ``--threads 1`` is the safe choice.

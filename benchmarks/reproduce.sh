@@ -4,7 +4,7 @@
 # Times are for two CPU cores.
 set -euo pipefail
 
-# Main job (README): every strategy, each view alone, the MLA ablation, missing modalities (~3 min).
+# Main job (README): every strategy and each view alone, 3 seeds, with missing modalities.
 altmodal benchmark --dataset mfeat
 
 # Every strategy and fusion module on two and on three mfeat views (~2-3 min each).
@@ -33,3 +33,16 @@ altmodal benchmark --dataset avdigits --data-dir runs/cache-avdigits --dataset-o
 
 # Data-parallel equality: 1 vs 2 processes, same global batch (prints max |dP| and max |dW|).
 python benchmarks/ddp_equality.py
+
+# The real suite (Results page): eleven multi-view sets, mfeat fou,mor and AV-digits with unseen
+# speakers, 3 seeds, every strategy at its defaults and the default's presets (hours on two
+# cores; --suite-datasets runs a few of them, finished runs are skipped on a rerun).
+altmodal benchmark --suite real \
+  --strategies "mla,mla:preset=fast,mla:preset=paper,joint,ume,ogm_ge,qmf,mmpareto,dgl,gblend,inforeg" \
+  --jobs 2 --out runs/suite-real
+
+# MLA's head projection: what it guarantees and what leaks, by target and forgetting (~20 min).
+python benchmarks/hgm.py --datasets mfeat,../shared/data/multiview/mnist4.npz
+
+# Demo & Refine's k-means purity: the spread over seeds with one start and with ten.
+python benchmarks/purity_noise.py

@@ -14,8 +14,8 @@ epochs after the first (the first warms the allocator and the thread pool up). T
     python benchmarks/threads.py                     # every case, 1 and 2 threads, 4 epochs
     python benchmarks/threads.py --cases mfeat3 --threads 1,2,4 --epochs 6
 
-The rule ``altmodal`` applies (``altmodal.threads``) was chosen from these figures; the README
-quotes them.
+The rule ``altmodal`` applies (``altmodal.threads``) was chosen from these figures; the docs'
+Results page quotes them.
 """
 
 from __future__ import annotations

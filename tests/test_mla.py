@@ -128,6 +128,10 @@ def test_presets_set_options_and_explicit_settings_win():
     mixed = resolve({"strategy": "mla", "preset": "reference-code", "test_fusion": "entropy"}).options
     assert mixed["test_fusion"] == "entropy" and mixed["h_source"] == "batch"
     assert resolve({"strategy": "mla"}).options["h_source"] == "running"
+    for preset in ("paper", "reference-code", "reference-code-as-released"):  # the paper's and code's HGM
+        options = resolve({"strategy": "mla", "preset": preset}).options
+        assert (options["projection_target"], options["forget"]) == ("gradient", "never"), preset
+    assert resolve({"strategy": "mla"}).options["projection_target"] == "update"
 
 
 def test_separate_heads_and_fixed_fusion(tiny_splits):

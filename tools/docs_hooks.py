@@ -5,9 +5,7 @@ A page asks for a part with an HTML comment on a line of its own:
 - ``<!-- cli -->``: the command-line reference, every subcommand's flags with their help, from
   ``altmodal.cli.build_parser()`` (so it says what ``--help`` says);
 - ``<!-- options NAME -->``: the options table of strategy NAME, from its options dataclass;
-- ``<!-- docstring MODULE -->``: a module's docstring as Markdown;
-- ``<!-- readme HEADING -->`` / ``<!-- readme HEADING | FROM -->``: a section of README.md (from
-  the paragraph starting with FROM), so the results page shows the README's tables as they are.
+- ``<!-- docstring MODULE -->``: a module's docstring as Markdown.
 """
 
 from __future__ import annotations
@@ -19,11 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"^<!-- (cli|options|docstring|readme)(?: (.*?))? -->$", re.M)
-README_LINKS = {
-    "(#mla-and-where-it-departs-from-the-reference-code)": "(strategies/mla.md)",
-    "(docs/": "(",
-}
+MARKER = re.compile(r"^<!-- (cli|options|docstring)(?: (.*?))? -->$", re.M)
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
@@ -36,10 +30,7 @@ def render(kind: str, argument: str) -> str:
         return cli_reference()
     if kind == "options":
         return options_table(argument)
-    if kind == "docstring":
-        return docstring(argument)
-    heading, _, start = (part.strip() for part in argument.partition("|"))
-    return readme_section(heading, start)
+    return docstring(argument)
 
 
 # ----- the command line ------------------------------------------------------------------------
@@ -118,22 +109,3 @@ def docstring(module: str) -> str:
             body.append("")  # Markdown starts a list only after a blank line
         body.append(line)
     return f"**{lines[0].strip()}**\n" + "\n".join(body)
-
-
-# ----- the README's sections -------------------------------------------------------------------
-def readme_section(heading: str, start: str = "") -> str:
-    """The README's section under ``## heading`` (to the next ``## ``), from the paragraph that
-    starts with ``start``, its links rewritten for the docs folder."""
-    text = (ROOT / "README.md").read_text()
-    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
-    if match is None:
-        raise ValueError(f"README.md has no section '## {heading}'")
-    section = match.group(1)
-    if start:
-        at = section.find("\n" + start)
-        if at < 0:
-            raise ValueError(f"README.md, section {heading!r}: no paragraph starts with {start!r}")
-        section = section[at + 1 :]
-    for old, new in README_LINKS.items():
-        section = section.replace(old, new)
-    return section.strip()
