@@ -158,3 +158,21 @@ def test_a_bad_thread_count_is_refused(capsys, value):
     with pytest.raises(SystemExit):
         main(["train", "--threads", value])
     assert f"--threads must be 'auto' or a positive integer (got '{value}')" in capsys.readouterr().err
+
+
+def test_auto_threads_gives_one_thread_to_small_mlp_models_only():
+    from torch import nn
+
+    from altmodal.encoders.mlp import MLPEncoder
+    from altmodal.threads import auto_threads, threads_for
+
+    class Model(nn.Module):
+        def __init__(self, **encoders):
+            super().__init__()
+            self.encoders = nn.ModuleDict(encoders)
+
+    small = Model(a=MLPEncoder((76,), (64,), 32), b=MLPEncoder((6,), (64,), 32))
+    wide = Model(a=MLPEncoder((3000,), (512,), 512))  # 1.8M parameters
+    other = Model(a=MLPEncoder((6,), (64,), 32), b=nn.Conv2d(3, 8, 3))
+    assert [auto_threads(m) for m in (small, wide, other, nn.Linear(3, 2))] == [1, None, None, None]
+    assert threads_for("auto", wide) is None and threads_for(3, small) == 3 and threads_for(None, small) is None

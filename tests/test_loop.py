@@ -57,6 +57,7 @@ def test_patience_ends_training_once_the_validation_score_stops_improving(tmp_pa
     scores = [float(line.split(",")[header_index(history, "val_accuracy")]) for line in history[1:]]
     best = metrics["best_epoch"]
     assert len(scores) == best + 2 < 40  # two epochs without improvement, then the end
+    assert metrics["epochs_run"] == len(scores) and metrics["epochs"] == 40
     assert max(scores[best:]) <= scores[best - 1]
 
 
