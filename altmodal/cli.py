@@ -264,13 +264,14 @@ def _figure(value: float) -> str:
     return "n/a" if value != value else f"{value:.4f}"  # NaN: no sample to score
 
 
-def modality_list(text: str | None, flag: str = "--present") -> list[str] | None:
-    """The comma-separated modalities of a flag (None when it is not given)."""
+def modality_list(text: str | None, flag: str = "--present", what: str = "modality") -> list[str] | None:
+    """The comma-separated names (modalities unless ``what`` says otherwise) of a flag (None when
+    it is not given)."""
     if text is None:
         return None
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
-        raise ConfigError(f"{flag} names no modality; give one or more, comma-separated")
+        raise ConfigError(f"{flag} names no {what}; give one or more, comma-separated")
     return names
 
 
@@ -335,12 +336,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+FLAGS_ONLY = ("suite", "suite_datasets", "media_root")
+"""Benchmark settings a config file may not set (the suite's, and where its data lives)."""
+
+
 def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The run settings a benchmark's cells share: its flags and config file less the grid's own."""
     from altmodal.benchmark import BenchmarkConfig
     from altmodal.config import fields_of
 
-    return settings_from(args, skip=[*fields_of(BenchmarkConfig), "suite", "suite_datasets", "media_root", "full"])
+    return settings_from(args, skip=[*fields_of(BenchmarkConfig), *FLAGS_ONLY, "full"])
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -352,7 +357,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     settings = benchmark_settings(args)
     names = fields_of(BenchmarkConfig)
-    for key in ("suite", "suite_datasets", "media_root"):
+    for key in FLAGS_ONLY:
         if key in settings:
             raise ConfigError(f"{args.config}: {key} is set on the command line only (--{key.replace('_', '-')})")
     # the grid's settings: a config file's, overlaid with the flags given
@@ -398,7 +403,7 @@ def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[st
         media_root=Path(getattr(args, "media_root", MEDIA_ROOT)),
         jobs=bench.jobs,
         progress=not args.quiet,
-        only=[n.strip() for n in args.suite_datasets.split(",") if n.strip()] if "suite_datasets" in args else None,
+        only=modality_list(getattr(args, "suite_datasets", None), "--suite-datasets", "dataset"),
     )
     print(render(summary).split("\n## ")[0])
     print(f"suite report: {out / 'suite.md'}")

@@ -76,3 +76,5 @@ def test_a_suite_runs_the_datasets_named_in_their_order(ran, capsys):
     assert [d["name"] for d in summary["datasets"]] == ["tiny b (m1 weak)", "tiny a"]
     assert main([*args, "--suite-datasets", "tiny-c"]) == 2
     assert "suite 'tiny' has no dataset 'tiny-c'; its datasets: tiny-a, tiny-b, media" in capsys.readouterr().err
+    assert main([*args, "--suite-datasets", " , "]) == 2  # not all of them
+    assert "--suite-datasets names no dataset; give one or more, comma-separated" in capsys.readouterr().err
