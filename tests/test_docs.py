@@ -39,7 +39,8 @@ def test_every_strategy_has_a_page_in_the_navigation():
         assert f"<!-- options {name} -->" in page.read_text()
 
 
-def test_the_cli_reference_is_generated_from_the_parser():
+def rendered(page: str) -> str:
+    """A docs page as the site's build hook fills it in."""
     import sys
 
     sys.path.insert(0, str(ROOT / "tools"))
@@ -47,8 +48,19 @@ def test_the_cli_reference_is_generated_from_the_parser():
         from docs_hooks import on_page_markdown
     finally:
         sys.path.remove(str(ROOT / "tools"))
-    page = on_page_markdown((DOCS / "cli.md").read_text(), None, None, None)
+    return on_page_markdown((DOCS / page).read_text(), None, None, None)
+
+
+def test_the_cli_reference_is_generated_from_the_parser():
+    page = rendered("cli.md")
     assert "<!-- cli -->" not in page
     for flag in ("--threads", "--label", "--modality NAME=COLUMNS", "--strategy {mla,", "--version", "--present"):
         assert flag in page, flag
     assert "0.01 for mfeat, synthetic and feature files" in page
+
+
+def test_the_results_page_shows_the_readmes_projection_table():
+    page = rendered("results.md")
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## The head projection, checked\n", 1)[1].split("\n## ", 1)[0].strip()
+    assert "<!-- readme" not in page and "| measured / allowed change" in table and table in page

@@ -5,7 +5,9 @@ A page asks for a part with an HTML comment on a line of its own:
 - ``<!-- cli -->``: the command-line reference, every subcommand's flags with their help, from
   ``altmodal.cli.build_parser()`` (so it says what ``--help`` says);
 - ``<!-- options NAME -->``: the options table of strategy NAME, from its options dataclass;
-- ``<!-- docstring MODULE -->``: a module's docstring as Markdown.
+- ``<!-- docstring MODULE -->``: a module's docstring as Markdown;
+- ``<!-- readme HEADING -->`` / ``<!-- readme HEADING | FROM -->``: a section of README.md (from
+  the paragraph starting with FROM), so a page shows a README section as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"^<!-- (cli|options|docstring)(?: (.*?))? -->$", re.M)
+MARKER = re.compile(r"^<!-- (cli|options|docstring|readme)(?: (.*?))? -->$", re.M)
+README_LINKS = {"(docs/": "("}
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
@@ -30,7 +33,10 @@ def render(kind: str, argument: str) -> str:
         return cli_reference()
     if kind == "options":
         return options_table(argument)
-    return docstring(argument)
+    if kind == "docstring":
+        return docstring(argument)
+    heading, _, start = (part.strip() for part in argument.partition("|"))
+    return readme_section(heading, start)
 
 
 # ----- the command line ------------------------------------------------------------------------
@@ -109,3 +115,22 @@ def docstring(module: str) -> str:
             body.append("")  # Markdown starts a list only after a blank line
         body.append(line)
     return f"**{lines[0].strip()}**\n" + "\n".join(body)
+
+
+# ----- the README's sections -------------------------------------------------------------------
+def readme_section(heading: str, start: str = "") -> str:
+    """The README's section under ``## heading`` (to the next ``## ``), from the paragraph that
+    starts with ``start``, its links rewritten for the docs folder."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    if match is None:
+        raise ValueError(f"README.md has no section '## {heading}'")
+    section = match.group(1)
+    if start:
+        at = section.find("\n" + start)
+        if at < 0:
+            raise ValueError(f"README.md, section {heading!r}: no paragraph starts with {start!r}")
+        section = section[at + 1 :]
+    for old, new in README_LINKS.items():
+        section = section.replace(old, new)
+    return section.strip()
