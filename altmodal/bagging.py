@@ -24,21 +24,21 @@ from torch import Tensor, nn
 from altmodal.data.batch import Batch
 from altmodal.fusion_choice import ChosenFusion
 from altmodal.metrics import Outputs
-from altmodal.strategies.base import DataSpec, Strategy
+from altmodal.model import DataSpec, Model
 
 
 def log_probs(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits.float(), dim=1)
 
 
-class Bag(Strategy):
+class Bag(Model):
     """The members of a cross-fitted run as one model: features are the members' side by side,
     each modality's prediction is the mean of the members' log-probabilities, and the fusion is
     the rule chosen on the out-of-fold predictions (``fusion``)."""
 
     name = "bag"
 
-    def __init__(self, members: Sequence[Strategy], spec: DataSpec):
+    def __init__(self, members: Sequence[Model], spec: DataSpec):
         super().__init__({}, spec)
         self.members = nn.ModuleList(members)
         first = members[0]
@@ -54,7 +54,7 @@ class Bag(Strategy):
         return list(self.spec.modalities)
 
     @property
-    def strategies(self) -> list[Strategy]:
+    def strategies(self) -> list[Model]:
         return list(self.members)  # type: ignore[arg-type]
 
     # ----- the model -------------------------------------------------------------------------
@@ -75,7 +75,7 @@ class Bag(Strategy):
         ]
 
     def member_outputs(
-        self, member: Strategy, features: Mapping[str, Tensor], present: Mapping[str, Tensor]
+        self, member: Model, features: Mapping[str, Tensor], present: Mapping[str, Tensor]
     ) -> dict[str, Any]:
         """One member's log-probabilities: each modality's, its own fusion's and, where it has
         one, its fusion head's (what the candidate rules read)."""
@@ -115,7 +115,7 @@ class Bag(Strategy):
         return {**self.selection, "members": [member.summary() for member in self.strategies]}
 
     @torch.no_grad()
-    def choose(self, held_out: Sequence[tuple[Strategy, Outputs]], seed: int) -> None:
+    def choose(self, held_out: Sequence[tuple[Model, Outputs]], seed: int) -> None:
         """Choose the fusion on the members' out-of-fold outputs (pairs of a member and its
         outputs on the fold it never saw); keep the choice and the fused out-of-fold outputs."""
         parts: dict[str, list[Tensor]] = {}

@@ -1,7 +1,8 @@
-"""Callbacks for :meth:`Strategy.fit`: a summary of the run at its start, and a TensorBoard log.
+"""Callbacks for the loop (:class:`~altmodal.trainer.Trainer`): a summary of the run at its start,
+and a TensorBoard log.
 
 Pass them as a list (``train_run(..., callbacks=[...])``); write your own by subclassing
-:class:`~altmodal.strategies.base.Callback`.
+:class:`~altmodal.trainer.Callback`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from typing import Any
 
 from altmodal.config import ConfigError
 from altmodal.data.dataset import Splits
-from altmodal.strategies.base import Callback, Strategy
+from altmodal.strategies import Strategy, TrainConfig
+from altmodal.trainer import Callback
 
 
-def fit_summary(strategy: Strategy, splits: Splits) -> list[str]:
+def fit_summary(strategy: Strategy, splits: Splits, config: TrainConfig) -> list[str]:
     """The resolved essentials of a run, one line each: device, split sizes, modalities with
     their shapes and encoders, strategy and options, optimizer and schedule, parameter count."""
-    config = strategy.config
     shapes = ", ".join(
         f"{m} {splits.train.input_shape(m)} -> {type(strategy.encoders[m]).__name__}" for m in strategy.modalities
     )
@@ -50,7 +51,7 @@ class Summary(Callback):
 
     def on_fit_start(self, strategy: Strategy, splits: Splits) -> None:
         if strategy.dist.is_main:
-            for line in fit_summary(strategy, splits):
+            for line in fit_summary(strategy, splits, strategy.config):
                 self.write(line)
 
 

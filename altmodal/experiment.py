@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,165 +18,35 @@ import numpy as np
 import torch
 
 from altmodal.bagging import Bag
-from altmodal.config import ConfigError, build, coerce, fields_of, first_line, flatten, to_dict
+from altmodal.config import ConfigError
 from altmodal.data.dataset import Splits
-from altmodal.data.registry import DATASETS, DataConfig, dataset_defaults, load_splits
+from altmodal.data.registry import DATASETS, load_splits
 from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
-from altmodal.data.table import is_table
 from altmodal.distributed import Dist, resolve_device
-from altmodal.encoders import EncoderConfig, encoder_kinds, weights_by_modality
+from altmodal.encoders import weights_by_modality
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
+from altmodal.model import DataSpec, Model
 from altmodal.predictions import prediction_rows
-from altmodal.runs import ADVICE, FOLDS, RUN_EXTRAS, RUN_FILES, Run, read_csv, write_csv
-from altmodal.strategies import STRATEGIES, Callback, DataSpec, Strategy, TrainConfig, build_strategy, strategy_class
+from altmodal.predictor import Predictor, load_run
+from altmodal.runs import FOLDS, RUN_EXTRAS, RUN_FILES, Run, read_csv, write_csv
+from altmodal.saved import flat_stats, load_model_weights, model_card
+from altmodal.settings import (  # noqa: F401  (the run's settings, importable from here as before)
+    DEFAULT_STRATEGY,
+    RunConfig,
+    check_settings,
+    layer,
+    load_run_config,
+    option_classes,
+    preset_settings,
+    resolve,
+)
+from altmodal.strategies import Strategy, build_strategy
 from altmodal.threads import Threads, threads_for, torch_threads
+from altmodal.trainer import Callback, Trainer, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"epoch", "training", "history", "best", "rng"}
-SECTIONS: dict[str, type] = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig}
-DEFAULT_STRATEGY = "mla"
-LATER_DATA_FIELDS = ("label", "columns")
-"""Data settings that came after run folders existed: config.json holds them only when they are
-set, so an older run's config (its digest and its folder's name) stays the same."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines a run."""
-
-    strategy: str = DEFAULT_STRATEGY
-    data: DataConfig = field(default_factory=DataConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    options: dict[str, Any] = field(default_factory=dict)
-    """The strategy's own options, resolved (empty for strategies without options)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        data = to_dict(self.data)
-        for name in LATER_DATA_FIELDS:
-            if getattr(self.data, name) == getattr(DataConfig, name):
-                del data[name]
-        return {
-            "strategy": self.strategy,
-            "data": data,
-            "encoder": to_dict(self.encoder),
-            "train": to_dict(self.train),
-            "options": json.loads(json.dumps(self.options)),
-        }
-
-    def digest(self) -> str:
-        """A short hash of the config; equal configs give equal digests."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-    def default_out(self, root: str | Path = "runs") -> Path:
-        file = self.data.dataset.endswith(".npz") or is_table(self.data.dataset)
-        name = Path(self.data.dataset).stem if file else self.data.dataset
-        return Path(root) / f"{name}-{self.strategy}-seed{self.train.seed}-{self.digest()}"
-
-
-def option_classes() -> dict[str, type]:
-    """Strategy name -> its options dataclass (strategies without options left out)."""
-    return {n: c.options_class for n, c in STRATEGIES.items() if c.options_class is not None}
-
-
-def strategy_option_names() -> set[str]:
-    return {name for cls in option_classes().values() for name in fields_of(cls)}
-
-
-def preset_settings(cls: type[Strategy], preset: object = None) -> Mapping[str, Any]:
-    """The settings a strategy's named preset sets (its options, and any run setting such as
-    ``folds``); ``None``: its default preset; empty for a strategy without presets."""
-    if cls.options_class is None or "preset" not in fields_of(cls.options_class):
-        return {}
-    presets: Mapping[str, Mapping[str, Any]] = getattr(cls.options_class, "PRESETS", {})
-    if preset is None:
-        preset = fields_of(cls.options_class)["preset"][0].default
-    return presets.get(str(preset), {})
-
-
-def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
-    """A RunConfig from flat settings (config file entries overlaid with explicit flags).
-
-    Precedence: dataclass defaults < the dataset's recommended settings < the strategy's preset
-    (the one ``values`` names, or its default preset; for strategies with presets) < ``values``.
-
-    Raises:
-        ConfigError: an unknown setting, or an option of another strategy; the message names it.
-    """
-    name = str(values.get("strategy", DEFAULT_STRATEGY))
-    cls = strategy_class(name)
-    dataset = str(values.get("dataset", DataConfig().dataset))
-    values = {**dataset_defaults(dataset), **preset_settings(cls, values.get("preset")), **values}
-    own = fields_of(cls.options_class) if cls.options_class is not None else {}
-    known = {"strategy"} | {n for c in SECTIONS.values() for n in fields_of(c)} | strategy_option_names()
-    for key in values:
-        if key not in known:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
-        if key in strategy_option_names() and key not in own:
-            owners = [s for s, c in option_classes().items() if key in fields_of(c)]
-            raise ConfigError(f"{source}: option {key!r} belongs to strategy {' / '.join(owners)}, not {name!r}")
-    sections: dict[str, Any] = {
-        section: build(c, {k: coerce(c, k, v, source) for k, v in values.items() if k in fields_of(c)})
-        for section, c in SECTIONS.items()
-    }
-    options: dict[str, Any] = {}
-    if cls.options_class is not None:
-        checked = {k: coerce(cls.options_class, k, v, source) for k, v in values.items() if k in own}
-        options = to_dict(build(cls.options_class, checked))
-    return RunConfig(strategy=name, options=options, **sections)
-
-
-def check_settings(values: Mapping[str, Any], source: str, also: Sequence[str] = ()) -> None:
-    """Check settings read from one place (a config file) by themselves, so that an error names
-    that place: every key must be a setting (or in ``also``), every value of its type.
-
-    Raises:
-        ConfigError: an unknown key or a value of the wrong type; the message names ``source``.
-    """
-    owners: dict[str, list[type]] = {}
-    for cls in (*SECTIONS.values(), *option_classes().values()):
-        for name in fields_of(cls):
-            owners.setdefault(name, []).append(cls)
-    for key, value in values.items():
-        if key == "strategy":
-            if not isinstance(value, str) or value not in STRATEGIES:
-                raise ConfigError(f"{source}: strategy = {value!r} is not one of {', '.join(STRATEGIES)}")
-        elif key in owners:
-            errors = []
-            for cls in owners[key]:  # strategies may share an option's name, not its type
-                try:
-                    coerce(cls, key, value, source)
-                    break
-                except ConfigError as err:
-                    errors.append(err)
-            else:
-                raise errors[0]
-        elif key not in also:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
-
-
-def layer(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Settings ``overrides`` (explicit flags, a benchmark cell) laid over ``base`` (a config
-    file, the benchmark's common settings).
-
-    A preset named in ``overrides`` outranks the strategy options of ``base`` (a run's
-    config.json lists every option, which would otherwise hide the preset); options in ``base``
-    that belong to another strategy than the one chosen are dropped.
-    """
-    name = str(overrides.get("strategy", base.get("strategy", DEFAULT_STRATEGY)))
-    cls = strategy_class(name)
-    own = set(fields_of(cls.options_class)) if cls.options_class is not None else set()
-    values = {k: v for k, v in base.items() if k in own or k not in strategy_option_names()}
-    if "preset" in overrides and cls.options_class is not None:
-        values.update(preset_settings(cls, overrides["preset"]))
-    values.update(overrides)
-    return values
-
-
-def load_run_config(run: Run) -> RunConfig:
-    return resolve(flatten(run.read_object("config.json")), str(run.file("config.json")))
 
 
 def seed_everything(seed: int) -> None:
@@ -210,8 +77,6 @@ class RunResult(dict):  # type: ignore[type-arg]
     @property
     def model(self) -> Any:
         if self._model is None:
-            from altmodal.predictor import load_run
-
             self._model = load_run(self.path, encoders=self._encoders)
         return self._model
 
@@ -243,7 +108,7 @@ def train_run(
         data: your own data instead of ``config.data.dataset``: a dict of arrays laid out like a
             feature file, a ``MultimodalDataset``, or a torch Dataset / DataLoader of modality
             dicts (see :func:`altmodal.data.user.loaded_from`).
-        callbacks: more :class:`~altmodal.strategies.base.Callback` objects for the loop.
+        callbacks: more :class:`~altmodal.trainer.Callback` objects for the loop.
         threads: torch CPU threads while training: a number, ``"auto"`` (the rule of
             :mod:`altmodal.threads`) or None (torch's setting as it is); restored afterwards.
 
@@ -331,9 +196,8 @@ def _train_locked(
         log.info("%s: resuming after epoch %d", run.path, int(resume["epoch"]) + 1)
     with torch_threads(threads_for(threads, strategy)):
         started = time.perf_counter()
-        history = strategy.fit(
-            splits, config.train, dist=dist, resume=resume, callbacks=[run, *callbacks], progress=progress
-        )
+        loop = Trainer(config.train, dist, callbacks=[run, *callbacks], progress=progress)
+        history = loop.fit(strategy, splits, resume)
         seconds = time.perf_counter() - started
         test_outputs = strategy.collect(splits.test)
         metrics = final_metrics(strategy, splits, config, history, test_outputs)
@@ -345,7 +209,7 @@ def _train_locked(
 def _write_model(
     run: Run,
     dist: Dist,
-    strategy: Strategy,
+    strategy: Model,
     card: Mapping[str, Any],
     splits: Splits,
     test_outputs: Outputs,
@@ -361,8 +225,6 @@ def _write_model(
     run.write_json("metrics.json", metrics)
     run.remove("checkpoint.pt")
     dist.barrier()
-    from altmodal.predictor import Predictor
-
     model = Predictor(
         strategy, card, splits.preprocessing, run.path, splits.test.transforms, config=config.to_dict(), metrics=metrics
     )
@@ -416,9 +278,8 @@ def _train_cross_fitted(
         history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
     spec = DataSpec(tuple(splits.train.modalities), splits.train.num_classes, len(splits.train.labels))
     bag = Bag(members, spec)
-    bag.dist, bag.config = dist, config.train
+    bag.place(dist, config.train.eval_batch_size, config.train.precision)
     bag.best_epoch = members[0].best_epoch
-    bag.to(bag.device)
     with torch_threads(threads_for(threads, members[0])):
         bag.choose(held_out, seed)
         seconds = time.perf_counter() - started
@@ -446,92 +307,6 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
         data = dataclasses.replace(data, data_dir=str(Path(data.data_dir).resolve()))
     weights = tuple(f"{m}={Path(p).resolve()}" for m, p in weights_by_modality(config.encoder.weights).items())
     return dataclasses.replace(config, data=data, encoder=dataclasses.replace(config.encoder, weights=weights))
-
-
-def model_card(
-    strategy: Strategy, splits: Splits, config: RunConfig, custom: Mapping[str, torch.nn.Module]
-) -> dict[str, Any]:
-    """What model.json holds: everything prediction needs besides the weights."""
-    import altmodal
-
-    train = splits.train
-    kinds = encoder_kinds(train.kinds, train.modalities, config.encoder)
-    kinds.update({m: f"custom:{type(module).__module__}.{type(module).__qualname__}" for m, module in custom.items()})
-    card: dict[str, Any] = {
-        "format": 1,
-        "strategy": config.strategy,
-        "dataset": config.data.dataset,
-        "dataset_options": list(config.data.dataset_options),
-        "classes": [str(c) for c in train.classes],
-        "label_type": "integer" if train.integer_labels else "string",
-        "modalities": {m: {"shape": list(train.input_shape(m)), "encoder": kinds[m]} for m in train.modalities},
-        "num_samples": len(train.labels),
-        "preprocessing": {m: "standardize" for m in splits.preprocessing},
-        "best_epoch": strategy.best_epoch,
-        "versions": {"altmodal": altmodal.__version__, "torch": torch.__version__},
-    }
-    if train.columns:
-        card["columns"] = {m: list(train.columns[m]) for m in train.modalities}
-        card["label_column"] = config.data.label
-    return card
-
-
-def check_model_card(card: Any, path: Path) -> dict[str, Any]:
-    """``card`` (a run's model.json) checked for what prediction reads from it.
-
-    Raises:
-        ValueError: an entry is missing or of the wrong kind; the message names ``path`` and it.
-    """
-    problem = ""
-    if not isinstance(card, dict):
-        problem = f"holds {type(card).__name__}, not the JSON object of a model"
-    elif not isinstance(card.get("classes"), list) or not all(isinstance(c, str) for c in card["classes"]):
-        problem = f"'classes' is {_shown(card.get('classes'))}, not a list of class names"
-    elif not isinstance(card.get("modalities"), dict) or not card["modalities"]:
-        problem = f"'modalities' is {_shown(card.get('modalities'))}, not a table of the model's modalities"
-    elif not isinstance(card.get("strategy"), str):
-        problem = f"'strategy' is {_shown(card.get('strategy'))}, not a strategy name"
-    elif not _count(card.get("num_samples")) or not _count(card.get("best_epoch")):
-        problem = "'num_samples' or 'best_epoch' is not a count"
-    elif not isinstance(card.get("preprocessing", {}), dict):
-        problem = f"'preprocessing' is {_shown(card.get('preprocessing'))}, not a table of modalities"
-    else:
-        for m, entry in card["modalities"].items():
-            shape = entry.get("shape") if isinstance(entry, dict) else None
-            if not isinstance(shape, list) or not all(_count(n) and n > 0 for n in shape):
-                problem = f"modality {m!r} has shape {_shown(shape)}, not a list of sizes"
-            elif not isinstance(entry.get("encoder"), str):
-                problem = f"modality {m!r} has encoder {_shown(entry.get('encoder'))}, not an encoder kind"
-            if problem:
-                break
-        unknown = [m for m in card.get("preprocessing", {}) if m not in card["modalities"]]
-        if unknown and not problem:
-            problem = f"'preprocessing' names modality {unknown[0]!r}, which the model does not have"
-    if problem:
-        raise ValueError(f"{path}: {problem}; {ADVICE['model.json']}")
-    return card
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _shown(value: Any) -> str:
-    return "missing" if value is None else repr(value) if len(repr(value)) < 60 else type(value).__name__
-
-
-def flat_stats(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """``{"<modality>.<name>": tensor}`` for a safetensors file."""
-    return {f"{m}.{k}": torch.from_numpy(np.asarray(v)) for m, d in stats.items() for k, v in d.items()}
-
-
-def load_model_weights(strategy: Strategy, run: Run) -> None:
-    """Load a run's selected model into ``strategy`` (model.safetensors; model.pt in older runs)."""
-    if run.has("model.safetensors") or not run.has("model.pt"):
-        saved: Any = {"model": run.load_tensors("model.safetensors", strategy.device)}
-        restore(strategy, saved, run.file("model.safetensors"))
-    else:
-        restore(strategy, run.load("model.pt", map_location=strategy.device), run.file("model.pt"))
 
 
 def check_checkpoint(state: Any, path: Path, model: Mapping[str, torch.Tensor] | None = None) -> None:
@@ -564,15 +339,13 @@ def check_checkpoint(state: Any, path: Path, model: Mapping[str, torch.Tensor] |
 
 def _restorable(rng: Mapping[str, Any]) -> bool:
     """Whether ``rng`` restores (tried, then the current state put back)."""
-    from altmodal.strategies.base import _rng_state, _set_rng_state
-
-    current = _rng_state()
+    current = rng_state()
     try:
-        _set_rng_state(rng)
+        set_rng_state(rng)
     except Exception:  # any malformed entry: missing keys, wrong types, wrong sizes
         return False
     finally:
-        _set_rng_state(current)
+        set_rng_state(current)
     return True
 
 
@@ -590,18 +363,8 @@ def _mismatch(saved: Any, model: Mapping[str, torch.Tensor]) -> str:
     return ""
 
 
-def restore(strategy: Strategy, saved: Any, path: Path) -> None:
-    """Load a saved model into ``strategy``; a file of another shape or kind is a clear error."""
-    if not isinstance(saved, Mapping) or "model" not in saved:
-        raise ValueError(f"{path}: not an altmodal model file (no 'model' entry)")
-    try:
-        strategy.load_state_dict(saved["model"])
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: does not fit the model its config.json describes ({first_line(err)})") from err
-
-
 def final_metrics(
-    strategy: Strategy,
+    strategy: Model,
     splits: Any,
     config: RunConfig,
     history: Sequence[Mapping[str, float]],
@@ -683,8 +446,9 @@ def evaluate_run(
     # The saved model holds every parameter: pretrained weight files are not needed (nor read) again.
     encoder = dataclasses.replace(config.encoder, weights=())
     members = [build_strategy(config.strategy, splits, encoder, config.options) for _ in range(config.data.folds)]
-    strategy = members[0] if len(members) == 1 else Bag(members, members[0].spec)
-    strategy.configure(config.train, dist or Dist(device=resolve_device(device)))
+    strategy: Model = members[0] if len(members) == 1 else Bag(members, members[0].spec)
+    dist = dist or Dist(device=resolve_device(device))
+    strategy.place(dist, config.train.eval_batch_size, config.train.precision)
     load_model_weights(strategy, run)
     # Evaluation never augments, whichever split is evaluated.
     dataset = splits[split].with_transforms(splits.test.transforms)

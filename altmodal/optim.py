@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule from a :class:`~altmodal.strategies.base.TrainConfig`.
+"""Training settings (:class:`TrainConfig`), and the optimizer and learning-rate schedule they build.
 
 One optimizer over every trainable parameter (SGD as in the paper, Adam or AdamW) and one
 per-epoch schedule: ``warmup_epochs`` of linear warm-up, then StepLR (the paper's), cosine
@@ -16,13 +16,81 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from altmodal.strategies.base import TrainConfig
+from altmodal.config import option, require
+
+PRECISIONS = ("32", "bf16", "16")
+"""Float32, and the two mixed precisions (autocast; 16 adds a gradient scaler)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; the defaults are the paper's (SGD, lr 1e-3, StepLR 70 x0.1, 100 epochs)."""
+
+    epochs: int = option(100, "training epochs")
+    batch_size: int = option(64, "global mini-batch size (summed over processes)")
+    lr: float = option(1e-3, "learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(1e-4, "weight decay")
+    optimizer: Literal["sgd", "adam", "adamw"] = option(
+        "sgd", "optimizer; Adam's per-coordinate scaling undoes MLA's head projection"
+    )
+    scheduler: Literal["step", "cosine", "none"] = option(
+        "step", "learning-rate schedule per epoch: StepLR (--lr-step, --lr-gamma), cosine to zero, or constant"
+    )
+    lr_step: int = option(70, "decay the learning rate every this many epochs (StepLR)")
+    lr_gamma: float = option(0.1, "learning-rate decay factor")
+    warmup_epochs: int = option(0, "epochs of linear learning-rate warm-up before the schedule")
+    patience: int = option(
+        20,
+        "early stopping: end training once this many epochs in a row have not improved the best validation "
+        "accuracy (0: train every epoch)",
+    )
+    grad_clip: float = option(0.0, "clip the gradient norm of each optimizer step to this value (0: off)")
+    seed: int = option(0, "seed of the split, the initialisation, the batch order and the masks")
+    device: str = option("auto", "device: auto, cpu, cuda or cuda:N")
+    eval_batch_size: int = option(256, "batch size for evaluation")
+    precision: Literal["32", "bf16", "16"] = option(
+        "32", "32: float32; bf16 / 16: mixed precision (autocast; 16 adds a gradient scaler)"
+    )
+    loader: Literal["auto", "loop", "thread", "workers"] = option(
+        "auto",
+        "who prepares training batches: the loop itself, a background thread or worker processes; "
+        "auto: a thread on CUDA, the loop on a CPU (where a thread competes with the step for the cores)",
+    )
+    prefetch: int = option(2, "batches a thread or the workers prepare ahead")
+    workers: int = option(2, "worker processes of --loader workers")
+    kernel: Literal["auto", "fused", "foreach"] = option(
+        "auto",
+        "optimizer update kernel: fused (one pass; on the CPU it rounds differently from the per-tensor "
+        "loop), foreach (the loop's numbers), auto (fused on CUDA, foreach elsewhere)",
+    )
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", self.epochs, "at least 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
+        require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "at least 1")
+        require(self.lr > 0, "lr", self.lr, "positive")
+        require(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "non-negative")
+        require(self.lr_step >= 1, "lr_step", self.lr_step, "at least 1")
+        require(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
+        require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs, "in [0, --epochs)")
+        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "non-negative")
+        require(self.patience >= 0, "patience", self.patience, "non-negative")
+        require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        require(self.prefetch >= 1, "prefetch", self.prefetch, "at least 1")
+        require(self.workers >= 1, "workers", self.workers, "at least 1")
+        require(0 <= self.seed <= SEED_MAX, "seed", self.seed, f"in [0, {SEED_MAX}]")
+
+
+SEED_MAX = 2**32 - 1
+"""The largest seed: numpy's generators take seeds of 32 bits."""
 
 
 def build_optimizer(

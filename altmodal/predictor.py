@@ -47,11 +47,13 @@ from altmodal.data.table import is_frame, is_table, read_table, table_arrays
 from altmodal.data.user import as_array
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import check_encoder
-from altmodal.experiment import check_model_card, load_model_weights, load_run_config
 from altmodal.metrics import Outputs, summarize
+from altmodal.model import DataSpec, Model
 from altmodal.predictions import any_present, labels_of, prediction_rows, probabilities
 from altmodal.runs import ADVICE, Run
-from altmodal.strategies import DataSpec, Strategy, assemble
+from altmodal.saved import check_model_card, flat_stats, load_model_weights
+from altmodal.settings import load_run_config
+from altmodal.strategies import assemble
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,11 @@ Present = Mapping[str, Any] | Sequence[str] | None
 
 
 class Predictor:
-    """A trained strategy with what prediction needs: classes, input shapes, preprocessing."""
+    """A trained model with what prediction needs: classes, input shapes, preprocessing."""
 
     def __init__(
         self,
-        strategy: Strategy,
+        strategy: Model,
         card: Mapping[str, Any],
         preprocessing: Mapping[str, Mapping[str, np.ndarray]],
         path: Path,
@@ -160,8 +162,6 @@ class Predictor:
             ConfigError: ``path`` is a file, or a folder that already holds files (nothing is
                 overwritten).
         """
-        from altmodal.experiment import flat_stats
-
         run = Run(path)
         run.check_folder()
         if run.path.is_dir() and any(run.path.iterdir()):
@@ -177,7 +177,7 @@ class Predictor:
                 run.write_json("metrics.json", self.metrics)
         return run.path
 
-    # ----- the one path: inputs -> dataset -> Strategy.collect ---------------------------------
+    # ----- the one path: inputs -> dataset -> Model.collect ---------------------------------
     def _collect(
         self, inputs: Inputs, present: Present = None, labels: Any = None, all_subsets: bool = False
     ) -> tuple[Outputs, bool]:
@@ -399,10 +399,8 @@ def load_run(path: str | Path, device: str = "auto", encoders: Mapping[str, nn.M
         )
         for _ in range(folds)
     ]
-    strategy = members[0] if folds == 1 else Bag(members, spec)
-    strategy.dist = Dist(device=resolve_device(device))
-    strategy.config = config.train
-    strategy.to(strategy.device)
+    strategy: Model = members[0] if folds == 1 else Bag(members, spec)
+    strategy.place(Dist(device=resolve_device(device)), config.train.eval_batch_size, config.train.precision)
     load_model_weights(strategy, run)
     stats = _preprocessing(run, card, shapes)
     strategy.best_epoch = int(card["best_epoch"])

@@ -49,7 +49,7 @@ import torch
 
 from altmodal.config import ConfigError, first_line
 from altmodal.files import check_parent, kind_of, read_bytes, read_text
-from altmodal.strategies.base import Callback
+from altmodal.trainer import Callback
 
 try:
     import fcntl

@@ -40,6 +40,7 @@ from altmodal.data.registry import load_splits
 from altmodal.distributed import Dist, resolve_device
 from altmodal.experiment import resolve, seed_everything
 from altmodal.strategies import build_strategy
+from altmodal.trainer import Trainer
 
 STRATEGIES = ("joint", "ume", "ogm_ge", "qmf", "mla", "mla:preset=paper")
 MFEAT_VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
@@ -150,21 +151,21 @@ def race(entries: Sequence[Entry], epochs: int) -> None:
         seed_everything(config.train.seed)
         splits = load_splits(config.data, config.train.seed)
         strategy = build_strategy(config.strategy, splits, config.encoder, config.options)
-        strategy.configure(config.train, Dist(device=resolve_device(config.train.device)))
+        Trainer.attach(strategy, config.train, Dist(device=resolve_device(config.train.device)))
         entry.samples = len(splits.train)
         built.append((entry, strategy, splits.train))
     for epoch in range(epochs + 1):
         for entry, strategy, train in built:
             with measured(entry, strategy.device):
                 started, cpu = time.perf_counter(), time.process_time()
-                strategy.train_epoch(train, epoch)
+                strategy.trainer.train_epoch(strategy, train, epoch)
                 if strategy.device.type == "cuda":
                     torch.cuda.synchronize(strategy.device)
                 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
             if epoch > 0:
                 entry.seconds.append(seconds)
                 entry.cpu.append(cpu)
-                entry.waits.append(strategy.data_seconds)
+                entry.waits.append(strategy.trainer.data_seconds)
 
 
 def strategy_table(entries: Sequence[Entry], cuda: bool) -> str:

@@ -135,15 +135,15 @@ def test_a_finished_run_says_it_skipped_training_even_when_quiet(tmp_path, capsy
 
 def test_threads_flag_is_applied_and_restored(tmp_path, monkeypatch):
     seen = []
-    from altmodal.strategies.base import Strategy
+    from altmodal.trainer import Trainer
 
-    fit = Strategy.fit
+    fit = Trainer.fit
 
     def spy(self, *args, **kwargs):
         seen.append(torch.get_num_threads())
         return fit(self, *args, **kwargs)
 
-    monkeypatch.setattr(Strategy, "fit", spy)
+    monkeypatch.setattr(Trainer, "fit", spy)
     before = torch.get_num_threads()
     assert main(["train", "--out", str(tmp_path / "two"), *FAST, "--threads", "2"]) == 0
     assert main(["train", "--out", str(tmp_path / "auto"), *FAST]) == 0  # a small MLP model: one thread

@@ -7,6 +7,7 @@ from altmodal.fusion import combine, entropy_weights
 from altmodal.fusion_choice import ChosenFusion, Fitted, apply_rule, choose_rule, fit_stacked, stack_inputs
 from altmodal.runs import Run
 from altmodal.strategies import TrainConfig, build_strategy
+from altmodal.trainer import Trainer
 from tests.conftest import tiny_config
 
 
@@ -96,10 +97,10 @@ def test_the_fusion_head_never_changes_what_mla_learns(tiny_splits, grad_clip):
         mla = build_strategy(
             "mla", tiny_splits, EncoderConfig(dim=8, hidden=(16,)), {**options, "fusion_head": fusion_head}
         )
-        mla.configure(TrainConfig(lr=0.1, batch_size=16, grad_clip=grad_clip))
+        Trainer.attach(mla, TrainConfig(lr=0.1, batch_size=16, grad_clip=grad_clip))
         if fusion_head:
             initial = mla.state_dict()["fusion_head.fc.weight"].clone()
-        mla.train_epoch(tiny_splits.train, 0)
+        mla.trainer.train_epoch(mla, tiny_splits.train, 0)
         states[fusion_head] = mla.state_dict()
         assert all(p.grad is None for p in mla.parameters())
     with_head, without = states[True], states[False]

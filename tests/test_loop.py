@@ -62,7 +62,7 @@ def test_patience_ends_training_once_the_validation_score_stops_improving(tmp_pa
 
 
 def test_early_stopping_is_a_function_of_the_history():
-    from altmodal.strategies.base import stopped
+    from altmodal.trainer import stopped
 
     assert not stopped(epoch=3, best_epoch=0, patience=3) and stopped(epoch=4, best_epoch=0, patience=3)
     assert not stopped(epoch=99, best_epoch=0, patience=0)  # 0: no early stopping

@@ -10,6 +10,7 @@ from altmodal.data.splits import missing_mask
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import resolve
 from altmodal.strategies import TrainConfig, build_strategy
+from altmodal.trainer import Trainer
 from tests.conftest import TINY
 
 
@@ -81,7 +82,7 @@ def test_a_subset_evaluation_equals_the_modality_being_absent(tiny_splits, absen
     encoder = EncoderConfig(dim=8, hidden=(16,), absent=absent)
     torch.manual_seed(0)
     joint = build_strategy("joint", tiny_splits, encoder, config.options)
-    joint.configure(TrainConfig())
+    Trainer.attach(joint, TrainConfig())
     test = tiny_splits.test
     outputs = joint.collect(test)
     without = joint.collect(test.with_present({"m0": test.present["m0"], "m1": np.zeros_like(test.present["m1"])}))
@@ -97,7 +98,7 @@ def test_zero_inputs_and_zero_features_give_different_fused_predictions(tiny_spl
     for absent in ("zero-inputs", "zero-features"):
         torch.manual_seed(0)
         joint = build_strategy("joint", tiny_splits, EncoderConfig(dim=8, hidden=(16,), absent=absent), config.options)
-        joint.configure(TrainConfig())
+        Trainer.attach(joint, TrainConfig())
         fused[absent] = joint.collect(tiny_splits.test).subsets["m0"]
     assert not torch.allclose(fused["zero-inputs"], fused["zero-features"])
 
@@ -107,7 +108,7 @@ def test_the_fused_loss_reaches_an_encoder_through_absent_rows_only_with_zero_in
     config = resolve({"strategy": "joint"})
     torch.manual_seed(0)
     joint = build_strategy("joint", tiny_splits, EncoderConfig(dim=8, hidden=(16,), absent=absent), config.options)
-    joint.configure(TrainConfig(lr=0.1, momentum=0.0, weight_decay=0.0))
+    Trainer.attach(joint, TrainConfig(lr=0.1, momentum=0.0, weight_decay=0.0))
     batch = tiny_splits.train.gather(np.arange(32))
     batch = batch.with_present({"m0": batch.present["m0"], "m1": torch.zeros_like(batch.present["m1"])})
     before = [p.detach().clone() for p in joint.encoders["m1"].parameters()]

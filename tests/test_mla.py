@@ -9,6 +9,7 @@ from altmodal.experiment import resolve, train_run
 from altmodal.runs import Run
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
+from altmodal.trainer import Trainer
 from tests.conftest import TINY, tiny_config, train_interrupted
 
 ENC = EncoderConfig(dim=8, hidden=(16,))
@@ -17,7 +18,7 @@ ENC = EncoderConfig(dim=8, hidden=(16,))
 def make_mla(splits, **options):
     config = resolve({"strategy": "mla", **options})
     strategy = build_strategy("mla", splits, ENC, config.options)
-    strategy.configure(TrainConfig(lr=0.1, batch_size=16))
+    Trainer.attach(strategy, TrainConfig(lr=0.1, batch_size=16))
     return strategy
 
 
@@ -38,7 +39,7 @@ def test_a_step_updates_only_its_encoder_and_the_head_with_no_optimizer_leak(tin
     batch = first_batch(tiny_splits)
     before = {m: snapshot(mla.encoders[m]) for m in mla.modalities}
     head_before = snapshot(mla.heads)
-    mla.batch_index = 0  # iteration 0 steps m0 only
+    mla.trainer.batch_index = 0  # iteration 0 steps m0 only
     out = mla.training_step(batch)
     assert list(out.unimodal) == ["m0"]
     assert not unchanged(before["m0"], mla.encoders["m0"]) and not unchanged(head_before, mla.heads)
@@ -46,7 +47,7 @@ def test_a_step_updates_only_its_encoder_and_the_head_with_no_optimizer_leak(tin
     state = mla.optimizer.state
     assert all(p not in state for p in mla.encoders["m1"].parameters())
     assert all("momentum_buffer" in state[p] for p in mla.encoders["m0"].parameters())
-    mla.batch_index = 1  # iteration 1 steps m1: m0 must not move (no momentum, no decay)
+    mla.trainer.batch_index = 1  # iteration 1 steps m1: m0 must not move (no momentum, no decay)
     m0_before = snapshot(mla.encoders["m0"])
     mla.training_step(batch)
     assert unchanged(m0_before, mla.encoders["m0"])
@@ -89,13 +90,13 @@ def test_step_orders(tiny_splits):
     mla = make_mla(tiny_splits, order="random")
     orders = set()
     for b in range(20):
-        mla.batch_index = b
+        mla.trainer.batch_index = b
         orders.add(tuple(mla.step_order()))
     assert orders == {("m0", "m1"), ("m1", "m0")}
     it = make_mla(tiny_splits, cycle="iteration")
     seen = []
     for b in range(4):
-        it.batch_index = b
+        it.trainer.batch_index = b
         seen += it.step_order()
     assert seen == ["m0", "m1", "m0", "m1"]
 
@@ -195,11 +196,11 @@ def test_mla_beats_lazy_joint_on_the_weak_modality(tmp_path):
 def test_random_order_with_one_modality_per_iteration_visits_each_modality_once_per_cycle():
     splits = load_splits(DataConfig(dataset="synthetic", dataset_options=(*TINY, "modalities=3")), seed=0)
     mla = make_mla(splits, cycle="iteration", order="random")
-    mla.batches_per_epoch = 4  # not a multiple of 3: cycles run across epochs
+    mla.trainer.batches_per_epoch = 4  # not a multiple of 3: cycles run across epochs
     steps = []
     for epoch in range(3):
         for b in range(4):
-            mla.epoch, mla.batch_index = epoch, b
+            mla.trainer.epoch, mla.trainer.batch_index = epoch, b
             steps += mla.step_order()
     cycles = [steps[i : i + 3] for i in range(0, 12, 3)]
     assert all(sorted(c) == ["m0", "m1", "m2"] for c in cycles)
@@ -209,15 +210,15 @@ def test_random_order_with_one_modality_per_iteration_visits_each_modality_once_
 def test_ogd_step_of_one_modality_keeps_the_others_stored_logits_exactly(tiny_splits):
     config = resolve({"strategy": "mla", "projection_method": "ogd", "ogd_memory": 8, "cycle": "iteration"})
     mla = build_strategy("mla", tiny_splits, ENC, config.options)
-    mla.configure(TrainConfig(lr=0.1, batch_size=16, momentum=0.0, weight_decay=0.0))
+    Trainer.attach(mla, TrainConfig(lr=0.1, batch_size=16, momentum=0.0, weight_decay=0.0))
     batch = first_batch(tiny_splits)
-    mla.batch_index = 1  # iteration 1 steps m1, whose features are stored
+    mla.trainer.batch_index = 1  # iteration 1 steps m1, whose features are stored
     mla.training_step(batch)
     mla.on_epoch_start(1)  # the refresh: m0's steps are now projected against m1's memory
     stored = mla.projector.stored_features("m1")[:, :-1]
     assert stored.shape == (8, 8)  # the last 8 of the step's 16 (memory 8 < d + 1 = 9)
     before = mla.head("shared")(stored).detach()
-    mla.batch_index = 0
+    mla.trainer.batch_index = 0
     mla.training_step(first_batch(tiny_splits, 32))
     assert torch.allclose(mla.head("shared")(stored), before, atol=1e-5)
     assert int(mla.projector.state_dict()["stored"][0]) == 8
@@ -249,13 +250,13 @@ def twin_steps(target, momentum=0.9, weight_decay=1e-4):
         config = resolve({"strategy": "mla", "cycle": "iteration", "projection_target": target})
         tiny = load_splits(DataConfig(dataset="synthetic", dataset_options=TINY), 0)
         mla = build_strategy("mla", tiny, ENC, config.options)
-        mla.configure(TrainConfig(lr=0.1, batch_size=16, momentum=momentum, weight_decay=weight_decay))
+        Trainer.attach(mla, TrainConfig(lr=0.1, batch_size=16, momentum=momentum, weight_decay=weight_decay))
         models.append(mla)
     raw = models[1]
     changes = []
     for mla in models:
         for step in range(7):
-            mla.batch_index = step
+            mla.trainer.batch_index = step
             if step == 6 and mla is raw:  # the same step with no projection
                 if target == "update":
                     mla.projector.project_update = lambda *args: None
@@ -293,7 +294,7 @@ def test_forgetting_restarts_or_relaxes_P(tiny_splits):
     mla.on_epoch_start(1)
     assert torch.equal(mla.projector.P, torch.eye(8))
     decaying = make_mla(tiny_splits, forget="decay", forget_half_life=2.0)
-    decaying.batches_per_epoch = 5  # 2 epochs x 5 batches x 2 modalities: 20 updates halve the protection
+    decaying.trainer.batches_per_epoch = 5  # 2 epochs x 5 batches x 2 modalities: 20 updates halve the protection
     assert decaying._decay_keep() ** 20 == pytest.approx(0.5)
     assert make_mla(tiny_splits).options.forget == "never"
 
@@ -321,9 +322,9 @@ def test_one_modality_per_iteration_leaves_the_other_encoders_normalisation_alon
     config = resolve({"strategy": "mla", "cycle": "iteration"})
     custom = {m: NormedEncoder(tiny_splits.train.input_shape(m)[0]) for m in tiny_splits.modalities}
     mla = build_strategy("mla", tiny_splits, ENC, config.options, custom)
-    mla.configure(TrainConfig(lr=0.1, batch_size=16))
+    Trainer.attach(mla, TrainConfig(lr=0.1, batch_size=16))
     mla.train()
-    mla.batch_index = 0  # an m0 step; the fusion head also reads m1's features
+    mla.trainer.batch_index = 0  # an m0 step; the fusion head also reads m1's features
     mla.training_step(first_batch(tiny_splits))
     assert int(mla.encoders["m0"].norm.num_batches_tracked) == 1  # its own step, once
     assert int(mla.encoders["m1"].norm.num_batches_tracked) == 0

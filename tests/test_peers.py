@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import altmodal.strategies.base as loop
+import altmodal.trainer as loop
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import resolve, train_run
 from altmodal.runs import Run, read_csv
@@ -19,6 +19,7 @@ from altmodal.strategies.gblend import blend_weights, carve_holdout, overfit_err
 from altmodal.strategies.inforeg import penalty_coefficients, score_gaps, trace_growth
 from altmodal.strategies.mmpareto import mgda_weights, rescale
 from altmodal.strategies.parts import true_class_scores, unimodal_losses
+from altmodal.trainer import Trainer
 from tests.conftest import tiny_config, train_interrupted
 
 PEERS = ["mmpareto", "dgl", "gblend", "inforeg"]
@@ -27,7 +28,7 @@ PEERS = ["mmpareto", "dgl", "gblend", "inforeg"]
 def build(name, splits, **options):
     options = resolve({"strategy": name, **options}).options
     strategy = build_strategy(name, splits, EncoderConfig(dim=8, hidden=(16,)), options)
-    strategy.configure(TrainConfig(batch_size=32))
+    Trainer.attach(strategy, TrainConfig(batch_size=32))
     return strategy
 
 
@@ -204,7 +205,7 @@ def test_a_one_hot_blend_trains_only_its_head(tiny_splits):
     blend = build("gblend", tiny_splits)
     blend.blend.copy_(torch.tensor([1.0, 0.0, 0.0]))
     before = {k: v.clone() for k, v in blend.state_dict().items()}
-    blend.train_epoch(tiny_splits.train, 0)
+    blend.trainer.train_epoch(blend, tiny_splits.train, 0)
     changed = [k for k, v in blend.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("encoders.m0.") for k in changed) and any(k.startswith("aux.fc.m0.") for k in changed)
     assert all(k.startswith(("encoders.m0.", "aux.fc.m0.")) for k in changed), changed
@@ -216,16 +217,17 @@ def test_estimation_copies_train_at_the_learning_rate_of_the_main_run(tiny_split
 
     blend = build("gblend", tiny_splits)
     config = TrainConfig(lr=0.1, batch_size=32, warmup_epochs=4, epochs=10)
-    blend.configure(config)
-    blend.epoch = 2
+    Trainer.attach(blend, config)
+    blend.trainer.epoch = 2
     seen = []
-    original = GBlend.train_epoch
+    original = Trainer.train_epoch
 
-    def record(self, dataset, epoch):
+    def record(self, strategy, dataset, epoch):
+        assert isinstance(strategy, GBlend) and strategy is not blend
         seen.append((epoch, self.optimizer.param_groups[0]["lr"]))
-        return original(self, dataset, epoch)
+        return original(self, strategy, dataset, epoch)
 
-    monkeypatch.setattr(GBlend, "train_epoch", record)
+    monkeypatch.setattr(Trainer, "train_epoch", record)
     blend.estimate(carve_holdout(tiny_splits.train, 0.2, 0, {}), epochs=3)
     assert len(seen) == 3 * 3  # three heads, three epochs each
     assert all(lr == pytest.approx(0.1 * lr_factor(epoch, config)) for epoch, lr in seen)
@@ -252,7 +254,7 @@ def test_inforeg_gaps_coefficients_and_window_by_hand():
 
 def test_inforeg_keeps_the_last_epoch_traces_it_logs(tiny_splits):
     reg = build("inforeg", tiny_splits, inforeg_average=2)
-    rows = [reg.train_epoch(tiny_splits.train, epoch) for epoch in range(4)]
+    rows = [reg.trainer.train_epoch(reg, tiny_splits.train, epoch) for epoch in range(4)]
     logged = torch.tensor([[row[f"inforeg_trace_{m}"] for m in reg.modalities] for row in rows], dtype=torch.float64)
     assert torch.allclose(reg.traces, logged[1:], rtol=1e-6)  # epochs 1, 2, 3: w + 1 = 3 rows
     # Epoch 3's window compares the traces of epochs 1-2 with those of epochs 0-1.
@@ -263,7 +265,7 @@ def test_inforeg_pulls_only_the_better_modality_towards_its_snapshot(tiny_splits
     torch.manual_seed(0)
     reg = build("inforeg", tiny_splits)
     batch = tiny_splits.train.gather(np.arange(32))
-    reg.epoch = 2
+    reg.trainer.epoch = 2
     reg.rho = torch.tensor([1.0, 1.0], dtype=torch.float64)  # both windows open
     reg.snapshot.zero_()
     features = reg.encode(batch)
@@ -288,7 +290,7 @@ def test_inforeg_pulls_only_the_better_modality_towards_its_snapshot(tiny_splits
 def test_inforeg_regulates_from_epoch_0_with_the_codes_moving_averages_and_from_2_as_the_paper(tiny_splits):
     for average, first in ((10, 0), (1, 2)):
         reg = build("inforeg", tiny_splits, inforeg_average=average)
-        rows = [reg.train_epoch(tiny_splits.train, epoch) for epoch in range(3)]
+        rows = [reg.trainer.train_epoch(reg, tiny_splits.train, epoch) for epoch in range(3)]
         penalised = [max(row.get(f"inforeg_penalised_{m}", 0.0) for m in reg.modalities) for row in rows]
         assert all(p == 0 for p in penalised[:first]) and penalised[first] > 0, (average, penalised)
         if average == 10:  # the window opens at once: rho = 1 in epoch 0, as the code's k = 1

@@ -20,6 +20,7 @@ from altmodal.data.user import loaded_from
 from altmodal.experiment import evaluate_run
 from altmodal.optim import build_optimizer, lr_factor
 from altmodal.strategies import TrainConfig, build_strategy
+from altmodal.trainer import Trainer
 from tests.conftest import tiny_config
 
 FAST = ["--epochs", "2", "--hidden", "16", "--dim", "8", "--lr", "0.05", "--folds", "1", "--quiet"]
@@ -239,7 +240,7 @@ def test_schedules_warmup_and_optimizers():
 def test_gradient_clipping_bounds_the_step(tiny_splits):
     config = tiny_config(strategy="joint", epochs=1, lr=1.0, momentum=0.0, weight_decay=0.0, grad_clip=1e-3)
     strategy = build_strategy(config.strategy, tiny_splits, config.encoder, config.options)
-    strategy.configure(config.train)
+    Trainer.attach(strategy, config.train)
     start = [p.detach().clone() for p in strategy.parameters()]
     batch = tiny_splits.train.gather(np.arange(32))
     strategy.training_step(batch)
@@ -252,7 +253,7 @@ def test_tensorboard_logger_and_start_summary(tmp_path, tiny_splits):
     logger = TensorBoardLogger(tmp_path / "tb")
     result = train_run(config, tmp_path / "r", callbacks=[logger])
     assert list((tmp_path / "tb").glob("events.out.tfevents.*")) and result["best_epoch"] >= 1
-    lines = fit_summary(result.model.strategy, tiny_splits)
+    lines = fit_summary(result.model.strategy, tiny_splits, config.train)
     assert lines[0].startswith("device cpu; samples train") and "parameters" in lines[-1]
 
 

@@ -13,6 +13,7 @@ from altmodal.runs import Run, read_csv
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
 from altmodal.strategies.relearn import modality_purity, relearn_alpha, soft_reset
+from altmodal.trainer import Trainer
 from tests.conftest import tiny_config, train_interrupted
 
 
@@ -60,11 +61,11 @@ def test_soft_reset_moves_alpha_of_the_way_back():
 def test_diagnosis_reinitialises_each_encoder_by_its_alpha(tiny_splits):
     config = resolve({"strategy": "relearn", "relearn_every": 1})
     strategy = build_strategy("relearn", tiny_splits, EncoderConfig(dim=8, hidden=(16,)), config.options)
-    strategy.configure(TrainConfig(batch_size=32, lr=0.1))
+    Trainer.attach(strategy, TrainConfig(batch_size=32, lr=0.1))
     initial = {m: [p.detach().clone() for p in strategy.encoders[m].parameters()] for m in strategy.modalities}
-    strategy.train_epoch(tiny_splits.train, 0)
+    strategy.on_fit_start(tiny_splits)  # as the loop does: the initial weights are taken here
+    strategy.trainer.train_epoch(strategy, tiny_splits.train, 0)
     trained = {m: [p.detach().clone() for p in strategy.encoders[m].parameters()] for m in strategy.modalities}
-    strategy.on_fit_start(tiny_splits)
     strategy.epoch_extras = {}
     strategy.on_epoch_start(1)
     extras = strategy.epoch_extras

@@ -36,7 +36,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "mla-fast": {"strategy": "mla", "preset": "fast"},
     "mla-paper": {"strategy": "mla", "preset": "paper"},
     "mla-reference-code": {"strategy": "mla", "preset": "reference-code"},
-    "mla-iteration-random-ogd": {"strategy": "mla", "cycle": "iteration", "order": "random", "projection_method": "ogd"},
+    "mla-iteration-random-ogd": {
+        "strategy": "mla",
+        "cycle": "iteration",
+        "order": "random",
+        "projection_method": "ogd",
+    },
     "mla-pca-ogd-stats": {"strategy": "mla", "projection_method": "pca-ogd", "projection_stats": True},
     "mla-folds": {"strategy": "mla", "folds": 2},
 }

@@ -17,7 +17,8 @@ from altmodal.encoders import EncoderConfig, channels_last
 from altmodal.encoders.resnet import VisualResNet
 from altmodal.experiment import resolve, train_run
 from altmodal.strategies import build_strategy
-from altmodal.strategies.base import EpochSums, TrainConfig
+from altmodal.strategies.base import TrainConfig
+from altmodal.trainer import EpochSums, Trainer
 from tests.conftest import tiny_config
 
 ENC = EncoderConfig(dim=8, hidden=(16,))
@@ -56,10 +57,10 @@ def with_missing_rows(batch):
 )
 def test_a_training_step_never_reads_the_device(tiny_splits, name, options):
     strategy = build_strategy(name, tiny_splits, ENC, resolve({"strategy": name, **options}).options)
-    strategy.configure(TrainConfig(batch_size=16), Dist(device=META))
+    Trainer.attach(strategy, TrainConfig(batch_size=16), Dist(device=META))
     batches = EpochBatches(tiny_splits.train, 16, shuffle=True)
     for b in range(3):  # steps of epochs 0, 1 and 2, so epoch-gated paths (InfoReg's window) run too
-        strategy.epoch = strategy.batch_index = b
+        strategy.trainer.epoch = strategy.trainer.batch_index = b
         batch = batches[b] if b else with_missing_rows(batches[b])
         out = strategy.training_step(batch.to(META))
         assert out.loss.device == META and all(logits.device == META for logits, _ in out.unimodal.values())
@@ -67,11 +68,11 @@ def test_a_training_step_never_reads_the_device(tiny_splits, name, options):
 
 def test_an_epoch_reads_its_sums_once(tiny_splits, monkeypatch):
     strategy = build_strategy("mla", tiny_splits, ENC, resolve({"strategy": "mla"}).options)
-    strategy.configure(TrainConfig(batch_size=16), Dist(device=META))
+    Trainer.attach(strategy, TrainConfig(batch_size=16), Dist(device=META))
     reads = []
     monkeypatch.setattr(EpochSums, "read", lambda self, dist, n: reads.append(n) or {"train_loss": 0.0})
-    strategy.train_epoch(tiny_splits.train, 0)  # every step and the pipeline run on META
-    assert reads == [len(tiny_splits.train)] and strategy.batches_per_epoch == -(-len(tiny_splits.train) // 16)
+    strategy.trainer.train_epoch(strategy, tiny_splits.train, 0)  # every step and the pipeline run on META
+    assert reads == [len(tiny_splits.train)] and strategy.trainer.batches_per_epoch == -(-len(tiny_splits.train) // 16)
 
 
 def image_dataset(n=24):
@@ -135,16 +136,16 @@ def test_the_loop_trains_as_a_plain_loop_over_the_batches(tiny_splits):
     def trained(loop):
         torch.manual_seed(0)
         mla = build_strategy("mla", tiny_splits, ENC, resolve({"strategy": "mla"}).options)
-        mla.configure(TrainConfig(batch_size=16, lr=0.1, loader="thread"))
+        Trainer.attach(mla, TrainConfig(batch_size=16, lr=0.1, loader="thread"))
         loop(mla)
         return mla.state_dict()
 
     def plain(mla):
-        mla.epoch, mla.batches_per_epoch = 0, -(-len(tiny_splits.train) // 16)
-        for mla.batch_index, batch in enumerate(iterate(tiny_splits.train, 16, shuffle=True)):
+        mla.trainer.epoch, mla.trainer.batches_per_epoch = 0, -(-len(tiny_splits.train) // 16)
+        for mla.trainer.batch_index, batch in enumerate(iterate(tiny_splits.train, 16, shuffle=True)):
             mla.training_step(batch)
 
-    a, b = trained(lambda mla: mla.train_epoch(tiny_splits.train, 0)), trained(plain)
+    a, b = trained(lambda mla: mla.trainer.train_epoch(mla, tiny_splits.train, 0)), trained(plain)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -152,7 +153,7 @@ def mla_for(splits, **train):
     options = resolve({"strategy": "mla", "cycle": "iteration", "alpha": 1e-3}).options
     torch.manual_seed(0)
     mla = build_strategy("mla", splits, ENC, options)
-    mla.configure(TrainConfig(batch_size=32, lr=0.5, momentum=0.0, weight_decay=0.0, **train))
+    Trainer.attach(mla, TrainConfig(batch_size=32, lr=0.5, momentum=0.0, weight_decay=0.0, **train))
     return mla
 
 
@@ -170,8 +171,8 @@ def test_projection_keeps_the_head_answer_on_earlier_features_under_mixed_precis
                 return False
 
             mla.projector.step = unprojected
-        for mla.batch_index in (0, 1):  # an m0 step, then an m1 step
-            if mla.batch_index == 1:  # h: the m0 feature the projector learned in the m0 step
+        for mla.trainer.batch_index in (0, 1):  # an m0 step, then an m1 step
+            if mla.trainer.batch_index == 1:  # h: the m0 feature the projector learned in the m0 step
                 h, before = projector.means[0].clone(), mla.head("m0").weight.detach().clone()
             with mla.autocast():
                 mla.training_step(batch)
@@ -192,7 +193,7 @@ def test_fp16_edits_see_unscaled_gradients(tiny_splits):
             mla.training_step(batch)
         return seen[precision]
 
-    assert mla_for(tiny_splits, precision="16").scaler.get_scale() > 1000
+    assert mla_for(tiny_splits, precision="16").trainer.scaler.get_scale() > 1000
     assert torch.allclose(gradient("16"), gradient("32"), rtol=0.05, atol=1e-3)
 
 

@@ -14,6 +14,7 @@ from altmodal.strategies.base import TrainConfig
 from altmodal.strategies.ogm_ge import modulate, ogm_coefficients
 from altmodal.strategies.qmf import confidence, normalise_history, ranking_loss, ranking_targets
 from altmodal.strategies.ume import average_present
+from altmodal.trainer import Trainer
 from tests.conftest import TINY, tiny_config
 
 MULTI = [name for name in STRATEGIES if name != "unimodal"]
@@ -28,9 +29,9 @@ def test_every_strategy_trains_one_epoch_and_reports_completely(name, tmp_path):
     config = tiny_config(strategy=name, epochs=1, **strategy_settings(name))
     splits = load_splits(config.data, 0)
     strategy = build_strategy(name, splits, config.encoder, config.options)
-    strategy.configure(config.train)
+    Trainer.attach(strategy, config.train)
     before = [p.detach().clone() for p in strategy.parameters()]
-    row = strategy.train_epoch(splits.train, 0)
+    row = strategy.trainer.train_epoch(strategy, splits.train, 0)
     assert math.isfinite(row["train_loss"])
     assert any(not torch.equal(a, p) for a, p in zip(before, strategy.parameters()))
     outputs = strategy.collect(splits.test)
@@ -50,8 +51,8 @@ def test_three_modalities_work_everywhere(name):
     splits = load_splits(DataConfig(dataset="synthetic", dataset_options=(*TINY, "modalities=3")), seed=0)
     config = resolve({"strategy": name})
     strategy = build_strategy(name, splits, EncoderConfig(dim=8, hidden=(16,)), config.options)
-    strategy.configure(TrainConfig(batch_size=32))
-    row = strategy.train_epoch(splits.train, 0)
+    Trainer.attach(strategy, TrainConfig(batch_size=32))
+    row = strategy.trainer.train_epoch(strategy, splits.train, 0)
     assert {f"train_loss_m{i}" for i in range(3)} <= set(row)
     assert strategy.collect(splits.val).fused.shape == (len(splits.val), 3)
 
@@ -119,7 +120,7 @@ def test_qmf_confidence_and_ranking_targets_from_a_known_history():
 def test_qmf_history_accumulates_per_sample_losses(tiny_splits):
     config = resolve({"strategy": "qmf"})
     qmf = build_strategy("qmf", tiny_splits, EncoderConfig(dim=8, hidden=(16,)), config.options)
-    qmf.configure(TrainConfig(batch_size=32))
+    Trainer.attach(qmf, TrainConfig(batch_size=32))
     batch = tiny_splits.train.gather(torch.arange(8).numpy())
     qmf.training_step(batch)
     assert qmf.seen[:, batch.index].all() and (qmf.history[:, batch.index] > 0).all()
@@ -141,7 +142,7 @@ def test_unimodal_needs_exactly_one_modality(tiny_splits):
 def test_absent_rows_reach_an_encoder_only_as_zero_inputs(tiny_splits, absent, rows):
     config = resolve({"strategy": "joint"})
     joint = build_strategy("joint", tiny_splits, EncoderConfig(dim=8, hidden=(16,), absent=absent), config.options)
-    joint.configure(TrainConfig(batch_size=32))
+    Trainer.attach(joint, TrainConfig(batch_size=32))
     seen = []
     joint.encoders["m1"].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
     batch = tiny_splits.train.gather(torch.arange(10).numpy())

@@ -285,14 +285,14 @@ def test_present_naming_no_modality_is_refused(finished_run, capsys):
 
 
 def test_numpy_rng_state_is_stored_as_plain_types():
-    from altmodal.strategies.base import _rng_state, _set_rng_state
+    from altmodal.trainer import rng_state, set_rng_state
 
     np.random.seed(5)
     np.random.normal()  # leaves a cached gaussian
-    state = _rng_state()
+    state = rng_state()
     expected = np.random.random(3)
     np.random.seed(9)
-    _set_rng_state(state)
+    set_rng_state(state)
     assert np.array_equal(np.random.random(3), expected)
     kinds = {type(v) for v in state["numpy"].values()}
     assert kinds <= {str, int, float, torch.Tensor}

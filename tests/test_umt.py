@@ -11,13 +11,14 @@ from altmodal.experiment import resolve, train_run
 from altmodal.runs import Run, read_csv
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
+from altmodal.trainer import Trainer
 from tests.conftest import tiny_config, train_interrupted
 
 
 def test_distillation_loss_by_hand_with_a_missing_modality(tiny_splits):
     config = resolve({"strategy": "umt", "umt_weight": 2.0})
     umt = build_strategy("umt", tiny_splits, EncoderConfig(dim=8, hidden=(16,)), config.options)
-    umt.configure(TrainConfig(batch_size=32))
+    Trainer.attach(umt, TrainConfig(batch_size=32))
     batch = tiny_splits.train.gather(torch.arange(8).numpy())
     present = dict(batch.present)
     present["m1"] = torch.tensor([True, False] * 4)
@@ -40,9 +41,9 @@ def test_teachers_train_once_stay_frozen_and_resume_exactly(tmp_path, monkeypatc
     calls = []
     original_train_alone = umt_module.train_alone
 
-    def counting(model, *args):
+    def counting(loop, model, *args):
         calls.append(model.modalities[0])
-        return original_train_alone(model, *args)
+        return original_train_alone(loop, model, *args)
 
     monkeypatch.setattr(umt_module, "train_alone", counting)
     config = tiny_config(strategy="umt", epochs=3, umt_teacher_epochs=2)

@@ -1,4 +1,5 @@
-"""Training strategies, one short module each, all run by the loop in :mod:`.base`."""
+"""Training strategies, one short module each: a model (:mod:`altmodal.model`) plus its training
+step (:mod:`.base`), all trained by the one loop of :mod:`altmodal.trainer`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 from altmodal.config import build
 from altmodal.data.dataset import MultimodalDataset, Splits
 from altmodal.encoders import EncoderConfig, build_encoder, check_encoder, encoder_kinds
-from altmodal.strategies.base import Callback, DataSpec, StepOutput, Strategy, TrainConfig
+from altmodal.strategies.base import DataSpec, StepOutput, Strategy, TrainConfig
 from altmodal.strategies.dgl import DGL
 from altmodal.strategies.gblend import GBlend
 from altmodal.strategies.inforeg import InfoReg
@@ -88,7 +89,6 @@ def sample_inputs(dataset: MultimodalDataset, modality: str, n: int = 2) -> Tens
 
 __all__ = [
     "STRATEGIES",
-    "Callback",
     "DataSpec",
     "StepOutput",
     "Strategy",

@@ -26,7 +26,7 @@ published weights sum to 1, as here.)
 Estimation from a checkpoint N over n epochs: for each head i a copy of the model, trained n
 epochs on T with the loss L_i alone (so only encoder i and head i, or every encoder and the
 fused head, learn), gives L^T (on a subset T' of T as large as V) and L^V at both ends. The copies
-are trained by the same loop (:meth:`Strategy.train_epoch`) with a fresh optimizer at the current
+are trained by the same loop (:meth:`~altmodal.trainer.Trainer.train_epoch`) with a fresh optimizer at the current
 learning rate.
 
 Holdout: ``gblend_holdout`` (8%, the paper's Kinetics share) of the TRAINING split, stratified by
@@ -184,13 +184,13 @@ class GBlend(Joint):
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return self.aux(features)  # type: ignore[no-any-return]
 
-    def fit(self, splits: Splits, config: TrainConfig, **kwargs: Any) -> list[dict[str, float]]:
-        """The loop, trained on T = the training split minus the holdout V."""
+    def training_splits(self, splits: Splits, config: TrainConfig) -> Splits:
+        """The loop trains on T = the training split minus the holdout V."""
         self.holdout = carve_holdout(splits.train, self.options.gblend_holdout, config.seed, splits.val.transforms)
-        try:
-            return super().fit(dataclasses.replace(splits, train=self.holdout.train), config, **kwargs)
-        finally:
-            self.holdout = None
+        return dataclasses.replace(splits, train=self.holdout.train)
+
+    def on_fit_end(self, splits: Splits) -> None:
+        self.holdout = None
 
     def training_step(self, batch: Batch) -> StepOutput:
         features = self.encode(batch)
@@ -216,17 +216,17 @@ class GBlend(Joint):
 
     def estimate(self, holdout: Holdout, epochs: int) -> Tensor:
         """G-Blending weights from the current parameters over ``epochs`` epochs of training."""
-        assert self.optimizer is not None
         start = self._measure(holdout)  # T', V -> H per-sample losses each
         end: tuple[list[Tensor], list[Tensor]] = ([], [])
         for i in range(len(self.blend)):
             net = GBlend(copy.deepcopy(dict(self.encoders)), self.spec, self.options, self.dim)
             net.load_state_dict(self.state_dict())
             net.blend.copy_(F.one_hot(torch.tensor(i), len(self.blend)).float())
-            net.configure(self.config, self.dist)
+            loop = self.loop.spawn()
+            loop.setup(net)
             for j in range(epochs):  # at the learning rate of the main run's schedule in those epochs
-                net.scheduler.load_state_dict({"last_epoch": self.epoch + j})  # type: ignore[union-attr]
-                net.train_epoch(holdout.train, self.epoch + j)
+                loop.scheduler.load_state_dict({"last_epoch": self.epoch + j})  # type: ignore[union-attr]
+                loop.train_epoch(net, holdout.train, self.epoch + j)
                 self.dist.average_norm_statistics(net)
             measured = net._measure(holdout)
             end[0].append(measured[0][i])

@@ -73,8 +73,9 @@ from altmodal.data.batch import Batch, spread_rows
 from altmodal.data.dataset import Splits
 from altmodal.fusion import ConcatHead, batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.fusion_choice import ChosenFusion
+from altmodal.model import evaluating
 from altmodal.projection import FeatureBasisProjector, HeadProjector, change_ratios, survival
-from altmodal.strategies.base import DataSpec, StepOutput, Strategy, evaluating
+from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 
 ONE_RUN: dict[str, Any] = {"folds": 1, "patience": 0}
 """What the paper's and the reference code's presets set outside MLA's options: one model, trained

@@ -30,7 +30,7 @@ Choices of ours, and where the official code differs:
 - missing modalities: a modality's purity uses only the samples that have it;
 - unimodal accuracy: the model has no unimodal head; we report the head slice of the fused head
   (as for joint training), not the paper's linear probes;
-- the initial weights are taken when the optimizer is set up (after the processes share rank 0's
+- the initial weights are taken when training starts (after the processes share rank 0's
   parameters), and go into the checkpoint with the number of diagnoses made.
 Each process clusters the same gathered features, in sample order; the alphas are averaged over
 processes anyway, so every process re-initialises identically (no per-process state).
@@ -50,9 +50,8 @@ from torch import Tensor, nn
 from altmodal.clustering import cluster_purity
 from altmodal.config import option, require
 from altmodal.data.dataset import MultimodalDataset, Splits
-from altmodal.distributed import Dist
 from altmodal.metrics import Outputs
-from altmodal.strategies.base import DataSpec, TrainConfig
+from altmodal.strategies.base import DataSpec
 from altmodal.strategies.joint import Joint, JointOptions
 
 
@@ -100,14 +99,12 @@ class Relearn(Joint):
         self.diagnoses = 0
         self.diagnosis_data: tuple[MultimodalDataset, MultimodalDataset] | None = None
 
-    def configure(self, config: TrainConfig, dist: Dist | None = None) -> None:
-        super().configure(config, dist)
-        self.initial = {
-            m: {name: p.detach().clone() for name, p in self.encoders[m].named_parameters()} for m in self.modalities
-        }
-        self.diagnoses = 0
-
     def on_fit_start(self, splits: Splits) -> None:
+        if not self.initial:  # a fresh start (a resumed run brings its own)
+            self.initial = {
+                m: {name: p.detach().clone() for name, p in self.encoders[m].named_parameters()}
+                for m in self.modalities
+            }
         # The training split as evaluation sees it (no augmentation), and the validation split.
         self.diagnosis_data = (splits.train.with_transforms(splits.val.transforms), splits.val)
 
@@ -135,10 +132,9 @@ class Relearn(Joint):
         self.diagnoses += 1
         self.train()  # collect() left the model in evaluation mode
 
-    def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "relearn": {"initial": self.initial, "diagnoses": self.diagnoses}}
+    def training_extras(self) -> dict[str, Any]:
+        return {"relearn": {"initial": self.initial, "diagnoses": self.diagnoses}}
 
-    def load_training_state(self, state: Mapping[str, Any]) -> None:
-        super().load_training_state(state)
+    def load_training_extras(self, state: Mapping[str, Any]) -> None:
         self.initial = state["relearn"]["initial"]
         self.diagnoses = int(state["relearn"]["diagnoses"])

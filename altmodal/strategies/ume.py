@@ -19,8 +19,7 @@ from torch import Tensor, nn
 from altmodal.data.batch import Batch
 from altmodal.data.dataset import Splits
 from altmodal.data.registry import without_empty_samples
-from altmodal.distributed import Dist
-from altmodal.strategies.base import DataSpec, StepOutput, Strategy, TrainConfig
+from altmodal.strategies.base import DataSpec, Loop, StepOutput, Strategy
 from altmodal.strategies.joint import present_rows
 
 
@@ -66,10 +65,11 @@ class Unimodal(UME):
         super().__init__(encoders, spec, options, dim)
 
 
-def train_alone(model: Unimodal, splits: Splits, config: TrainConfig, dist: Dist) -> dict[str, float]:
-    """Train ``model`` as ``altmodal train --strategy unimodal`` would: on its modality only
-    (samples without it left out), best epoch on validation; returns that epoch's history row."""
+def train_alone(loop: Loop, model: Unimodal, splits: Splits) -> dict[str, float]:
+    """Train ``model`` with ``loop`` as ``altmodal train --strategy unimodal`` would: on its
+    modality only (samples without it left out), best epoch on validation; returns that epoch's
+    history row."""
     (modality,) = model.modalities
     own = without_empty_samples(splits.map(lambda view: view.with_modalities([modality])))
-    history = model.fit(own, config, dist=dist)
+    history = loop.fit(model, own)
     return history[model.best_epoch - 1]  # best_epoch counts from 1

@@ -99,7 +99,7 @@ class UMT(Joint):
         for m in self.modalities:
             teacher = self.teacher(m)
             teacher.requires_grad_(True)
-            best = train_alone(teacher, splits, config, self.dist)
+            best = train_alone(self.loop.spawn(config), teacher, splits)
             teacher.requires_grad_(False)
             self.stage1[f"umt_teacher_val_accuracy_{m}"] = best["val_accuracy"]
             log.info(
@@ -129,9 +129,8 @@ class UMT(Joint):
         extras = {f"umt_distill_{m}": report[j] for j, m in enumerate(self.modalities)}
         return StepOutput(loss.detach(), present_rows(unimodal, batch), extras)
 
-    def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "umt": dict(self.stage1)}
+    def training_extras(self) -> dict[str, Any]:
+        return {"umt": dict(self.stage1)}
 
-    def load_training_state(self, state: Mapping[str, Any]) -> None:
-        super().load_training_state(state)
+    def load_training_extras(self, state: Mapping[str, Any]) -> None:
         self.stage1 = dict(state["umt"])

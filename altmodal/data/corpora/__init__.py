@@ -2,23 +2,17 @@
 
 Each module documents the raw layout it reads, offers a ``plan`` (raw folder -> items to decode,
 used by ``altmodal prepare``) and a ``load`` (prepared cache -> dataset with splits, kinds and
-transforms, used by ``altmodal train --dataset NAME --data-dir CACHE``). Importing this package
-registers every corpus as a dataset (:func:`altmodal.data.registry.register`).
+transforms, used by ``altmodal train --dataset NAME --data-dir CACHE``). :mod:`altmodal.data.registry`
+registers each of :data:`CORPORA` as a dataset.
 """
 
 from __future__ import annotations
 
 from altmodal.data.corpora import avdigits, cremad, food101, iemocap, kinetics, mvsa
 from altmodal.data.corpora.common import Corpus
-from altmodal.data.registry import DatasetInfo, register
 
 CORPORA: dict[str, Corpus] = {
     c.name: c for c in (cremad.CORPUS, kinetics.CORPUS, food101.CORPUS, mvsa.CORPUS, iemocap.CORPUS, avdigits.CORPUS)
 }
-
-for _corpus in CORPORA.values():
-    register(
-        DatasetInfo(_corpus.name, _corpus.description, _corpus.load, needs_data_dir=True, defaults=_corpus.defaults)
-    )
 
 __all__ = ["CORPORA", "Corpus"]

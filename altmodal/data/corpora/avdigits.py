@@ -44,7 +44,7 @@ from altmodal.data.corpora.builders import AUDIO_OPTIONS, audio_source, audio_sp
 from altmodal.data.corpora.cache import LOAD_OPTIONS, SPEAKER_OPTIONS, open_cache, speaker_split, to_loaded
 from altmodal.data.corpora.common import Corpus, Item, Options, Plan
 from altmodal.data.features import DataError
-from altmodal.data.registry import DataConfig, Loaded
+from altmodal.data.loaded import DataConfig, Loaded
 from altmodal.data.splits import carve_validation
 
 NAME = "avdigits"

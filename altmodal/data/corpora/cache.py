@@ -38,8 +38,8 @@ from altmodal.config import first_line
 from altmodal.data.corpora.common import Options
 from altmodal.data.dataset import MultimodalDataset, Transform
 from altmodal.data.features import DataError
+from altmodal.data.loaded import DataConfig, Loaded
 from altmodal.data.media.image import ImageTransform
-from altmodal.data.registry import DataConfig, Loaded
 from altmodal.data.splits import carve_validation
 from altmodal.files import kind_of, read_text
 

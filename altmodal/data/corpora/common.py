@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from altmodal.data.features import DataError
+from altmodal.data.loaded import DataConfig, Loaded
 from altmodal.data.media import MediaError
-from altmodal.data.registry import DataConfig, Loaded
 
 
 @dataclass(frozen=True)
