@@ -80,3 +80,16 @@ def cluster_purity(features: Tensor, labels: Tensor, k: int, seed: int, starts: 
     generator = torch.Generator().manual_seed(seed)
     x = scale_to_unit(features.double().cpu())
     return purity(kmeans(x, min(k, len(labels)), generator, starts=starts), labels)
+
+
+def centres(x: Tensor, k: int, generator: torch.Generator, start: Tensor | None = None, starts: int = 3) -> Tensor:
+    """(k, d) k-means centres of ``x`` (n, d): Lloyd iterations from ``start`` when given (the
+    centres keep their identities from one fit to the next), else the best of ``starts``
+    k-means++ starts. A centre that ends without members stays where it started."""
+    x = x.double()
+    inits = [start.double()] if start is not None else [kmeans_plus_plus(x, k, generator) for _ in range(starts)]
+    runs = [(init, *lloyd(x, init)) for init in inits]
+    init, assign, _ = min(runs, key=lambda run: run[2])
+    sums = torch.zeros_like(init).index_add_(0, assign, x)
+    counts = torch.bincount(assign, minlength=k).unsqueeze(1)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), init)

@@ -19,7 +19,7 @@ from altmodal.strategies import STRATEGIES, Strategy, TrainConfig, strategy_clas
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "encoder": EncoderConfig, "train": TrainConfig}
 DEFAULT_STRATEGY = "mla"
-LATER_DATA_FIELDS = ("label", "columns")
+LATER_DATA_FIELDS = ("label", "columns", "complete_share", "incomplete_modality")
 """Data settings that came after run folders existed: config.json holds them only when they are
 set, so an older run's config (its digest and its folder's name) stays the same."""
 

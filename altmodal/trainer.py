@@ -166,11 +166,13 @@ class Trainer:
         for p in touched:
             p.grad = None
 
-    def step_generator(self, tag: int = 0) -> torch.Generator:
-        """A generator seeded by (seed, epoch, batch, tag), on the GPU when training there: the
-        same on every process and after a resume, for randomness inside a step (OGM-GE's noise)."""
+    def step_generator(self, tag: int = 0, host: bool = False) -> torch.Generator:
+        """A generator seeded by (seed, epoch, batch, tag), on the GPU when training there (on the
+        CPU with ``host``): the same on every process and after a resume, for randomness inside a
+        step (OGM-GE's noise, ModDrop's masks)."""
         state = np.random.SeedSequence([self.config.seed, self.epoch, self.batch_index, tag]).generate_state(1)[0]
-        generator = torch.Generator(self.device) if self.device.type == "cuda" else torch.Generator()
+        on_gpu = self.device.type == "cuda" and not host
+        generator = torch.Generator(self.device) if on_gpu else torch.Generator()
         return generator.manual_seed(int(state))
 
     # ----- state beyond parameters ----------------------------------------------------------------

@@ -56,6 +56,14 @@ class DataConfig:
         repeat=True,
         metavar="NAME=COLUMNS",
     )
+    complete_share: float = option(
+        1.0,
+        "SMIL's protocol: this share of each class of the training and validation samples keeps every modality; "
+        "the others lose --incomplete-modality (1: off)",
+    )
+    incomplete_modality: str = option(
+        "", "the modality that the samples outside --complete-share lack (default: the last modality)"
+    )
     missing_protocol: Literal["independent", "share"] = option(
         "independent",
         "what a missing rate means: independent (each modality of each sample dropped with probability "
@@ -67,6 +75,7 @@ class DataConfig:
         for name in ("val_fraction", "test_fraction", "train_missing_rate", "test_missing_rate"):
             value = getattr(self, name)
             require(0 <= value < 1, name, value, "in [0, 1)")
+        require(0 < self.complete_share <= 1, "complete_share", self.complete_share, "in (0, 1]")
         require(self.folds >= 1, "folds", self.folds, "at least 1")
         require(0 <= self.fold <= self.folds and (self.fold == 0 or self.folds > 1), "fold", self.fold, "in 0..folds")
 

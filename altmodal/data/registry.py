@@ -17,6 +17,7 @@ from altmodal.data.mfeat import load_mfeat
 from altmodal.data.splits import (
     carve_validation,
     cross_fit_split,
+    incomplete_mask,
     make_splits,
     missing_mask,
     standardize,
@@ -197,6 +198,10 @@ def load_splits(config: DataConfig, seed: int, loaded: Loaded | None = None) -> 
     protocol = config.missing_protocol
     if config.train_missing_rate > 0:
         present = missing_mask(present, np.flatnonzero(split == "train"), config.train_missing_rate, seed, protocol)
+    if config.complete_share < 1:
+        modality = config.incomplete_modality or dataset.modalities[-1]
+        rows = np.flatnonzero(split != "test")
+        present = incomplete_mask(present, rows, dataset.labels, config.complete_share, modality, seed)
     if config.test_missing_rate > 0:
         rows = np.concatenate([np.flatnonzero(split == "val"), np.flatnonzero(split == "test")])
         present = missing_mask(present, rows, config.test_missing_rate, seed + 1, protocol)

@@ -248,6 +248,32 @@ def _overall_share(sub: np.ndarray, rate: float, rng: np.random.Generator) -> np
     return keep
 
 
+def incomplete_mask(
+    present: Mapping[str, np.ndarray], rows: np.ndarray, labels: np.ndarray, share: float, modality: str, seed: int
+) -> dict[str, np.ndarray]:
+    """SMIL's protocol: of the samples in ``rows``, a ``share`` of each class (at least one per
+    class present there) keeps its modalities and every other one loses ``modality``.
+
+    SMIL (Ma et al., AAAI 2021) trains with a few samples that have every modality and many that
+    lack one (its avMNIST: 10-20% with audio). Seeded; rows outside ``rows`` keep their masks.
+
+    Raises:
+        ValueError: ``modality`` is not one of ``present``.
+    """
+    if modality not in present:
+        raise ValueError(f"--incomplete-modality {modality!r} is not a modality here ({', '.join(present)})")
+    rng = np.random.default_rng([seed, 7919])
+    complete = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels[rows]):
+        members = rng.permutation(rows[labels[rows] == c])
+        complete[members[: max(1, round(share * len(members)))]] = True
+    out = {m: np.asarray(mask, dtype=bool).copy() for m, mask in present.items()}
+    lose = np.zeros(len(labels), dtype=bool)
+    lose[rows] = True
+    out[modality] &= ~(lose & ~complete)
+    return out
+
+
 def missing_summary(present: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, float]:
     """What a mask leaves in ``rows``: the share of (sample, modality) entries missing and the
     share of samples with exactly one modality."""

@@ -12,22 +12,46 @@ from torch import Tensor, nn
 from altmodal.config import build
 from altmodal.data.dataset import MultimodalDataset, Splits
 from altmodal.encoders import EncoderConfig, build_encoder, check_encoder, encoder_kinds
+from altmodal.strategies.aug import AUG
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy, TrainConfig
 from altmodal.strategies.dgl import DGL
 from altmodal.strategies.gblend import GBlend
 from altmodal.strategies.inforeg import InfoReg
 from altmodal.strategies.joint import Joint
+from altmodal.strategies.midas import MIDAS
 from altmodal.strategies.mla import MLA
 from altmodal.strategies.mmpareto import MMPareto
+from altmodal.strategies.moddrop import ModDrop
 from altmodal.strategies.ogm_ge import OGMGE
 from altmodal.strategies.qmf import QMF
+from altmodal.strategies.reconboost import ReconBoost
 from altmodal.strategies.relearn import Relearn
+from altmodal.strategies.shaspec import ShaSpec
+from altmodal.strategies.smil import SMIL
 from altmodal.strategies.ume import UME, Unimodal
 from altmodal.strategies.umt import UMT
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (MLA, Joint, Unimodal, UME, OGMGE, QMF, Relearn, UMT, MMPareto, DGL, GBlend, InfoReg)
-}
+BALANCING = (
+    MLA,
+    Joint,
+    Unimodal,
+    UME,
+    OGMGE,
+    QMF,
+    Relearn,
+    UMT,
+    MMPareto,
+    DGL,
+    GBlend,
+    InfoReg,
+    AUG,
+    ReconBoost,
+    MIDAS,
+)
+"""MLA, the baselines and the peers that balance the modalities' learning (the newest last)."""
+FOR_MISSING = (ModDrop, ShaSpec, SMIL)
+"""Strategies built for training with missing modalities (SMIL's protocol)."""
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (*BALANCING, *FOR_MISSING)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -72,7 +72,7 @@ class Loop(Protocol):
         after: Callable[[], None] | None = None,
     ) -> None: ...
 
-    def step_generator(self, tag: int = 0) -> torch.Generator: ...
+    def step_generator(self, tag: int = 0, host: bool = False) -> torch.Generator: ...
 
     def spawn(self, config: TrainConfig | None = None) -> Loop:
         """Another loop over the same processes, for a model trained inside this one's training."""
@@ -163,9 +163,9 @@ class Strategy(Model):
         """One optimizer step on ``loss`` over ``params`` (default all): see :meth:`Trainer.optimize`."""
         self.loop.optimize(loss, params, edit, after)
 
-    def step_generator(self, tag: int = 0) -> torch.Generator:
+    def step_generator(self, tag: int = 0, host: bool = False) -> torch.Generator:
         """A generator seeded by (seed, epoch, batch, tag): see :meth:`Trainer.step_generator`."""
-        return self.loop.step_generator(tag)
+        return self.loop.step_generator(tag, host)
 
     # ----- losses over the global batch -----------------------------------------------------------
     def global_count(self, batch: Batch, modality: str) -> int:

@@ -1,5 +1,5 @@
-"""Small parts several strategies compose: auxiliary unimodal heads, masked unimodal losses and
-per-modality true-class scores.
+"""Small parts several strategies compose: auxiliary unimodal heads, masked unimodal losses,
+per-modality true-class scores, modality dropout and the mean present feature.
 
 MMPareto, G-Blending and InfoReg* train a joint model plus one linear classifier per modality
 (:class:`UnimodalHeads`), each with its own cross-entropy over the samples that have the modality
@@ -9,12 +9,13 @@ one's own prediction puts on the true class (:func:`true_class_scores`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from altmodal.data.batch import Batch
+from altmodal.data.batch import Batch, to_device
 from altmodal.strategies.base import Strategy
 
 
@@ -47,3 +48,34 @@ def true_class_scores(strategy: Strategy, logits: Mapping[str, Tensor], batch: B
         count = strategy.dist.sum(rows.sum().to(torch.float32))
         scores.append(torch.where(count > 0, total / count.clamp_min(1), float("nan")))  # no host read
     return torch.stack(scores)
+
+
+def mean_present(features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+    """(B, d) each sample's mean over the modalities it has of their (B, d) features (0 where it has
+    none): what SMIL reconstructs from and ShaSpec fills an absent modality with."""
+    mask = torch.stack([present[m] for m in features], dim=1).to(next(iter(features.values())).dtype)  # (B, M)
+    stacked = torch.stack(list(features.values()), dim=1)  # (B, M, d)
+    return (stacked * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+
+def drop_masks(present: Mapping[str, Tensor], rate: float, generator: torch.Generator) -> dict[str, Tensor]:
+    """modality -> (B,) CPU mask: each present entry kept with probability 1 - ``rate``; a sample
+    that would keep none keeps one of the modalities it had, chosen uniformly."""
+    before = torch.stack([present[m] for m in present], dim=1)  # (B, M)
+    keep = before & (torch.rand(before.shape, generator=generator) >= rate)
+    lost = before.any(dim=1) & ~keep.any(dim=1)
+    if bool(lost.any()):
+        scores = torch.rand(before.shape, generator=generator).masked_fill(~before, -1.0)
+        restored = torch.zeros_like(keep).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
+        keep |= restored & lost[:, None]
+    return {m: keep[:, j] for j, m in enumerate(present)}
+
+
+def drop_modalities(batch: Batch, rate: float, generator: torch.Generator) -> Batch:
+    """``batch`` with modalities dropped by :func:`drop_masks` (drawn on the host, with a CPU
+    ``generator``), their inputs zeroed, the host masks kept (ModDrop; ShaSpec's random dropping)."""
+    if rate == 0:
+        return batch
+    host = drop_masks(batch.host_masks(), rate, generator)
+    dropped = batch.with_present({m: to_device(mask, batch.label.device) for m, mask in host.items()})
+    return dataclasses.replace(dropped, host_present=host)

@@ -1,0 +1,165 @@
+"""AUG: sustained boosting with adaptive classifier assignment (Jiang, Huang & Yang, "Rethinking
+Multimodal Learning from the Perspective of Mitigating Classification Ability Disproportion",
+NeurIPS 2025).
+
+Each modality o owns a growing list of classifiers, each a private layer Linear(d, h) + ReLU into
+ONE layer Linear(h, C) shared by every classifier of every modality; o's prediction is the sum of
+its classifiers' logits, Z_o. No fused loss: each modality learns from its own loss. With t
+classifiers (z_j the j-th's logits, p_j its probabilities), the newest one is fitted to a
+residual label, the older ones kept good (a sustained boosting: all learn together):
+
+    L_o = CE(z_t, y - lambda sum_{j<t} y * p_j) + CE(sum_{j<=t} z_j, y) + CE(sum_{j<t} z_j, y)
+
+(plain CE(z_1, y) while t = 1; the residual label is clamped at 0). Every ``aug_every`` epochs the
+modalities' confidences s_o = mean over the epoch's training samples of sum_j p_j[y] are compared
+and, when the strongest leads the weakest by s_st - sigma s_w > tau, the weakest gets one more
+classifier (two modalities: the paper's rule; more: ours, one classifier per check). At test the
+present modalities' Z_o are averaged.
+
+Defaults: the paper's sigma = 1, tau = 0.01, h = 256, one optimizer step on the sum of the
+modalities' losses; lambda = 0.5 (the paper gives only its grid; the released code's value);
+``aug_every`` = 10 epochs (the paper's for 100-epoch runs). Departures of the released code, as
+options: its confidence and residual use the softmax of the SUMMED logits rather than the sum of
+the classifiers' probabilities (``aug_score=ensemble``); it steps once per modality
+(``aug_step=modality``) and checks after the first epoch too (``aug_check_first``); the classifiers
+it adds never reach its optimizer (``aug_new=frozen``: their private layers stay as initialised).
+Not reproduced: its fixed fusion weights 0.4 / 0.6 and its selection on the test set. The
+classifiers are allocated up front (``aug_max_heads`` per modality), an unused one gets no gradient,
+so no optimizer state and no weight decay; the active counts are a buffer, so checkpoints resume
+and saved runs reload as they are. Cost: about that of UME (plus the small heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from altmodal.config import option, require
+from altmodal.data.batch import Batch
+from altmodal.strategies.base import DataSpec, StepOutput, Strategy
+from altmodal.strategies.joint import present_rows
+from altmodal.strategies.ume import average_present
+
+
+@dataclass(frozen=True)
+class AUGOptions:
+    aug_lambda: float = option(0.5, "lambda of the residual label y - lambda y * p_prev")
+    aug_every: int = option(10, "epochs between two classifier assignments t_N")
+    aug_sigma: float = option(1.0, "sigma of the assignment rule s_strong - sigma s_weak > tau")
+    aug_tau: float = option(0.01, "tau of the assignment rule")
+    aug_hidden: int = option(256, "width h of a classifier's private layer")
+    aug_max_heads: int = option(10, "classifiers a modality may have at most")
+    aug_score: Literal["heads", "ensemble"] = option(
+        "heads",
+        "confidence and residual from the sum of the classifiers' probabilities (paper) or the "
+        "softmax of their summed logits (code)",
+    )
+    aug_step: Literal["joint", "modality"] = option("joint", "one optimizer step per batch, or one per modality (code)")
+    aug_check_first: bool = option(False, "also assign after the first epoch (code)")
+    aug_new: Literal["trained", "frozen"] = option("trained", "added classifiers' private layers train, or not (code)")
+
+    def __post_init__(self) -> None:
+        require(0 <= self.aug_lambda <= 1, "aug_lambda", self.aug_lambda, "in [0, 1]")
+        for name in ("aug_every", "aug_hidden", "aug_max_heads"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "at least 1")
+
+
+def residual_target(label: Tensor, previous: Tensor, lam: float) -> Tensor:
+    """(B, C) the residual label y - lambda y * previous (previous: (B, C) probabilities), at least 0."""
+    onehot = F.one_hot(label, previous.shape[1]).to(previous.dtype)
+    return (onehot * (1 - lam * previous)).clamp_min(0)
+
+
+class AUG(Strategy):
+    name = "aug"
+    options_class = AUGOptions
+    active: Tensor
+    scores: Tensor
+
+    def __init__(self, encoders: Mapping[str, nn.Module], spec: DataSpec, options: AUGOptions, dim: int):
+        super().__init__(encoders, spec, options)
+        h, count = options.aug_hidden, options.aug_max_heads
+        self.private = nn.ModuleDict({m: nn.ModuleList(nn.Linear(dim, h) for _ in range(count)) for m in encoders})
+        for layer in self.private.modules():  # a classifier starts as the code's: Xavier-normal, bias 0
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_normal_(layer.weight)
+                nn.init.zeros_(layer.bias)
+        self.shared = nn.Linear(h, spec.num_classes)
+        self.register_buffer("active", torch.ones(len(self.modalities), dtype=torch.long))
+        self.register_buffer("scores", torch.zeros(2, len(self.modalities), dtype=torch.float64))  # sum, count
+        self.host_active = self.active.tolist()
+        """The active counts as the steps read them (refreshed at each epoch's start and each load)."""
+        self.register_load_state_dict_post_hook(
+            lambda module, keys: setattr(module, "host_active", module.active.tolist())
+        )
+
+    def head_logits(self, modality: str, feature: Tensor) -> list[Tensor]:
+        """The (B, C) logits of each of ``modality``'s active classifiers, oldest first."""
+        out = []
+        layers: list[nn.Linear] = list(self.private[modality])  # type: ignore[call-overload]
+        for j, layer in enumerate(layers[: self.host_active[self.modalities.index(modality)]]):
+            weight, bias = layer.weight.view_as(layer.weight), layer.bias.view_as(layer.bias)
+            if j and self.options.aug_new == "frozen":  # the code's added classifiers never train
+                weight, bias = weight.detach(), bias.detach()
+            out.append(self.shared(F.relu(F.linear(feature, weight, bias))))
+        return out
+
+    def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {m: torch.stack(self.head_logits(m, features[m])).sum(0) for m in self.modalities}
+
+    def fuse(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
+        return average_present(self.unimodal_logits(features), present)
+
+    def confidence(self, logits: list[Tensor]) -> Tensor:
+        """(B, C) what the confidence and the residual read: sum_j p_j, or softmax(sum_j z_j)."""
+        if self.options.aug_score == "ensemble":
+            return torch.softmax(torch.stack(logits).sum(0), dim=1)
+        return torch.stack([torch.softmax(z, dim=1) for z in logits]).sum(0)
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        opts, features, total = self.options, self.encode(batch), None
+        report = {}
+        for j, m in enumerate(self.modalities):
+            rows, z = batch.present[m], self.head_logits(m, features[m])
+            ensemble, y = torch.stack(z).sum(0), batch.label
+            loss = self.cross_entropy(ensemble, y, rows)
+            if len(z) > 1:
+                earlier = torch.stack(z[:-1]).sum(0)
+                target = residual_target(y, self.confidence(z[:-1]).detach(), opts.aug_lambda)
+                residual = -(target * F.log_softmax(z[-1], dim=1)).sum(1)
+                loss = loss + self.cross_entropy(earlier, y, rows) + self.mean_loss(residual, rows)
+            with torch.no_grad():
+                seen = self.confidence(z).gather(1, y[:, None]).squeeze(1) * rows
+                self.scores[:, j] += torch.stack([seen.sum(), rows.sum().to(seen.dtype)]).double()
+            if opts.aug_step == "modality":
+                self.optimize(loss, [*self.encoders[m].parameters(), *self.private[m].parameters(),
+                                     *self.shared.parameters()])  # fmt: skip
+            total = loss if total is None else total + loss
+            report[m] = ensemble.detach()
+        assert total is not None
+        if opts.aug_step == "joint":
+            self.optimize(total)
+        return StepOutput(total.detach(), present_rows(report, batch))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.scores.zero_()
+        self.host_active = self.active.tolist()
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Adaptive classifier assignment: one more classifier for the weakest modality."""
+        scores = self.dist.sum(self.scores.clone())
+        s = (scores[0] / scores[1].clamp_min(1)).cpu()
+        opts = self.options
+        self.epoch_extras.update({f"aug_score_{m}": float(s[j]) for j, m in enumerate(self.modalities)})
+        due = (epoch + 1) % opts.aug_every == 0 or (opts.aug_check_first and epoch == 0)
+        weak, strong = int(s.argmin()), int(s.argmax())
+        if due and float(s[strong] - opts.aug_sigma * s[weak]) > opts.aug_tau:
+            if int(self.active[weak]) < opts.aug_max_heads:
+                self.active[weak] += 1
+        self.host_active = self.active.tolist()
+        self.epoch_extras.update({f"aug_heads_{m}": float(n) for m, n in zip(self.modalities, self.host_active)})
