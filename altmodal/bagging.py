@@ -42,7 +42,7 @@ class Bag(Model):
         super().__init__({}, spec)
         self.members = nn.ModuleList(members)
         first = members[0]
-        self.widths = {m: int(first.encoders[m].out_dim) for m in spec.modalities}  # type: ignore[arg-type]
+        self.widths = {m: first.feature_width(m) for m in spec.modalities}
         self.fusion = ChosenFusion(spec.modalities, spec.num_classes)
         self.selection: dict[str, Any] = {}
         """The choice as metrics.json reports it (after :meth:`choose`)."""

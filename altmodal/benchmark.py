@@ -50,6 +50,12 @@ DEFAULT_STRATEGIES = (
     "umt",
     "gblend",
     "inforeg",
+    "aug",
+    "reconboost",
+    "midas",
+    "moddrop",
+    "shaspec",
+    "smil",
 )
 
 PAPER: dict[str, Any] = {"preset": "paper"}

@@ -122,6 +122,10 @@ class Model(nn.Module):
                 out[m] = torch.zeros(1, int(self.encoders[m].out_dim), device=x.device)  # type: ignore[arg-type]
         return out
 
+    def feature_width(self, modality: str) -> int:
+        """The width of ``modality``'s features as :meth:`encode` gives them (its encoder's, by default)."""
+        return int(self.encoders[modality].out_dim)  # type: ignore[arg-type]
+
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """modality -> (B, C) that modality's own logits inside the model."""
         raise NotImplementedError

@@ -72,6 +72,8 @@ def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
         "mmpareto-2": {**settings, "strategy": "mmpareto", "epochs": 2},
         "inforeg-window": {**settings, "strategy": "inforeg", "inforeg_k": -1.0, "epochs": 3},
         "mla-cross-fitted": {**settings, "strategy": "mla", "folds": 2, "epochs": 2},
+        "aug-assigning": {**settings, "strategy": "aug", "aug_every": 1, "aug_tau": -1.0, "epochs": 2},
+        "reconboost-2": {**settings, "strategy": "reconboost", "epochs": 2, "train_missing_rate": 0.3},
     }
     mp.spawn(
         ddp_workers.train_runs,

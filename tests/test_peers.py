@@ -22,7 +22,7 @@ from altmodal.strategies.parts import true_class_scores, unimodal_losses
 from altmodal.trainer import Trainer
 from tests.conftest import tiny_config, train_interrupted
 
-PEERS = ["mmpareto", "dgl", "gblend", "inforeg"]
+PEERS = ["mmpareto", "dgl", "gblend", "inforeg", "aug", "reconboost", "midas"]
 
 
 def build(name, splits, **options):
@@ -322,7 +322,13 @@ def test_peers_train_with_missing_modalities(name, settings, tmp_path):
 
 @pytest.mark.parametrize(
     "name, settings, cut",
-    [("gblend", {"gblend_first": 1, "gblend_super_epoch": 2}, 1), ("inforeg", {"inforeg_k": -1.0}, 2)],
+    [
+        ("gblend", {"gblend_first": 1, "gblend_super_epoch": 2}, 1),
+        ("inforeg", {"inforeg_k": -1.0}, 2),
+        ("aug", {"aug_every": 1, "train_missing_rate": 0.3}, 1),
+        ("reconboost", {"train_missing_rate": 0.3}, 2),
+        ("midas", {"midas_warmup": 1, "train_missing_rate": 0.3}, 1),
+    ],
 )
 def test_interrupted_peer_resumes_to_the_same_model(name, settings, cut, tmp_path, monkeypatch):
     config = tiny_config(strategy=name, epochs=3 if name == "gblend" else 4, **settings)

@@ -53,6 +53,14 @@ def with_missing_rows(batch):
         ("inforeg", {"inforeg_unimodal_loss": "heads"}),
         ("gblend", {}),
         ("dgl", {}),
+        ("moddrop", {}),
+        ("shaspec", {"shaspec_drop": 0.3}),
+        ("smil", {}),
+        ("smil", {"smil_outer": "code"}),
+        ("aug", {"aug_step": "modality", "aug_score": "ensemble"}),
+        ("reconboost", {}),
+        ("reconboost", {"reconboost_cycle": "batch"}),
+        ("midas", {"midas_warmup": 0}),
     ],
 )
 def test_a_training_step_never_reads_the_device(tiny_splits, name, options):

@@ -38,7 +38,8 @@ def test_every_strategy_trains_one_epoch_and_reports_completely(name, tmp_path):
     n, c = len(splits.test), splits.num_classes
     assert outputs.fused.shape == (n, c)
     assert all(v.shape == (n, c) for v in outputs.unimodal.values())
-    assert all(v.shape == (n, 8) for v in outputs.features.values())
+    assert all(v.shape == (n, strategy.feature_width(m)) for m, v in outputs.features.items())
+    assert all(strategy.feature_width(m) == (16 if name == "shaspec" else 8) for m in outputs.features)
     metrics = train_run(config, tmp_path / name)
     modalities = metrics["modalities"]
     assert set(metrics["test"]["unimodal"]) == set(modalities)

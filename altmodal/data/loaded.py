@@ -62,7 +62,7 @@ class DataConfig:
         "the others lose --incomplete-modality (1: off)",
     )
     incomplete_modality: str = option(
-        "", "the modality that the samples outside --complete-share lack (default: the last modality)"
+        "", "the modality that the samples outside --complete-share lack; empty: the last modality"
     )
     missing_protocol: Literal["independent", "share"] = option(
         "independent",

@@ -91,7 +91,7 @@ class AUG(Strategy):
                 nn.init.zeros_(layer.bias)
         self.shared = nn.Linear(h, spec.num_classes)
         self.register_buffer("active", torch.ones(len(self.modalities), dtype=torch.long))
-        self.register_buffer("scores", torch.zeros(2, len(self.modalities), dtype=torch.float64))  # sum, count
+        self.register_buffer("scores", torch.zeros(2, len(self.modalities), dtype=torch.float64), persistent=False)
         self.host_active = self.active.tolist()
         """The active counts as the steps read them (refreshed at each epoch's start and each load)."""
         self.register_load_state_dict_post_hook(

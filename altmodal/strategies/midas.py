@@ -22,7 +22,8 @@ once). Departures of the code, as options: partners from a plain shuffle of the 
 (``midas_partner=shuffle``), alpha moved by the sign of a comparison of ratios of means
 (``midas_alpha=sign``). Not reproduced: its mean (not sum) of the unimodal losses in the warm-up,
 its learning-rate schedule paused during the warm-up, its random 70/10/20 re-split per seed. Each
-process pairs within its own share of a batch; partners come from a generator seeded by (seed,
+process pairs within its own share of a batch (the weak modality and alpha's step come from the
+whole batch, so alpha is the same everywhere); partners come from a generator seeded by (seed,
 epoch, batch). Cost: about 1.1x joint training (M + 1 passes of the fusion head).
 """
 
@@ -116,19 +117,21 @@ class MIDAS(Joint):
             kept[:, j] = True
             share = share * kept
             share = share / share.sum(1, keepdim=True).clamp_min(1e-12)  # c~ over the sample's modalities
-            weak = (share * rows[:, None]).sum(0).argmin()  # the least confident modality over the batch
+            weakest = self.dist.sum((share * rows[:, None]).sum(0)).argmin()  # least confident over the batch
+            weak = torch.arange(len(names), device=y.device) == weakest  # (M,), found on the device
             log_p = F.log_softmax(self.head(mixed), dim=1)
-            weights = share * torch.where(torch.arange(len(names), device=y.device) == weak, self.alpha[weak], 1.0)
+            weights = share * torch.where(weak, self.alpha, torch.ones_like(self.alpha))
             per_sample = -(weights * log_p.gather(1, label)).sum(1)
             hard = 1 + (F.cosine_similarity(features[m][source].detach(), features[m].detach(), dim=1) + 1) / 2
             total.append(self.mean_loss(hard * per_sample, rows))
             with torch.no_grad():  # the fused prediction's share on the weak source's label
                 p = log_p.exp().gather(1, label)
-                model = p[:, weak] / p.sum(1).clamp_min(1e-12)
-                gap = ((share[:, weak] - model) * rows).sum() / rows.sum().clamp_min(1)
+                model = (p * weak).sum(1) / p.sum(1).clamp_min(1e-12)
+                sums = self.dist.sum(torch.stack([(((share * weak).sum(1) - model) * rows).sum(), rows.sum()]))
+                gap = sums[0] / sums[1].clamp_min(1)
                 gaps.append((weak, gap))
-        for weak, gap in gaps:
+        for weak, gap in gaps:  # alpha moves after the step's losses are taken
             step = gap.sign() if opts.midas_alpha == "sign" else gap
-            self.alpha[weak] = (self.alpha[weak] + opts.midas_eta * step).clamp_min(1.0)
+            self.alpha.copy_(torch.where(weak, self.alpha + opts.midas_eta * step, self.alpha).clamp_min(1.0))
         extras.update({f"midas_alpha_{m}": self.alpha[j].clone() for j, m in enumerate(names)})
         return torch.stack(total).mean()

@@ -110,7 +110,7 @@ class ReconBoost(Strategy):
         weights = boosting_weights(rest.expand_as(z), batch.label, self.options.reconboost_lambda)
         loss = self.mean_loss(weights * F.cross_entropy(z, batch.label, reduction="none"), batch.present[m])
         self.optimize(loss, [*self.encoders[m].parameters(), *self.head.parameters()])
-        return StepOutput(loss.detach(), present_rows({m: z.detach()}, batch))
+        return StepOutput(loss.detach(), present_rows({**logits, m: z.detach()}, batch))
 
     def rectify(self, batch: Batch) -> StepOutput:
         """One step of the whole ensemble on the fused loss."""

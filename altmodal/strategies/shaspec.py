@@ -98,6 +98,9 @@ class ShaSpec(Strategy):
             out[m] = torch.cat([self.trunk(stem(batch.inputs[m])), s], dim=1)
         return out
 
+    def feature_width(self, modality: str) -> int:
+        return 2 * self.dim
+
     def absent_features(self, batch: Batch) -> dict[str, Tensor]:
         """Zeros: :meth:`fuse` fills an absent modality from the present ones, whatever it holds."""
         return {m: torch.zeros(1, 2 * self.dim, device=batch.label.device) for m in self.modalities}

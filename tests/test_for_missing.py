@@ -1,0 +1,173 @@
+"""SMIL's protocol and the strategies built for missing modalities (ModDrop, ShaSpec, SMIL):
+their formulas on hand-computed tensors and their mechanisms on a tiny model."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from altmodal.clustering import centres
+from altmodal.data.registry import DataConfig, load_splits
+from altmodal.data.splits import incomplete_mask
+from altmodal.encoders import EncoderConfig
+from altmodal.experiment import resolve, train_run
+from altmodal.strategies import build_strategy
+from altmodal.strategies.base import TrainConfig
+from altmodal.strategies.parts import drop_masks, mean_present
+from altmodal.trainer import Trainer
+from tests.conftest import TINY, tiny_config
+from tests.test_peers import frozen_step
+
+
+def build(name, splits, **options):
+    options = resolve({"strategy": name, **options}).options
+    strategy = build_strategy(name, splits, EncoderConfig(dim=8, hidden=(16,)), options)
+    Trainer.attach(strategy, TrainConfig(batch_size=32, lr=0.1))
+    return strategy
+
+
+# ----- SMIL's protocol --------------------------------------------------------------------------
+
+
+def test_a_share_of_each_class_keeps_every_modality_and_the_rest_lose_one():
+    labels = np.repeat([0, 1], 50)
+    present = {"a": np.ones(100, bool), "v": np.ones(100, bool)}
+    rows = np.arange(80)  # the last 20 (say, test) are left alone
+    out = incomplete_mask(present, rows, labels, 0.2, "a", seed=3)
+    assert out["v"].all() and out["a"][80:].all()
+    assert out["a"][:50].sum() == 10 and out["a"][50:80].sum() == 6  # 20% of 50 and of 30 kept
+    assert not np.array_equal(out["a"], incomplete_mask(present, rows, labels, 0.2, "a", seed=4)["a"])
+    with pytest.raises(ValueError, match="'x' is not a modality here"):
+        incomplete_mask(present, rows, labels, 0.2, "x", seed=3)
+
+
+def test_load_splits_applies_it_to_training_and_validation_only():
+    config = DataConfig(dataset="synthetic", dataset_options=TINY, complete_share=0.2, incomplete_modality="m0")
+    splits = load_splits(config, seed=0)
+    for name in ("train", "val"):
+        view = splits[name]
+        share = np.asarray(view.present["m0"])[view.rows].mean()
+        assert 0.15 < share < 0.3 and np.asarray(view.present["m1"])[view.rows].all()
+    assert np.asarray(splits.test.present["m0"])[splits.test.rows].all()
+    assert resolve({"complete_share": 0.5}).to_dict()["data"]["complete_share"] == 0.5
+    assert "complete_share" not in resolve({}).to_dict()["data"]  # earlier runs' configs unchanged
+
+
+# ----- ModDrop ----------------------------------------------------------------------------------
+
+
+def test_drop_masks_keep_one_modality_per_sample_at_the_rate():
+    present = {m: torch.ones(20000, dtype=torch.bool) for m in ("a", "v", "t")}
+    present["t"][::2] = False
+    kept = drop_masks(present, 0.5, torch.Generator().manual_seed(0))
+    table = torch.stack(list(kept.values()), 1)
+    assert table.any(1).all() and not (kept["t"] & ~present["t"]).any()
+    assert 0.5 < float(kept["a"].float().mean()) < 0.6  # 0.5, plus the restored ones
+    unchanged = drop_masks(present, 0.0, torch.Generator())
+    assert all(torch.equal(unchanged[m], present[m]) for m in present)
+
+
+def test_moddrop_trains_on_dropped_modalities(tiny_splits, monkeypatch):
+    moddrop = build("moddrop", tiny_splits, moddrop_rate=0.9)
+    seen = []
+    original = type(moddrop).__mro__[1].training_step
+    monkeypatch.setattr(type(moddrop).__mro__[1], "training_step", lambda self, b: seen.append(b) or original(self, b))
+    moddrop.training_step(tiny_splits.train.gather(np.arange(64)))
+    table = torch.stack([seen[0].present[m] for m in moddrop.modalities], 1)
+    assert table.any(1).all() and (table.sum(1) == 1).float().mean() > 0.7
+    assert all(torch.equal(seen[0].rows(m), seen[0].present[m]) for m in moddrop.modalities)
+    assert (seen[0].inputs["m0"][~seen[0].present["m0"]] == 0).all()
+
+
+# ----- ShaSpec ----------------------------------------------------------------------------------
+
+
+def test_mean_present_by_hand():
+    features = {"a": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "v": torch.tensor([[5.0, 6.0], [7.0, 8.0]])}
+    present = {"a": torch.tensor([True, False]), "v": torch.tensor([True, True])}
+    assert torch.equal(mean_present(features, present), torch.tensor([[3.0, 4.0], [7.0, 8.0]]))
+
+
+def test_shaspec_fills_an_absent_modality_from_the_shared_features(tiny_splits):
+    for fill in ("mean", "first"):
+        sha = build("shaspec", tiny_splits, shaspec_fill=fill)
+        batch = tiny_splits.train.gather(np.arange(4))
+        features = sha.encode(batch)
+        r = {m: f[:, :8] for m, f in features.items()}
+        present = {"m0": torch.tensor([True, True, False, True]), "m1": torch.tensor([True, False, True, True])}
+        with torch.no_grad():
+            got = sha.fuse(features, present)
+            f = {m: r[m] + sha.project(features[m]) for m in sha.modalities}
+            f["m1"] = torch.where(present["m1"][:, None], f["m1"], r["m0"])  # row 1: only m0, whichever rule
+            f["m0"] = torch.where(present["m0"][:, None], f["m0"], r["m1"])
+            assert torch.allclose(got, sha.head(torch.cat([f["m0"], f["m1"]], 1)), atol=1e-6)
+    assert isinstance(sha.trunk, torch.nn.Identity) and list(sha.stems) == ["all"]  # equal inputs: one encoder
+
+
+def test_shaspec_loss_by_hand(tiny_splits):
+    sha = build("shaspec", tiny_splits)
+    batch = tiny_splits.train.gather(np.arange(32))
+    features = sha.encode(batch)
+    task = F.cross_entropy(sha.fuse(features, batch.present), batch.label)
+    align = (features["m0"][:, :8] - features["m1"][:, :8]).abs().mean()
+    domain = sum(
+        F.cross_entropy(sha.domain(features[m][:, 8:]), torch.full((32,), j)) for j, m in enumerate(sha.modalities)
+    )
+    expected = task + 0.1 * align + 0.02 * domain / 2
+    assert float(frozen_step(sha, batch).loss) == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_shaspec_shares_a_trunk_across_encoders_of_different_inputs():
+    splits = load_splits(DataConfig(dataset="synthetic", dataset_options=(*TINY[:2], "widths=8,5", "latent_dim=4")), 0)
+    sha = build("shaspec", splits)
+    assert list(sha.stems) == ["m0", "m1"] and isinstance(sha.trunk, torch.nn.Sequential)
+    with pytest.raises(ValueError, match="needs encoders of one architecture"):
+        build("shaspec", splits, shaspec_shared="encoder")
+
+
+# ----- SMIL -------------------------------------------------------------------------------------
+
+
+def test_centres_keep_their_identities_from_one_fit_to_the_next():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.cat(
+        [torch.randn(50, 2, generator=generator) * 0.1 + c for c in (torch.tensor([5.0, 0]), torch.tensor([0, 5.0]))]
+    )
+    first = centres(x, 2, generator)
+    again = centres(x + 0.3, 2, generator, start=first)
+    assert torch.allclose(again, first + 0.3, atol=1e-6)  # the same order: centre k still means cluster k
+
+
+def test_smil_reconstructs_an_absent_feature_from_the_priors(tiny_splits):
+    smil = build("smil", tiny_splits)
+    smil.priors.copy_(torch.randn(smil.priors.shape))
+    smil.eval()
+    features = {m: torch.rand(3, 8) for m in smil.modalities}
+    present = {"m0": torch.tensor([True, True, True]), "m1": torch.tensor([True, False, False])}
+    with torch.no_grad():
+        u = smil.fused_feature(features, present)
+        w = F.softplus(smil.weights["m1"](features["m0"])[:, : smil.priors.shape[1]])
+        guess = (w / w.sum(1, keepdim=True)) @ smil.priors[1]
+        mu = smil.perturb(mean_present(features, present))[:, :16]
+        expected = torch.cat([features["m0"], torch.where(present["m1"][:, None], features["m1"], guess)], 1)
+        assert torch.allclose(u, expected + F.softplus(mu), atol=1e-6)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_smil_reconstruction_learns_through_the_inner_step_only_at_second_order(tiny_splits, first_order):
+    smil = build("smil", tiny_splits, smil_first_order=first_order, smil_perturb="off")
+    smil.priors.copy_(torch.randn(smil.priors.shape))
+    batch = tiny_splits.train.gather(np.arange(32))
+    present = dict(batch.present)
+    present["m1"] = torch.arange(32) % 2 == 0  # half the samples lack m1: they adapt, the others judge
+    out = frozen_step(smil, batch.with_present(present))
+    reached = smil.weights["m1"].weight.grad is not None and float(smil.weights["m1"].weight.grad.abs().sum()) > 0
+    assert reached != first_order and out.loss.isfinite()
+
+
+def test_smil_priors_follow_the_encoders_each_epoch(tmp_path):
+    metrics = train_run(tiny_config(strategy="smil", epochs=3, complete_share=0.3), tmp_path)
+    from safetensors.torch import load_file
+
+    priors = load_file(tmp_path / "model.safetensors")["priors"]
+    assert priors.shape == (2, 3, 8) and priors.abs().sum() > 0 and metrics["test"]["fused"]["accuracy"] > 0.4
