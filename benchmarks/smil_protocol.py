@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     cells = grid(strategies, shares, [int(s) for s in args.seeds.split(",")])
     results = run_grid(cells, base, Path(args.out), jobs=args.jobs)
     text = table(results, strategies, shares)
-    seconds = {
-        spec: float(np.mean([r["metrics"]["train_seconds"] for c, r in results.items() if c.label.startswith(f"{spec}|")]))
-        for spec in strategies
-    }
+    times: dict[str, list[float]] = {}
+    for cell, result in results.items():
+        times.setdefault(cell.label.split("|")[0], []).append(result["metrics"]["train_seconds"])
+    seconds = {spec: float(np.mean(values)) for spec, values in times.items()}
     (Path(args.out) / "table.md").write_text(text + "\n")
     (Path(args.out) / "seconds.json").write_text(json.dumps(seconds, indent=1) + "\n")
     print(text)
