@@ -145,7 +145,7 @@ def test_smil_reconstructs_an_absent_feature_from_the_priors(tiny_splits):
     features = {m: torch.rand(3, 8) for m in smil.modalities}
     present = {"m0": torch.tensor([True, True, True]), "m1": torch.tensor([True, False, False])}
     with torch.no_grad():
-        u = smil.fused_feature(features, present)
+        u = smil.fused_feature(features, present)[0]
         w = F.softplus(smil.weights["m1"](features["m0"])[:, : smil.priors.shape[1]])
         guess = (w / w.sum(1, keepdim=True)) @ smil.priors[1]
         mu = smil.perturb(mean_present(features, present))[:, :16]
@@ -157,17 +157,18 @@ def test_smil_reconstructs_an_absent_feature_from_the_priors(tiny_splits):
 def test_smil_reconstruction_learns_through_the_inner_step_only_at_second_order(tiny_splits, first_order):
     smil = build("smil", tiny_splits, smil_first_order=first_order, smil_perturb="off")
     smil.priors.copy_(torch.randn(smil.priors.shape))
+    smil.on_fit_start(tiny_splits)  # the complete samples that judge the adaptation
     batch = tiny_splits.train.gather(np.arange(32))
     present = dict(batch.present)
-    present["m1"] = torch.arange(32) % 2 == 0  # half the samples lack m1: they adapt, the others judge
+    present["m1"] = torch.arange(32) % 2 == 0  # half the samples lack m1: they adapt
     out = frozen_step(smil, batch.with_present(present))
     reached = smil.weights["m1"].weight.grad is not None and float(smil.weights["m1"].weight.grad.abs().sum()) > 0
     assert reached != first_order and out.loss.isfinite()
 
 
 def test_smil_priors_follow_the_encoders_each_epoch(tmp_path):
-    metrics = train_run(tiny_config(strategy="smil", epochs=3, complete_share=0.3), tmp_path)
+    metrics = train_run(tiny_config(strategy="smil", epochs=6, complete_share=0.3), tmp_path)
     from safetensors.torch import load_file
 
     priors = load_file(tmp_path / "model.safetensors")["priors"]
-    assert priors.shape == (2, 3, 8) and priors.abs().sum() > 0 and metrics["test"]["fused"]["accuracy"] > 0.4
+    assert priors.shape == (2, 3, 8) and priors.abs().sum() > 0 and metrics["test"]["fused"]["accuracy"] > 0.5

@@ -1,5 +1,6 @@
 """Small parts several strategies compose: auxiliary unimodal heads, masked unimodal losses,
-per-modality true-class scores, modality dropout and the mean present feature.
+per-modality true-class scores, modality dropout, the mean present feature, and SMIL's features
+and draws of samples.
 
 MMPareto, G-Blending and InfoReg* train a joint model plus one linear classifier per modality
 (:class:`UnimodalHeads`), each with its own cross-entropy over the samples that have the modality
@@ -12,10 +13,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from altmodal.data.batch import Batch, to_device
+from altmodal.data.dataset import MultimodalDataset, iterate
+from altmodal.model import Model
 from altmodal.strategies.base import Strategy
 
 
@@ -79,3 +83,30 @@ def drop_modalities(batch: Batch, rate: float, generator: torch.Generator) -> Ba
     host = drop_masks(batch.host_masks(), rate, generator)
     dropped = batch.with_present({m: to_device(mask, batch.label.device) for m, mask in host.items()})
     return dataclasses.replace(dropped, host_present=host)
+
+
+@torch.no_grad()
+def step_features(model: Model, dataset: MultimodalDataset, batch_size: int) -> dict[str, Tensor]:
+    """modality -> (n, d) features of ``dataset``'s samples that have it, in sample order, as a
+    training step computes them (in training mode: normalisation from the batch), the running
+    statistics left as they were (SMIL's priors)."""
+    kept = {name: b.clone() for name, b in model.named_buffers()}
+    parts: dict[str, list[Tensor]] = {}
+    for batch in iterate(dataset, batch_size, shuffle=False):
+        batch = batch.to(model.device)
+        for m, f in model.encode(batch).items():
+            parts.setdefault(m, []).append(f[batch.present[m]].double().cpu())
+    for name, b in model.named_buffers():
+        b.copy_(kept[name])
+    return {m: torch.cat(f) for m, f in parts.items()}
+
+
+def draw(dataset: MultimodalDataset, size: int, seed: Sequence[int], model: Model) -> Batch | None:
+    """``size`` samples of ``dataset`` drawn without replacement by ``seed`` (this process's share
+    of them, on the model's device, augmented); None when it is empty (SMIL's complete batch)."""
+    if len(dataset) == 0:
+        return None
+    rng = np.random.default_rng(list(seed))
+    chosen = rng.choice(len(dataset), min(size, len(dataset)), replace=False)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    return dataset.gather(chosen[model.dist.rank :: model.dist.world_size], generator, model.device)
