@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategies", default=STRATEGIES)
     parser.add_argument("--shares", default="0.1,0.2,0.5")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--resnet-width", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)

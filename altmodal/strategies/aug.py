@@ -2,31 +2,25 @@
 Multimodal Learning from the Perspective of Mitigating Classification Ability Disproportion",
 NeurIPS 2025).
 
-Each modality o owns a growing list of classifiers, each a private layer Linear(d, h) + ReLU into
-ONE layer Linear(h, C) shared by every classifier of every modality; o's prediction is the sum of
-its classifiers' logits, Z_o. No fused loss: each modality learns from its own loss. With t
-classifiers (z_j the j-th's logits, p_j its probabilities), the newest one is fitted to a
-residual label, the older ones kept good (a sustained boosting: all learn together):
+Modality o owns a growing list of classifiers (a private Linear(d, h) + ReLU into ONE Linear(h, C)
+shared by all); its prediction Z_o sums their logits z_j; each modality learns from its own loss
+(none fused). With t classifiers the newest fits a residual label, the older ones stay good, all
+learn together (p_j = softmax(z_j); plain CE(z_1, y) while t = 1; the label clamped at 0):
 
     L_o = CE(z_t, y - lambda sum_{j<t} y * p_j) + CE(sum_{j<=t} z_j, y) + CE(sum_{j<t} z_j, y)
 
-(plain CE(z_1, y) while t = 1; the residual label is clamped at 0). Every ``aug_every`` epochs the
-modalities' confidences s_o = mean over the epoch's training samples of sum_j p_j[y] are compared
-and, when the strongest leads the weakest by s_st - sigma s_w > tau, the weakest gets one more
-classifier (two modalities: the paper's rule; more: ours, one classifier per check). At test the
-present modalities' Z_o are averaged.
+Every ``aug_every`` epochs, if the most confident modality leads the least, s_st - sigma s_w > tau
+with s_o the epoch's mean of sum_j p_j[y], the least gets one more classifier (the paper's rule
+for two modalities; ours for more). At test the present modalities' Z_o are averaged.
 
-Defaults: the paper's sigma = 1, tau = 0.01, h = 256, one optimizer step on the sum of the
-modalities' losses; lambda = 0.5 (the paper gives only its grid; the released code's value);
-``aug_every`` = 10 epochs (the paper's for 100-epoch runs). Departures of the released code, as
-options: its confidence and residual use the softmax of the SUMMED logits rather than the sum of
-the classifiers' probabilities (``aug_score=ensemble``); it steps once per modality
-(``aug_step=modality``) and checks after the first epoch too (``aug_check_first``); the classifiers
-it adds never reach its optimizer (``aug_new=frozen``: their private layers stay as initialised).
-Not reproduced: its fixed fusion weights 0.4 / 0.6 and its selection on the test set. The
-classifiers are allocated up front (``aug_max_heads`` per modality), an unused one gets no gradient,
-so no optimizer state and no weight decay; the active counts are a buffer, so checkpoints resume
-and saved runs reload as they are. Cost: about that of UME (plus the small heads).
+Defaults: the paper's sigma = 1, tau = 0.01, h = 256, one step on the modalities' summed losses;
+lambda = 0.5 (the paper gives a grid; the code's value); every 10 epochs (the paper's, 100-epoch
+runs). The released code, as options: confidence and residual from the softmax of the SUMMED
+logits (``aug_score=ensemble``), a step per modality (``aug_step=modality``), a check after the
+first epoch too (``aug_check_first``), added classifiers never in its optimizer (``aug_new=frozen``).
+Not reproduced: its fusion weights 0.4 / 0.6, its selection on the test set. The classifiers are
+allocated up front (``aug_max_heads``); an unused one gets no gradient, hence no optimizer state
+and no weight decay; the active counts are a buffer, so runs resume and reload. Cost: UME's.
 """
 
 from __future__ import annotations
@@ -116,7 +110,7 @@ class AUG(Strategy):
         return average_present(self.unimodal_logits(features), present)
 
     def confidence(self, logits: list[Tensor]) -> Tensor:
-        """(B, C) what the confidence and the residual read: sum_j p_j, or softmax(sum_j z_j)."""
+        """(B, C) what confidence and residual read: sum_j p_j, or softmax(sum_j z_j) (code)."""
         if self.options.aug_score == "ensemble":
             return torch.softmax(torch.stack(logits).sum(0), dim=1)
         return torch.stack([torch.softmax(z, dim=1) for z in logits]).sum(0)

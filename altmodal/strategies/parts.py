@@ -11,7 +11,7 @@ one's own prediction puts on the true class (:func:`true_class_scores`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,17 @@ def mean_present(features: Mapping[str, Tensor], present: Mapping[str, Tensor]) 
     mask = torch.stack([present[m] for m in features], dim=1).to(next(iter(features.values())).dtype)  # (B, M)
     stacked = torch.stack(list(features.values()), dim=1)  # (B, M, d)
     return (stacked * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+
+def each_present_alone(
+    fuse: Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Tensor], features: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """modality -> ``fuse``'s prediction with only that modality present (models that fill an
+    absent modality from the present ones: ShaSpec, SMIL)."""
+    every = torch.ones(
+        len(next(iter(features.values()))), dtype=torch.bool, device=next(iter(features.values())).device
+    )
+    return {m: fuse(features, {k: every if k == m else ~every for k in features}) for m in features}
 
 
 def drop_masks(present: Mapping[str, Tensor], rate: float, generator: torch.Generator) -> dict[str, Tensor]:

@@ -41,7 +41,7 @@ from altmodal.config import option, require
 from altmodal.data.batch import Batch
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 from altmodal.strategies.joint import present_rows
-from altmodal.strategies.parts import drop_modalities, mean_present
+from altmodal.strategies.parts import drop_modalities, each_present_alone, mean_present
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,7 @@ class ShaSpec(Strategy):
         return self.head(torch.cat(fused, dim=1))  # type: ignore[no-any-return]
 
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        every = torch.ones(len(next(iter(features.values()))), dtype=torch.bool, device=self.head.weight.device)
-        return {m: self.fuse(features, {k: every if k == m else ~every for k in features}) for m in self.modalities}
+        return each_present_alone(self.fuse, features)
 
     def training_step(self, batch: Batch) -> StepOutput:
         opts = self.options

@@ -41,7 +41,7 @@ from altmodal.data.batch import Batch
 from altmodal.data.dataset import MultimodalDataset, Splits
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 from altmodal.strategies.joint import present_rows
-from altmodal.strategies.parts import draw, mean_present, step_features
+from altmodal.strategies.parts import draw, each_present_alone, mean_present, step_features
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,7 @@ class SMIL(Strategy):
         return self.head(self.fused_feature(features, present)[0])  # type: ignore[no-any-return]
 
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        every = torch.ones(len(next(iter(features.values()))), dtype=torch.bool, device=self.priors.device)
-        return {m: self.fuse(features, {k: every if k == m else ~every for k in features}) for m in self.modalities}
+        return each_present_alone(self.fuse, features)
 
     def forward(self, batch: Batch, present: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, dict]:
         """(logits, fused feature, KL, features) of ``batch`` with the modalities ``present``."""
