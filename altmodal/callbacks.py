@@ -1,8 +1,9 @@
-"""Callbacks for the loop (:class:`~altmodal.trainer.Trainer`): a summary of the run at its start,
-and a TensorBoard log.
+"""Callbacks for the loop (:class:`~altmodal.trainer.Trainer`): the hooks (:class:`Callback`), a
+summary of the run at its start, and a TensorBoard log. The run folder is one too
+(:class:`~altmodal.runs.Run`: checkpoints and history).
 
 Pass them as a list (``train_run(..., callbacks=[...])``); write your own by subclassing
-:class:`~altmodal.trainer.Callback`.
+:class:`Callback`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,18 @@ from typing import Any
 from altmodal.config import ConfigError
 from altmodal.data.dataset import Splits
 from altmodal.strategies import Strategy, TrainConfig
-from altmodal.trainer import Callback
+
+
+class Callback:
+    """Hooks of the loop; subclass and override what you need (the run folder, the TensorBoard
+    logger and the command line's summary are callbacks). :class:`Trainer` takes a list."""
+
+    def on_fit_start(self, strategy: Strategy, splits: Splits) -> None:
+        """Before the first epoch (also when resuming), with the optimizer configured."""
+
+    def on_epoch_end(self, strategy: Strategy, state: dict[str, Any]) -> None:
+        """After each epoch: ``state`` holds ``epoch`` (0-based), ``history`` (rows with 1-based
+        ``epoch``), ``best``, ``training`` (model, optimizer and schedule state) and ``rng``."""
 
 
 def fit_summary(strategy: Strategy, splits: Splits, config: TrainConfig) -> list[str]:

@@ -108,7 +108,7 @@ def train_run(
         data: your own data instead of ``config.data.dataset``: a dict of arrays laid out like a
             feature file, a ``MultimodalDataset``, or a torch Dataset / DataLoader of modality
             dicts (see :func:`altmodal.data.user.loaded_from`).
-        callbacks: more :class:`~altmodal.trainer.Callback` objects for the loop.
+        callbacks: more :class:`~altmodal.callbacks.Callback` objects for the loop.
         threads: torch CPU threads while training: a number, ``"auto"`` (the rule of
             :mod:`altmodal.threads`) or None (torch's setting as it is); restored afterwards.
 

@@ -47,9 +47,9 @@ from typing import IO, Any
 
 import torch
 
+from altmodal.callbacks import Callback
 from altmodal.config import ConfigError, first_line
 from altmodal.files import check_parent, kind_of, read_bytes, read_text
-from altmodal.trainer import Callback
 
 try:
     import fcntl

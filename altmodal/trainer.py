@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from altmodal.callbacks import Callback
 from altmodal.config import first_line
 from altmodal.data.batch import Batch
 from altmodal.data.dataset import EpochBatches, MultimodalDataset, Splits
@@ -40,18 +41,6 @@ from altmodal.optim import EpochSchedule, TrainConfig, build_optimizer, build_sc
 from altmodal.strategies.base import StepOutput, Strategy
 
 log = logging.getLogger(__name__)
-
-
-class Callback:
-    """Hooks of the loop; subclass and override what you need (the run folder, the TensorBoard
-    logger and the command line's summary are callbacks). :class:`Trainer` takes a list."""
-
-    def on_fit_start(self, strategy: Strategy, splits: Splits) -> None:
-        """Before the first epoch (also when resuming), with the optimizer configured."""
-
-    def on_epoch_end(self, strategy: Strategy, state: dict[str, Any]) -> None:
-        """After each epoch: ``state`` holds ``epoch`` (0-based), ``history`` (rows with 1-based
-        ``epoch``), ``best``, ``training`` (model, optimizer and schedule state) and ``rng``."""
 
 
 class Trainer:
