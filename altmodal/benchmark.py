@@ -21,17 +21,18 @@ when the benchmark's process dies. The report is written by :mod:`altmodal.repor
 from __future__ import annotations
 
 import concurrent.futures as futures
+import functools
 import json
 import logging
 import multiprocessing
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from altmodal.config import ConfigError, option, require
+from altmodal.config import ConfigError, first_line, option, require
 from altmodal.experiment import RunConfig, evaluate_run, layer, resolve, train_run
 from altmodal.runs import Run, entries
 from altmodal.workers import watch_parent
@@ -270,8 +271,11 @@ def run_grid(
     missing_rates: Sequence[float] = (),
     jobs: int = 0,
     progress: bool = True,
+    keep_going: bool = False,
 ) -> dict[Cell, dict[str, Any]]:
-    """Run every cell (skipping finished ones) with ``jobs`` processes; results per cell.
+    """Run every cell (skipping finished ones) with ``jobs`` processes; results per cell. With
+    ``keep_going`` a run that fails (e.g. diverges) gives ``{"error": message}`` and the others
+    go on; otherwise its error ends the grid.
 
     Raises:
         ConfigError: another process runs a benchmark in ``root``, or ``root`` holds files of
@@ -279,7 +283,7 @@ def run_grid(
     """
     check_benchmark_folder(root)
     with Run(root).lock():
-        return _run_grid(grid, base, root, missing_rates, jobs, progress)
+        return _run_grid(grid, base, root, missing_rates, jobs, progress, keep_going)
 
 
 def _run_grid(
@@ -289,6 +293,7 @@ def _run_grid(
     missing_rates: Sequence[float],
     jobs: int,
     progress: bool,
+    keep_going: bool = False,
 ) -> dict[Cell, dict[str, Any]]:
     configs = {cell: cell.config(base) for cell in grid}
     paths = {cell: run_path(root, cell, configs[cell]) for cell in grid}
@@ -309,7 +314,7 @@ def _run_grid(
     if jobs == 1:
         for task, path in zip(tasks, unique):
             _describe(bar, unique[path])
-            results[path] = run_cell(*task)
+            results[path] = _outcome(functools.partial(run_cell, *task), keep_going)
             bar.update(1)
     else:
         context = multiprocessing.get_context("spawn")
@@ -320,7 +325,7 @@ def _run_grid(
             try:
                 for done in futures.as_completed(pending):
                     path = pending[done]
-                    results[path] = done.result()
+                    results[path] = _outcome(done.result, keep_going)
                     _describe(bar, unique[path])
                     bar.update(1)
             except BaseException:
@@ -329,6 +334,17 @@ def _run_grid(
                 raise
     bar.close()
     return {cell: results[paths[cell]] for cell in grid}
+
+
+def _outcome(result: Callable[[], dict[str, Any]], keep_going: bool) -> dict[str, Any]:
+    """A run's result, or with ``keep_going`` its error (a one-line message) in place of it."""
+    try:
+        return result()
+    except (ValueError, RuntimeError) as err:
+        if not keep_going:
+            raise
+        log.warning("a run failed and the grid goes on: %s", first_line(err))
+        return {"error": first_line(err)}
 
 
 def job_devices(device: str, jobs: int, cores: int, gpus: int) -> tuple[int, list[str]]:

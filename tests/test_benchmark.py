@@ -175,3 +175,18 @@ def test_the_default_grid_is_lean_and_full_adds_the_ablation_and_missing_retrain
     assert seen["lean"] == {"alone", "main"}
     assert seen["full"] == {"alone", "main", "ablation", "missing"}
     assert seen["explicit"] == {"alone", "main", "missing"}  # an explicit flag wins over --full
+
+
+def test_a_failing_run_ends_the_grid_unless_it_keeps_going(tmp_path):
+    from altmodal.benchmark import Cell
+    from tests.conftest import tiny_settings
+
+    base = tiny_settings(epochs=1)
+    cells = [
+        Cell("main", "joint", 0, {"strategy": "joint"}),
+        Cell("main", "wild", 0, {"strategy": "joint", "lr": 1e30}),
+    ]
+    results = run_grid(cells, base, tmp_path / "grid", jobs=1, progress=False, keep_going=True)
+    assert "diverged" in results[cells[1]]["error"] and results[cells[0]]["metrics"]["test"]["count"] == 75
+    with pytest.raises(ValueError, match="diverged"):
+        run_grid(cells[1:], base, tmp_path / "again", jobs=1, progress=False)
