@@ -221,7 +221,12 @@ def summarize(results: Results, strategies: Sequence[str], modalities: Sequence[
             for c, r in results.items()
             if c.group == "main" and c.label == label and "0.5" in r.get("missing", {})
         ]
-        rows[label] = {"fused": fused, "laziness": min(ratios) if ratios else math.nan, "missing_0.5": missing}
+        rows[label] = {
+            "fused": fused,
+            "laziness": min(ratios) if ratios else math.nan,
+            "missing_0.5": missing,
+            "seconds_per_epoch": values(results, "main", label, ["seconds_per_epoch"]),
+        }
     best = max(rows, key=lambda s: mean_std(rows[s]["fused"])[0])
     best_mean, best_std = mean_std(rows[best]["fused"])
     means = {s: mean_std(row["fused"])[0] for s, row in rows.items()}
@@ -294,14 +299,27 @@ def render(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cost_per_epoch(ran: Sequence[Mapping[str, Any]], strategy: str) -> float:
+    """The geometric mean over datasets of ``strategy``'s mean seconds per training epoch over
+    joint training's (NaN without joint or timings)."""
+    ratios = []
+    for d in ran:
+        mine, joint = (d["strategies"].get(s, {}).get("seconds_per_epoch", []) for s in (strategy, "joint"))
+        if mine and joint and mean_std(joint)[0] > 0:
+            ratios.append(math.log(mean_std(mine)[0] / mean_std(joint)[0]))
+    return math.exp(sum(ratios) / len(ratios)) if ratios else math.nan
+
+
 def overview(summary: Mapping[str, Any]) -> str:
     """One table over the datasets that ran: per strategy, each dataset's mean fused accuracy with
-    its laziness in brackets (bold: the best), its mean rank and its wins / ties / losses; a last
-    row gives each dataset's best modality trained alone."""
+    its laziness in brackets (bold: the best), its mean rank, its wins / ties / losses and its cost
+    per epoch against joint training's; a last row gives each dataset's best modality trained alone."""
     ran = [d for d in summary["datasets"] if "skipped" not in d]
     lines = [
-        "| strategy | " + " | ".join(d["name"] for d in ran) + " | mean rank | wins / ties / losses |",
-        "|---" * (len(ran) + 3) + "|",
+        "| strategy | "
+        + " | ".join(d["name"] for d in ran)
+        + " | mean rank | wins / ties / losses | s/epoch / joint |",
+        "|---" * (len(ran) + 4) + "|",
     ]
     for s in summary["strategies"]:
         cells = []
@@ -311,8 +329,11 @@ def overview(summary: Mapping[str, Any]) -> str:
                 "" if math.isnan(row["laziness"]) else f" ({row['laziness']:.2f})"
             )
             cells.append(f"**{text}**" if s == d["best"] else text)
-        r = summary["record"][s]
-        lines.append(f"| {s} | {' | '.join(cells)} | {r['mean_rank']:.2f} | {r['win']} / {r['tie']} / {r['loss']} |")
+        r, cost = summary["record"][s], cost_per_epoch(ran, s)
+        shown = "–" if math.isnan(cost) else f"{cost:.2f}"
+        lines.append(
+            f"| {s} | {' | '.join(cells)} | {r['mean_rank']:.2f} | {r['win']} / {r['tie']} / {r['loss']} | {shown} |"
+        )
     alone = [f"{mean_std(d['alone']['fused'])[0]:.3f} ({d['alone']['modality']})" if "alone" in d else "–" for d in ran]
-    lines.append(f"| best modality alone | {' | '.join(alone)} | – | – |")
+    lines.append(f"| best modality alone | {' | '.join(alone)} | – | – | – |")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -53,8 +54,14 @@ def test_each_dataset_gets_a_report_and_the_summary_counts_every_verdict(ran):
     text = (ran / "suite.md").read_text()
     assert "| strategy | wins | ties | losses | mean rank |" in text and "Skipped: no raw avdigits folder" in text
     assert "| best modality alone (" in text
-    assert "| strategy | tiny a | tiny b (m1 weak) | mean rank | wins / ties / losses |" in text  # the overview
+    assert "| strategy | tiny a | tiny b (m1 weak) | mean rank | wins / ties / losses | s/epoch / joint |" in text
     assert text.count("| best modality alone | ") == 1
+    assert any(line.startswith("| joint | ") and line.endswith("| 1.00 |") for line in text.splitlines())
+    from altmodal.suite import cost_per_epoch
+
+    mla = [d["strategies"]["mla"]["seconds_per_epoch"][0] / d["strategies"]["joint"]["seconds_per_epoch"][0]
+           for d in summary["datasets"][:2]]  # fmt: skip
+    assert cost_per_epoch(summary["datasets"][:2], "mla") == pytest.approx(math.sqrt(mla[0] * mla[1]))
 
 
 def test_verdicts_follow_the_spread():
