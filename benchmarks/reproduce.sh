@@ -38,8 +38,17 @@ python benchmarks/ddp_equality.py
 # speakers, 3 seeds, every strategy at its defaults and the default's presets (hours on two
 # cores; --suite-datasets runs a few of them, finished runs are skipped on a rerun).
 altmodal benchmark --suite real \
-  --strategies "mla,mla:preset=fast,mla:preset=paper,joint,ume,ogm_ge,qmf,mmpareto,dgl,gblend,inforeg" \
+  --strategies "mla,mla:preset=fast,mla:preset=paper,joint,ume,ogm_ge,qmf,mmpareto,dgl,gblend,inforeg,aug,reconboost,midas" \
   --jobs 2 --out runs/suite-real
+
+# Training with severely missing modalities, SMIL's protocol, on AV-digits (~2 h).
+python benchmarks/smil_protocol.py
+
+# The newest peers' departures from their papers (the released code's forms) against their defaults.
+altmodal benchmark --suite real --suite-datasets 3sources,mfeat,100leaves,cora --jobs 2 --out runs/suite-departures \
+  --strategies "aug,aug:aug_score=ensemble:aug_step=modality:aug_new=frozen:aug_check_first=true,reconboost,reconboost:reconboost_boost_epochs=4:reconboost_rectify_epochs=4,midas,midas:midas_partner=shuffle:midas_alpha=sign"
+python benchmarks/smil_protocol.py --shares 0.1 --out runs/smil-departures \
+  --strategies "shaspec,shaspec:shaspec_fill=first:shaspec_pairs=cyclic:shaspec_aux_absent=true,smil,smil:smil_outer=code:smil_perturb=missing:smil_weights=softplus:smil_kl=0"
 
 # MLA's head projection: what it guarantees and what leaks, by target and forgetting (~20 min).
 python benchmarks/hgm.py --datasets mfeat,../shared/data/multiview/mnist4.npz

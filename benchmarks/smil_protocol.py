@@ -14,6 +14,9 @@ Run from the repository root (after ``pip install -e ".[test]"``; the media cach
 first use from ``--root``, finished runs are skipped on a rerun):
 
     python benchmarks/smil_protocol.py [--shares 0.1,0.2,0.5] [--seeds 0,1,2] [--jobs 2]
+
+``--dataset FILE.npz`` (or ``mfeat``) runs the same protocol on a feature file, each view missing
+in turn, at the file's defaults (the incomplete accuracy is then that of the other views).
 """
 
 from __future__ import annotations
@@ -30,28 +33,34 @@ import numpy as np
 from altmodal.benchmark import Cell, run_grid, strategy_settings
 
 STRATEGIES = "joint,mla,ume,qmf,moddrop,shaspec,smil"
-MISSING = {"audio": "visual", "visual": "audio"}  # the modality training lacks -> the one left at test
 
 
-def grid(strategies: list[str], shares: list[float], seeds: list[int]) -> list[Cell]:
+def left_at_test(modalities: list[str]) -> dict[str, str]:
+    """The modality training lacks -> the subset of the others, as metrics.json names it."""
+    return {m: "+".join(k for k in modalities if k != m) for m in modalities}
+
+
+def grid(strategies: list[str], shares: list[float], seeds: list[int], modalities: list[str]) -> list[Cell]:
     cells = []
     for seed in seeds:
         for share in shares:
-            for missing in MISSING:
+            for missing in modalities:
                 for spec in strategies:
                     settings = {**strategy_settings(spec), "complete_share": share, "incomplete_modality": missing}
                     cells.append(Cell("smil", f"{spec}|{share:g}|{missing}", seed, settings))
     return cells
 
 
-def table(results: dict[Cell, dict[str, Any]], strategies: list[str], shares: list[float]) -> str:
+def table(
+    results: dict[Cell, dict[str, Any]], strategies: list[str], shares: list[float], modalities: list[str]
+) -> str:
     """Markdown: one row per strategy; per share and missing modality, mean complete / incomplete
     test accuracy (and the standard deviation over seeds; runs that failed are counted apart)."""
-    head = ["strategy"] + [f"{share:.0%} complete, no {m}" for m in MISSING for share in shares]
+    head = ["strategy"] + [f"{share:.0%} complete, no {m}" for m in modalities for share in shares]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for spec in strategies:
         row = [spec]
-        for missing, left in MISSING.items():
+        for missing, left in left_at_test(modalities).items():
             for share in shares:
                 cell = [r for c, r in results.items() if c.label == f"{spec}|{share:g}|{missing}"]
                 runs = [r["metrics"] for r in cell if "metrics" in r]
@@ -68,8 +77,18 @@ def table(results: dict[Cell, dict[str, Any]], strategies: list[str], shares: li
     return "\n".join(lines)
 
 
+def feature_views(dataset: str) -> list[str]:
+    """The views of a feature file (``mfeat``: the benchmark's fou, mor)."""
+    if dataset == "mfeat":
+        return ["fou", "mor"]
+    with np.load(dataset) as data:
+        return [k for k in data.files if k != "label"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="avdigits", help="avdigits, or a feature file (with --modalities)")
+    parser.add_argument("--modalities", default="", help="the modalities to use, comma-separated (default: all)")
     parser.add_argument("--root", default="../shared/data", help="folder with fsdd/ and mnist/")
     parser.add_argument("--cache", default="runs/cache-avdigits", help="the prepared AV-digits cache")
     parser.add_argument("--out", default="runs/smil-protocol")
@@ -81,22 +100,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resnet-width", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
-    if not (Path(args.cache) / "meta.json").is_file():
-        command = [sys.executable, "-m", "altmodal", "prepare", "avdigits", "--root", args.root, "--out", args.cache]
-        subprocess.run(command, check=True)
     strategies = args.strategies.split(",")
     shares = [float(s) for s in args.shares.split(",")]
-    base = {
-        "dataset": "avdigits",
-        "data_dir": str(Path(args.cache).resolve()),
-        "dataset_options": ("split=customary",),
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "resnet_width": args.resnet_width,
-    }
-    cells = grid(strategies, shares, [int(s) for s in args.seeds.split(",")])
+    if args.dataset == "avdigits":
+        if not (Path(args.cache) / "meta.json").is_file():
+            prepare = [
+                sys.executable,
+                "-m",
+                "altmodal",
+                "prepare",
+                "avdigits",
+                "--root",
+                args.root,
+                "--out",
+                args.cache,
+            ]
+            subprocess.run(prepare, check=True)
+        base: dict[str, Any] = {
+            "dataset": "avdigits",
+            "data_dir": str(Path(args.cache).resolve()),
+            "dataset_options": ("split=customary",),
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "resnet_width": args.resnet_width,
+        }
+        modalities = ["audio", "visual"]
+    else:  # a feature file at its defaults (100 epochs, early stopping, lr 0.01)
+        modalities = args.modalities.split(",") if args.modalities else feature_views(args.dataset)
+        base = {"dataset": args.dataset, "modalities": tuple(modalities)}
+    cells = grid(strategies, shares, [int(s) for s in args.seeds.split(",")], modalities)
     results = run_grid(cells, base, Path(args.out), jobs=args.jobs, keep_going=True)
-    text = table(results, strategies, shares)
+    text = table(results, strategies, shares, modalities)
     times: dict[str, list[float]] = {}
     for cell, result in results.items():
         if "metrics" in result:
