@@ -5,7 +5,7 @@ one (its avMNIST: 5-20% of the training samples have audio), then tests on compl
 on samples that lack that modality. Here: AV-digits (FSDD speech paired with MNIST images, the
 customary FSDD split), a share of each class of the training and validation samples complete
 (``--shares``), the rest without the audio and, separately, without the image; every strategy of
-``--strategies`` at its defaults, 3 seeds, 10 epochs (the dataset's) at lr 0.01 for all (the
+``--strategies`` at its defaults, 3 seeds, 10 epochs (the dataset's), at lr 0.01 for all (the
 dataset's 0.05 makes QMF diverge with 10% complete samples); a run that diverges is counted.
 For each share and missing modality the table gives the fused test accuracy on complete test
 samples / on test samples with only the other modality.
@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategies", default=STRATEGIES)
     parser.add_argument("--shares", default="0.1,0.2,0.5")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.01, help="every strategy's (AV-digits' own 0.05 diverges QMF)")
+    parser.add_argument("--dataset-option", action="append", default=[], help="KEY=VALUE, repeated")
+    parser.add_argument("--epochs", type=int, help="(default: the dataset's)")
+    parser.add_argument("--lr", type=float, help="every strategy's (default: 0.01 on AV-digits, whose 0.05 makes QMF "
+                        "diverge; elsewhere the dataset's)")  # fmt: skip
     parser.add_argument("--resnet-width", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
@@ -119,15 +121,15 @@ def main(argv: list[str] | None = None) -> None:
         base: dict[str, Any] = {
             "dataset": "avdigits",
             "data_dir": str(Path(args.cache).resolve()),
-            "dataset_options": ("split=customary",),
-            "epochs": args.epochs,
-            "lr": args.lr,
+            "dataset_options": ("split=customary", *args.dataset_option),
+            "lr": 0.01,
             "resnet_width": args.resnet_width,
         }
         modalities = ["audio", "visual"]
-    else:  # a feature file at its defaults (100 epochs, early stopping, lr 0.01)
+    else:  # a feature file (or a built-in dataset) at its defaults
         modalities = args.modalities.split(",") if args.modalities else feature_views(args.dataset)
-        base = {"dataset": args.dataset, "modalities": tuple(modalities)}
+        base = {"dataset": args.dataset, "modalities": tuple(modalities), "dataset_options": tuple(args.dataset_option)}
+    base.update({k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None})
     cells = grid(strategies, shares, [int(s) for s in args.seeds.split(",")], modalities)
     results = run_grid(cells, base, Path(args.out), jobs=args.jobs, keep_going=True)
     text = table(results, strategies, shares, modalities)

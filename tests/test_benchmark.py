@@ -190,3 +190,32 @@ def test_a_failing_run_ends_the_grid_unless_it_keeps_going(tmp_path):
     assert "diverged" in results[cells[1]]["error"] and results[cells[0]]["metrics"]["test"]["count"] == 75
     with pytest.raises(ValueError, match="diverged"):
         run_grid(cells[1:], base, tmp_path / "again", jobs=1, progress=False)
+
+
+def test_the_smil_protocol_benchmark_tables_complete_and_incomplete_accuracy(tmp_path, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "smil_protocol.py"
+    spec = importlib.util.spec_from_file_location("smil_protocol", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    options = [
+        arg for item in ("samples=300", "classes=3", "widths=8", "latent_dim=4") for arg in ("--dataset-option", item)
+    ]
+    argv = ["--dataset", "synthetic", "--modalities", "m0,m1", "--strategies", "joint,smil", "--shares", "0.2"]
+    module.main([*argv, *options, "--seeds", "0", "--epochs", "2", "--jobs", "1", "--out", str(tmp_path)])
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[0] == "| strategy | 20% complete, no m0 | 20% complete, no m1 |"
+    runs = sorted((tmp_path / "runs").iterdir())
+    no_m0 = next(
+        r
+        for r in runs
+        if r.name.startswith("smil") and '"incomplete_modality": "m0"' in (r / "config.json").read_text()
+    )
+    metrics = json.loads((no_m0 / "metrics.json").read_text())
+    cell = next(line for line in table if line.startswith("| smil |")).split(" | ")[1]
+    full, alone = metrics["test"]["fused"]["accuracy"], metrics["test"]["present"]["m1"]["accuracy"]
+    assert len(runs) == 4 and cell == f"{full:.3f} / {alone:.3f} (±0.000 / ±0.000)"
