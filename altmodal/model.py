@@ -104,9 +104,9 @@ class Model(nn.Module):
             # rows found on the host: no wait for the device
             index = None if self.absent == "zero-inputs" else batch.index_of(m)
             if index is None:
-                out[m] = encoder(x)
+                out[m] = run_encoder(encoder, x)
             elif len(index):
-                out[m] = spread_rows(encoder(x.index_select(0, index)), index, x.shape[0])
+                out[m] = spread_rows(run_encoder(encoder, x.index_select(0, index)), index, x.shape[0])
             else:
                 out[m] = torch.zeros(x.shape[0], int(encoder.out_dim), device=x.device)  # type: ignore[arg-type]
         return out
@@ -185,6 +185,17 @@ class Model(nn.Module):
             features=group("features/"),
             subsets=group("subset/"),
         )
+
+
+def run_encoder(encoder: nn.Module, x: Tensor) -> Tensor:
+    """``encoder(x)``; a single row in training mode goes through batch normalisation with its
+    running statistics (a batch's statistics need two rows: a sub-batch of one present sample,
+    common when most samples lack the modality, would fail)."""
+    if not encoder.training or x.shape[0] > 1:
+        return encoder(x)  # type: ignore[no-any-return]
+    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with evaluating(norms):
+        return encoder(x)  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager

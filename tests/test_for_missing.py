@@ -11,6 +11,7 @@ from altmodal.data.registry import DataConfig, load_splits
 from altmodal.data.splits import incomplete_mask
 from altmodal.encoders import EncoderConfig
 from altmodal.experiment import resolve, train_run
+from altmodal.model import run_encoder
 from altmodal.strategies import build_strategy
 from altmodal.strategies.base import TrainConfig
 from altmodal.strategies.parts import drop_masks, mean_present
@@ -54,6 +55,20 @@ def test_load_splits_applies_it_to_training_and_validation_only():
 
 
 # ----- ModDrop ----------------------------------------------------------------------------------
+
+
+def test_a_single_present_row_trains_through_batch_normalisation_with_its_running_statistics():
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1))
+    encoder.train()
+    x = torch.randn(1, 1, 3, 3)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        encoder(x)
+    mean, count = encoder[1].running_mean.clone(), int(encoder[1].num_batches_tracked)
+    out = run_encoder(encoder, x)
+    assert out.shape == (1, 4, 1, 1) and out.requires_grad and encoder[1].training
+    assert torch.equal(encoder[1].running_mean, mean) and encoder[1].num_batches_tracked == count  # untouched
+    run_encoder(encoder, torch.randn(2, 1, 3, 3))
+    assert encoder[1].num_batches_tracked == count + 1
 
 
 def test_drop_masks_keep_one_modality_per_sample_at_the_rate():
