@@ -55,18 +55,23 @@ def table(
     results: dict[Cell, dict[str, Any]], strategies: list[str], shares: list[float], modalities: list[str]
 ) -> str:
     """Markdown: one row per strategy; per share and missing modality, mean complete / incomplete
-    test accuracy (and the standard deviation over seeds; runs that failed are counted apart)."""
+    test accuracy (and the standard deviation over seeds; runs that failed, e.g. diverged, are
+    counted apart and their errors listed under the table)."""
     head = ["strategy"] + [f"{share:.0%} complete, no {m}" for m in modalities for share in shares]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    errors: dict[str, set[str]] = {}
     for spec in strategies:
         row = [spec]
         for missing, left in left_at_test(modalities).items():
             for share in shares:
                 cell = [r for c, r in results.items() if c.label == f"{spec}|{share:g}|{missing}"]
                 runs = [r["metrics"] for r in cell if "metrics" in r]
-                failed = f", {len(cell) - len(runs)} diverged" if len(runs) < len(cell) else ""
+                for r in cell:
+                    if "error" in r:
+                        errors.setdefault(f"{spec}, {share:.0%} complete, no {missing}", set()).add(r["error"])
+                failed = f", {len(cell) - len(runs)} failed" if len(runs) < len(cell) else ""
                 if not runs:
-                    row.append(f"diverged ({len(cell)})")
+                    row.append(f"failed ({len(cell)})")
                     continue
                 full = [m["test"]["fused"]["accuracy"] for m in runs]
                 alone = [m["test"]["present"][left]["accuracy"] for m in runs]
@@ -74,6 +79,7 @@ def table(
                     f"{np.mean(full):.3f} / {np.mean(alone):.3f} (±{np.std(full):.3f} / ±{np.std(alone):.3f}{failed})"
                 )
         lines.append("| " + " | ".join(row) + " |")
+    lines += [""] * bool(errors) + [f"- {where}: {'; '.join(sorted(e))}" for where, e in errors.items()]
     return "\n".join(lines)
 
 

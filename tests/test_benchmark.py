@@ -219,3 +219,17 @@ def test_the_smil_protocol_benchmark_tables_complete_and_incomplete_accuracy(tmp
     cell = next(line for line in table if line.startswith("| smil |")).split(" | ")[1]
     full, alone = metrics["test"]["fused"]["accuracy"], metrics["test"]["present"]["m1"]["accuracy"]
     assert len(runs) == 4 and cell == f"{full:.3f} / {alone:.3f} (±0.000 / ±0.000)"
+    from altmodal.benchmark import Cell
+
+    metrics = {"test": {"fused": {"accuracy": 0.5}, "present": {"m1": {"accuracy": 0.25}}}}
+    results = {
+        Cell("smil", "joint|0.1|m0", 0, {}): {"metrics": metrics},
+        Cell("smil", "joint|0.1|m0", 1, {}): {"error": "the loss diverged at epoch 2"},
+        Cell("smil", "joint|0.1|m1", 0, {}): {"error": "out of memory"},
+    }
+    text = module.table(results, ["joint"], [0.1], ["m0", "m1"]).splitlines()
+    assert text[2] == "| joint | 0.500 / 0.250 (±0.000 / ±0.000, 1 failed) | failed (1) |"
+    assert text[-2:] == [
+        "- joint, 10% complete, no m0: the loss diverged at epoch 2",
+        "- joint, 10% complete, no m1: out of memory",
+    ]
