@@ -71,6 +71,21 @@ def test_a_single_present_row_trains_through_batch_normalisation_with_its_runnin
     assert encoder[1].num_batches_tracked == count + 1
 
 
+@pytest.mark.parametrize("name", ["mla", "joint"])
+def test_a_batch_with_one_sample_of_a_modality_trains_encoders_with_batch_normalisation(tiny_splits, name):
+    widths = {m: tiny_splits.train.input_shape(m)[0] for m in tiny_splits.train.modalities}
+    custom = {m: torch.nn.Sequential(torch.nn.Linear(w, 8), torch.nn.BatchNorm1d(8)) for m, w in widths.items()}
+    options = resolve({"strategy": name}).options
+    encoder = EncoderConfig(dim=8, hidden=(16,), absent="zero-features")
+    strategy = build_strategy(name, tiny_splits, encoder, options, custom=custom)
+    Trainer.attach(strategy, TrainConfig(batch_size=32, lr=0.1))
+    strategy.train()
+    batch = tiny_splits.train.gather(np.arange(4))
+    batch.present["m0"][1:] = False  # one sample with m0, four with m1
+    out = frozen_step(strategy, batch)
+    assert torch.isfinite(out.loss) and custom["m0"][0].weight.grad.abs().sum() > 0
+
+
 def test_drop_masks_keep_one_modality_per_sample_at_the_rate():
     present = {m: torch.ones(20000, dtype=torch.bool) for m in ("a", "v", "t")}
     present["t"][::2] = False
