@@ -45,7 +45,7 @@ altmodal benchmark --suite real \
 python benchmarks/smil_protocol.py
 
 # The newest peers' departures from their papers (the released code's forms) against their defaults.
-altmodal benchmark --suite real --suite-datasets 3sources,mfeat,100leaves,cora --jobs 2 --out runs/suite-departures \
+altmodal benchmark --suite real --suite-datasets bbcsport,3sources,mfeat-fou-mor,movies --jobs 2 --out runs/suite-departures \
   --strategies "aug,aug:aug_score=ensemble:aug_step=modality:aug_new=frozen:aug_check_first=true,reconboost,reconboost:reconboost_boost_epochs=4:reconboost_rectify_epochs=4,midas,midas:midas_partner=shuffle:midas_alpha=sign"
 python benchmarks/smil_protocol.py --shares 0.1 --out runs/smil-protocol \
   --strategies "shaspec,shaspec:shaspec_fill=first:shaspec_pairs=cyclic:shaspec_aux_absent=true,smil,smil:smil_outer=code:smil_perturb=missing:smil_weights=softplus:smil_kl=0"
