@@ -54,7 +54,7 @@ def test_load_splits_applies_it_to_training_and_validation_only():
     assert "complete_share" not in resolve({}).to_dict()["data"]  # earlier runs' configs unchanged
 
 
-# ----- ModDrop ----------------------------------------------------------------------------------
+# ----- A modality that few samples of a batch have ----------------------------------------------
 
 
 def test_a_single_present_row_trains_through_batch_normalisation_with_its_running_statistics():
@@ -84,6 +84,9 @@ def test_a_batch_with_one_sample_of_a_modality_trains_encoders_with_batch_normal
     batch.present["m0"][1:] = False  # one sample with m0, four with m1
     out = frozen_step(strategy, batch)
     assert torch.isfinite(out.loss) and custom["m0"][0].weight.grad.abs().sum() > 0
+
+
+# ----- ModDrop ----------------------------------------------------------------------------------
 
 
 def test_drop_masks_keep_one_modality_per_sample_at_the_rate():

@@ -73,7 +73,7 @@ from altmodal.data.batch import Batch, spread_rows
 from altmodal.data.dataset import Splits
 from altmodal.fusion import ConcatHead, batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.fusion_choice import ChosenFusion
-from altmodal.model import evaluating, run_encoder
+from altmodal.model import evaluating
 from altmodal.projection import FeatureBasisProjector, HeadProjector, change_ratios, survival
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 
@@ -322,7 +322,7 @@ class MLA(Strategy):
         fusion_pending = self.fusion_head is not None
         for m in order:
             sub = batch.select(batch.rows(m))
-            features = run_encoder(self.encoders[m], sub.inputs[m])  # (n, d)
+            features = self.encode(sub, [m])[m]  # (n, d): every row of sub has m
             head = self.head(m)
             logits = head(features)
             loss = F.cross_entropy(logits, sub.label, reduction="sum") / counts[m]
