@@ -15,16 +15,37 @@ encoder passes per prediction.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from altmodal.data.batch import Batch
+from altmodal.data.dataset import MultimodalDataset
 from altmodal.fusion_choice import ChosenFusion
+from altmodal.learners import Learners, learner_names
 from altmodal.metrics import Outputs
 from altmodal.model import DataSpec, Model
+
+
+def bag_learners(kinds: Mapping[str, str], shapes: Mapping[str, Sequence[int]], wanted: Sequence[str]) -> list[str]:
+    """The learners a cross-fitted run trains beside its networks (:func:`~altmodal.learners.learner_names`):
+    those of ``wanted`` (``--learners``), where every modality is a vector of features for an MLP."""
+    wanted = [k for k in wanted if k != "none"]
+    if not wanted or any(k != "mlp" for k in kinds.values()) or any(len(s) != 1 for s in shapes.values()):
+        return []
+    return learner_names(list(kinds), wanted)
+
+
+def saved_learners(card: Mapping[str, Any], spec: DataSpec) -> Learners | None:
+    """The (unfitted) learners a saved run's model card lists (``learners``), to load into."""
+    names = card.get("learners", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"model.json: 'learners' is {names!r}, not a list of learner names")
+    return Learners(names, spec.modalities, spec.num_classes) if names else None
 
 
 def log_probs(logits: Tensor) -> Tensor:
@@ -38,12 +59,17 @@ class Bag(Model):
 
     name = "bag"
 
-    def __init__(self, members: Sequence[Model], spec: DataSpec):
+    def __init__(self, members: Sequence[Model], spec: DataSpec, learners: Learners | None = None):
         super().__init__({}, spec)
         self.members = nn.ModuleList(members)
         first = members[0]
         self.widths = {m: first.feature_width(m) for m in spec.modalities}
-        self.fusion = ChosenFusion(spec.modalities, spec.num_classes)
+        self.learners = learners if learners is not None and learners.names else None
+        """The classical learners beside the networks (:mod:`altmodal.learners`), or None."""
+        self.experts = [*spec.modalities, *(self.learners.names if self.learners is not None else [])]
+        """What the fusion combines: each modality's network prediction, then each learner's."""
+        fallback = "entropy" if self.learners is None else "weighted"
+        self.fusion = ChosenFusion(self.experts, spec.num_classes, fallback=fallback)
         self.selection: dict[str, Any] = {}
         """The choice as metrics.json reports it (after :meth:`choose`)."""
         self.held_out: Outputs | None = None
@@ -59,13 +85,28 @@ class Bag(Model):
 
     # ----- the model -------------------------------------------------------------------------
     def encode(self, batch: Batch, only: Sequence[str] | None = None) -> dict[str, Tensor]:
-        """modality -> (B, K*d) the members' features side by side."""
+        """modality -> (B, K*d) the members' features side by side, followed, with learners, by
+        the (B, C) log-probabilities of the learners that read that modality alone and, after the
+        first modality's, those of the learners on the joined features (a learner's features
+        are its answer)."""
         parts = [member.encode(batch, only) for member in self.strategies]
-        return {m: torch.cat([p[m] for p in parts], dim=1) for m in (self.modalities if only is None else only)}
+        out = {m: torch.cat([p[m] for p in parts], dim=1) for m in (self.modalities if only is None else only)}
+        if self.learners is None:
+            return out
+        answers = self.learners.log_probs(batch.inputs, batch.present)
+        return {m: torch.cat([out[m], *(answers[n].to(out[m]) for n in self.carried(m))], dim=1) for m in out}
+
+    def carried(self, modality: str) -> list[str]:
+        """The learners whose answers ride on ``modality``'s features (see :meth:`encode`)."""
+        if self.learners is None:
+            return []
+        first = modality == self.modalities[0]
+        return [n for n in self.learners.names if n.startswith(f"{modality}:") or (first and n.startswith("all:"))]
 
     def absent_features(self, batch: Batch) -> dict[str, Tensor]:
         parts = [member.absent_features(batch) for member in self.strategies]
-        return {m: torch.cat([p[m] for p in parts], dim=1) for m in self.modalities}
+        out = {m: torch.cat([p[m] for p in parts], dim=1) for m in self.modalities}
+        return {m: F.pad(f, (0, len(self.carried(m)) * self.num_classes)) for m, f in out.items()}
 
     def split(self, features: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
         """The (B, K*d) features cut into each member's (B, d)."""
@@ -73,6 +114,26 @@ class Bag(Model):
             {m: features[m][:, k * self.widths[m] : (k + 1) * self.widths[m]] for m in self.modalities}
             for k in range(len(self.members))
         ]
+
+    def answers(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """name -> (B, C) the learners' log-probabilities carried in ``features``."""
+        out = {}
+        for m in self.modalities:
+            start = len(self.members) * self.widths[m]
+            for i, name in enumerate(self.carried(m)):
+                out[name] = features[m][:, start + i * self.num_classes : start + (i + 1) * self.num_classes]
+        return out
+
+    def collect(self, dataset: MultimodalDataset, all_subsets: bool = True) -> Outputs:
+        """:meth:`Model.collect`, its features the networks' alone (the learners' answers cut off)."""
+        out = super().collect(dataset, all_subsets)
+        networks = {m: f[:, : len(self.members) * self.widths[m]] for m, f in out.features.items()}
+        return dataclasses.replace(out, features=networks)
+
+    def expert_present(self, present: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """expert -> (B,) whether it has what it reads."""
+        extra = self.learners.present(present) if self.learners is not None else {}
+        return {**{m: present[m] for m in self.modalities}, **extra}
 
     def member_outputs(
         self, member: Model, features: Mapping[str, Tensor], present: Mapping[str, Tensor]
@@ -108,21 +169,28 @@ class Bag(Model):
 
     def fuse(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
         out = self.averaged(features, present)
-        return self.fusion(out["unimodal"], present, out["head"], out["own"])  # type: ignore[no-any-return]
+        experts = {**out["unimodal"], **self.answers(features)}
+        return self.fusion(experts, self.expert_present(present), out["head"], out["own"])  # type: ignore[no-any-return]
 
     # ----- the choice ------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         return {**self.selection, "members": [member.summary() for member in self.strategies]}
 
     @torch.no_grad()
-    def choose(self, held_out: Sequence[tuple[Model, Outputs]], seed: int) -> None:
+    def choose(
+        self, held_out: Sequence[tuple[Model, Outputs]], seed: int, answers: Sequence[Mapping[str, Tensor]] = ()
+    ) -> None:
         """Choose the fusion on the members' out-of-fold outputs (pairs of a member and its
-        outputs on the fold it never saw); keep the choice and the fused out-of-fold outputs."""
+        outputs on the fold it never saw) and, with learners, their learners' ``answers`` on the
+        same rows (name -> (n, C) log-probabilities, one table per member); keep the choice and
+        the fused out-of-fold outputs."""
         parts: dict[str, list[Tensor]] = {}
-        for member, out in held_out:
+        for k, (member, out) in enumerate(held_out):
             features = {m: f.to(self.device) for m, f in out.features.items()}
             present = {m: p.to(self.device) for m, p in out.present.items()}
             o = self.member_outputs(member, features, present)
+            for name, value in (answers[k] if answers else {}).items():
+                parts.setdefault(f"learner/{name}", []).append(value.float().cpu())
             for m in self.modalities:
                 parts.setdefault(f"unimodal/{m}", []).append(o["unimodal"][m].cpu())
                 parts.setdefault(f"present/{m}", []).append(out.present[m])
@@ -137,12 +205,14 @@ class Bag(Model):
         cat = {k: torch.cat(v)[order] for k, v in parts.items()}  # (the choice's folds follow it)
         unimodal = {m: cat[f"unimodal/{m}"] for m in self.modalities}
         present = {m: cat[f"present/{m}"] for m in self.modalities}
+        experts = {**unimodal, **{n: cat[f"learner/{n}"] for n in self.experts[len(self.modalities) :]}}
         head, own = cat.get("head"), cat["own"]
-        choice = self.fusion.fit(unimodal, present, cat["label"], seed, head, own)
+        choice = self.fusion.fit(experts, self.expert_present(present), cat["label"], seed, head, own)
         self.selection = {
             "fusion": choice.rule,
             "fusion_scores": choice.scores,
             "fusion_estimate": choice.estimate,
+            "fusion_estimate_macro_f1": choice.estimate_macro_f1,
             "held_out": "out-of-fold",
             "samples": choice.samples,
         }
@@ -150,7 +220,7 @@ class Bag(Model):
             label=cat["label"],
             index=cat["index"],
             present=present,
-            fused=self.fusion(unimodal, present, head, own),
+            fused=self.fusion(experts, self.expert_present(present), head, own),
             unimodal=unimodal,
             features={m: cat[f"features/{m}"] for m in self.modalities},
         )

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from altmodal.config import ConfigError, first_line, option, require
 from altmodal.experiment import RunConfig, evaluate_run, layer, resolve, train_run
+from altmodal.reference import ROWS, reference_kind, run_reference
 from altmodal.runs import Run, entries
 from altmodal.workers import watch_parent
 
@@ -57,6 +58,7 @@ DEFAULT_STRATEGIES = (
     "moddrop",
     "shaspec",
     "smil",
+    *ROWS,
 )
 
 PAPER: dict[str, Any] = {"preset": "paper"}
@@ -133,6 +135,11 @@ class Cell:
     def config(self, base: Mapping[str, Any]) -> RunConfig:
         return resolve(layer(base, {**self.settings, "seed": self.seed}), f"benchmark cell {self.label!r}")
 
+    @property
+    def reference(self) -> str:
+        """The learner of a reference row (:mod:`altmodal.reference`), '' for a strategy's run."""
+        return reference_kind(self.label) if self.group == "main" else ""
+
 
 def cells(config: BenchmarkConfig, modalities: Sequence[str]) -> list[Cell]:
     """Every run of the grid, in the order they are reported."""
@@ -141,13 +148,15 @@ def cells(config: BenchmarkConfig, modalities: Sequence[str]) -> list[Cell]:
         for m in modalities:
             out.append(Cell("alone", m, seed, {"strategy": "unimodal", "modalities": (m,)}))
         for name in config.strategies:
-            out.append(Cell("main", name, seed, strategy_settings(name)))
+            # a reference row's run config is joint training's: the same data, split and seed
+            settings = {"strategy": "joint"} if reference_kind(name) else strategy_settings(name)
+            out.append(Cell("main", name, seed, settings))
         if "mla" in config.strategies and config.ablation != "none":
             variants = FULL_ABLATION if config.ablation == "full" else CORE_ABLATION
             for label, options in variants.items():
                 out.append(Cell("ablation", label, seed, {"strategy": "mla", **options}))
         for rate in config.train_missing_rates:
-            for name in config.strategies:
+            for name in (s for s in config.strategies if not reference_kind(s)):
                 settings = {**strategy_settings(name), "train_missing_rate": rate, "test_missing_rate": rate}
                 out.append(Cell("missing", f"{name}@{rate:g}", seed, settings))
     return out
@@ -175,13 +184,20 @@ def slug(text: str) -> str:
 
 def run_path(root: Path, cell: Cell, config: RunConfig) -> Path:
     """Folder of a run; identical configs share it (the digest), so duplicates run once."""
-    return root / "runs" / f"{slug(config.strategy)}-seed{cell.seed}-{config.digest()}"
+    name = f"sklearn-{cell.reference}" if cell.reference else slug(config.strategy)
+    return root / "runs" / f"{name}-seed{cell.seed}-{config.digest()}"
 
 
 def run_cell(
-    config_dict: dict[str, Any], path: str, rates: Sequence[float], threads: int, device: str = "auto"
+    config_dict: dict[str, Any],
+    path: str,
+    rates: Sequence[float],
+    threads: int,
+    device: str = "auto",
+    reference: str = "",
 ) -> dict[str, Any]:
-    """Train (or skip) one run on ``device`` and its test-time missing-modality evaluations (cached)."""
+    """Train (or skip) one run on ``device`` and its test-time missing-modality evaluations
+    (cached); with ``reference``, that reference row instead (:mod:`altmodal.reference`)."""
     import torch
 
     from altmodal.config import flatten
@@ -189,6 +205,8 @@ def run_cell(
 
     torch.set_num_threads(max(threads, 1))
     config = resolve(flatten(config_dict), path)
+    if reference:
+        return run_reference(config, reference, path, rates)
     metrics = dict(train_run(config, path, dist=Dist(device=resolve_device(device))))
     run = Run(path)
     cached = read_missing(run)
@@ -308,7 +326,14 @@ def _run_grid(
     results: dict[Path, dict[str, Any]] = {}
     bar = _bar(len(unique), progress)
     tasks = [
-        (configs[c].to_dict(), str(p), missing_rates if c.group == "main" else (), threads, devices[i % len(devices)])
+        (
+            configs[c].to_dict(),
+            str(p),
+            missing_rates if c.group == "main" else (),
+            threads,
+            devices[i % len(devices)],
+            c.reference,
+        )
         for i, (p, c) in enumerate(unique.items())
     ]
     if jobs == 1:

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from altmodal.bagging import Bag
+from altmodal.bagging import Bag, bag_learners, saved_learners
 from altmodal.config import ConfigError
 from altmodal.data.dataset import Splits
 from altmodal.data.registry import DATASETS, load_splits
 from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
-from altmodal.encoders import weights_by_modality
+from altmodal.encoders import encoder_kinds, weights_by_modality
+from altmodal.learners import Learners, rows_of
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.model import DataSpec, Model
 from altmodal.predictions import prediction_rows
@@ -263,34 +264,52 @@ def _train_cross_fitted(
     started = time.perf_counter()
     members: list[Strategy] = []
     held_out = []
+    answers = []
     history: list[dict[str, Any]] = []
+    learners = run_learners(config, splits, encoders or {})
     for k in range(1, config.data.folds + 1):
         member = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k))
         own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
         path = run.file(FOLDS) / str(k)
         result = _train_in(member, path, dist, progress, overwrite, own, loaded, callbacks, threads)
         strategy = result.model.strategy
-        holdout = load_splits(member.data, seed, loaded).holdout
+        member_splits = load_splits(member.data, seed, loaded)
+        holdout = member_splits.holdout
         assert holdout is not None
         with torch_threads(threads_for(threads, strategy)):
             held_out.append((strategy, strategy.collect(holdout, all_subsets=False)))
+            if learners is not None:  # the learners of a member: fitted on its rows, asked on its fold
+                learners.fit_member(*rows_of([member_splits.train, member_splits.val]), member_seed(member))
+                inputs, present, _ = rows_of([holdout])
+                answers.append(learners.member_log_probs(k - 1, inputs, present))
         members.append(strategy)
         history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
     spec = DataSpec(tuple(splits.train.modalities), splits.train.num_classes, len(splits.train.labels))
-    bag = Bag(members, spec)
+    bag = Bag(members, spec, learners)
     bag.place(dist, config.train.eval_batch_size, config.train.precision)
     bag.best_epoch = members[0].best_epoch
     with torch_threads(threads_for(threads, members[0])):
-        bag.choose(held_out, seed)
+        bag.choose(held_out, seed, answers)
         seconds = time.perf_counter() - started
         test_outputs = bag.collect(splits.test)
         metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)
     metrics["train_seconds"] = seconds
     metrics["best_epoch"] = [m.best_epoch for m in members]
     card = {**model_card(bag, splits, config, encoders or {}), "folds": config.data.folds}
+    if learners is not None:
+        card["learners"] = learners.names
     if run.main:
         write_csv(run.file("history.csv"), history)
     return _write_model(run, dist, bag, card, splits, test_outputs, metrics, config)
+
+
+def run_learners(config: RunConfig, splits: Splits, custom: Mapping[str, torch.nn.Module]) -> Learners | None:
+    """The (unfitted) classical learners of a cross-fitted run (``--learners``), or None."""
+    train = splits.train
+    kinds = {**encoder_kinds(train.kinds, train.modalities, config.encoder), **{m: "custom" for m in custom}}
+    shapes = {m: train.input_shape(m) for m in train.modalities}
+    names = bag_learners(kinds, shapes, config.data.learners) if config.data.folds > 1 else []
+    return Learners(names, train.modalities, train.num_classes) if names else None
 
 
 PYTHON_DATA = "<data from Python>"
@@ -380,10 +399,12 @@ def final_metrics(
     val_outputs = strategy.collect(splits.val, all_subsets=False) if val_outputs is None else val_outputs
     summary = strategy.summary()
     val = summarize(val_outputs, strategy.num_classes)
-    if "fusion_estimate" in summary:
+    if "fusion_estimate" in summary:  # the nested estimate, over the samples the choice scored
         fused: dict[str, Any] = val["fused"]  # type: ignore[assignment]
         fused["selection_score"] = summary["fusion_scores"][summary["fusion"]]
         fused["accuracy"] = summary["fusion_estimate"]
+        fused["macro_f1"] = summary.get("fusion_estimate_macro_f1", float("nan"))
+        val["count"] = summary.get("samples", val["count"])
     metrics: dict[str, Any] = {
         "dataset": config.data.dataset,
         "strategy": config.strategy,
@@ -446,7 +467,8 @@ def evaluate_run(
     # The saved model holds every parameter: pretrained weight files are not needed (nor read) again.
     encoder = dataclasses.replace(config.encoder, weights=())
     members = [build_strategy(config.strategy, splits, encoder, config.options) for _ in range(config.data.folds)]
-    strategy: Model = members[0] if len(members) == 1 else Bag(members, members[0].spec)
+    learners = saved_learners(run.read_json("model.json"), members[0].spec) if len(members) > 1 else None
+    strategy: Model = members[0] if len(members) == 1 else Bag(members, members[0].spec, learners)
     dist = dist or Dist(device=resolve_device(device))
     strategy.place(dist, config.train.eval_batch_size, config.train.precision)
     load_model_weights(strategy, run)

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from altmodal.fusion import combine, entropy_weights, fixed_weights
+from altmodal.metrics import macro_f1
 
 RULES = ("entropy", "mean", "head", "stacked", "weighted", "own")
 """The rules besides ``alone:<m>``, in the order their index is saved (a saved choice is an index
@@ -132,9 +133,11 @@ def apply_rule(
     fitted: Fitted | None = None,
     head: Tensor | None = None,
     own: Tensor | None = None,
+    fallback: str = "entropy",
 ) -> Tensor:
     """(B, C) fused logits by ``rule`` (``head``: the fusion head's (B, C) logits; ``own``: the
-    model's own fused logits); see the module docstring for samples missing a modality."""
+    model's own fused logits); see the module docstring for samples missing a modality, which
+    the rules that need every modality give to ``fallback`` (``entropy`` or ``weighted``)."""
     names = list(logits)
     entropy = combine(logits, entropy_weights(logits, present))
     if rule == "entropy":
@@ -144,15 +147,17 @@ def apply_rule(
     if rule == "own":
         assert own is not None, "the own rule needs the model's own fused logits"
         return own.to(entropy.dtype)
+    assert fitted is not None or rule not in ("stacked", "weighted"), f"the {rule} rule needs its fitted weights"
+    if rule == "weighted" or (fallback == "weighted" and fitted is not None):
+        mask = torch.stack([present[m] for m in names], dim=1)
+        logprobs = torch.stack([torch.log_softmax(logits[m].float(), dim=1) for m in names], dim=1)
+        weights = fitted.weights if fitted is not None else torch.ones(len(names))
+        entropy = weigh(logprobs, weights.to(logprobs.device), mask).to(entropy.dtype)  # the fallback
+        if rule == "weighted":
+            return entropy
     if rule.startswith("alone:"):
         m = rule.partition(":")[2]
         return torch.where(present[m].unsqueeze(1), logits[m].to(entropy.dtype), entropy)
-    assert fitted is not None or rule not in ("stacked", "weighted"), f"the {rule} rule needs its fitted weights"
-    if rule == "weighted":
-        assert fitted is not None
-        mask = torch.stack([present[m] for m in names], dim=1)
-        logprobs = torch.stack([torch.log_softmax(logits[m].float(), dim=1) for m in names], dim=1)
-        return weigh(logprobs, fitted.weights.to(logprobs.device), mask).to(entropy.dtype)
     full = torch.stack([present[m] for m in names], dim=1).all(dim=1).unsqueeze(1)
     if rule == "head":
         assert head is not None, "the head rule needs the fusion head's logits"
@@ -175,6 +180,8 @@ class Choice:
     estimate: float
     fitted: Fitted
     samples: int
+    estimate_macro_f1: float = float("nan")
+    """The macro-F1 of the same nested predictions as ``estimate``."""
 
     @property
     def stacked(self) -> tuple[Tensor, Tensor]:
@@ -221,10 +228,14 @@ def choose_rule(
     ]
     n = len(label)
     parts = _folds(n, folds, seed)
-    correct = {r: _correct(r, logits, present, label, num_classes, parts, head, own) for r in candidates}
+    predicted = {r: _predicted(r, logits, present, label, num_classes, parts, head, own) for r in candidates}
+    correct = {r: p == label if p is not None else None for r, p in predicted.items()}
     scores = {r: float(c.double().mean()) if c is not None else float("nan") for r, c in correct.items()}
     best = _best(candidates, scores)
-    return Choice(best, scores, _nested_estimate(candidates, correct, parts), _fit_all(logits, label, num_classes), n)
+    nested = _nested_predictions(predicted, correct, parts)
+    estimate = float((nested == label).double().mean()) if nested is not None else float("nan")
+    f1 = macro_f1(F.one_hot(nested, num_classes).float(), label, num_classes) if nested is not None else float("nan")
+    return Choice(best, scores, estimate, _fit_all(logits, label, num_classes), n, f1)
 
 
 def _folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
@@ -235,7 +246,7 @@ def _folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return np.array_split(order, max(2, min(folds, n // 2)))
 
 
-def _correct(
+def _predicted(
     rule: str,
     logits: Mapping[str, Tensor],
     present: Mapping[str, Tensor],
@@ -245,22 +256,22 @@ def _correct(
     head: Tensor | None,
     own: Tensor | None,
 ) -> Tensor | None:
-    """(n,) whether ``rule`` classifies each sample right (cross-fitted for a fitted rule), or
-    None when there is nothing to score."""
+    """(n,) the class ``rule`` gives each sample (cross-fitted for a fitted rule), or None when
+    there is nothing to score."""
     if len(label) == 0:
         return None
     if rule not in ("stacked", "weighted"):
-        return apply_rule(rule, logits, present, head=head, own=own).argmax(1) == label
+        return apply_rule(rule, logits, present, head=head, own=own).argmax(1)
     if not parts:
         return None
-    out = torch.zeros(len(label), dtype=torch.bool)
+    out = torch.zeros(len(label), dtype=torch.long)
     for held in parts:
         rest = torch.as_tensor(np.setdiff1d(np.arange(len(label)), held))
         held_rows = torch.as_tensor(held)
         fitted = _fit_all({m: v[rest] for m, v in logits.items()}, label[rest], num_classes, only=rule)
         sub = {m: v[held_rows] for m, v in logits.items()}
         fused = apply_rule(rule, sub, {m: v[held_rows] for m, v in present.items()}, fitted)
-        out[held_rows] = fused.argmax(1) == label[held_rows]
+        out[held_rows] = fused.argmax(1)
     return out
 
 
@@ -285,21 +296,23 @@ def _best(candidates: Sequence[str], scores: Mapping[str, float]) -> str:
     return max(valid, key=lambda r: (scores[r], -PREFERENCE.index(r.partition(":")[0])))
 
 
-def _nested_estimate(
-    candidates: Sequence[str], correct: Mapping[str, Tensor | None], parts: Sequence[np.ndarray]
-) -> float:
-    """The accuracy of 'choose the best-scoring rule', each fold scored by the rule chosen on the
-    other folds (the choice never sees the samples it is scored on)."""
+def _nested_predictions(
+    predicted: Mapping[str, Tensor | None], correct: Mapping[str, Tensor | None], parts: Sequence[np.ndarray]
+) -> Tensor | None:
+    """(n,) the predictions of 'choose the best-scoring rule', each fold's by the rule chosen on
+    the other folds (the choice never sees the samples it is scored on); None without folds."""
     scored = {r: c for r, c in correct.items() if c is not None}
     if not parts or not scored:
-        return float("nan")
+        return None
     n = len(next(iter(scored.values())))
-    hits = 0
+    out = torch.zeros(n, dtype=torch.long)
     for held in parts:
         rest = np.setdiff1d(np.arange(n), held)
         inner = {r: float(c[rest].double().mean()) for r, c in scored.items()}
-        hits += int(scored[_best(list(scored), inner)][held].sum())
-    return hits / n
+        chosen = predicted[_best(list(scored), inner)]
+        assert chosen is not None
+        out[torch.as_tensor(held)] = chosen[torch.as_tensor(held)]
+    return out
 
 
 class ChosenFusion(nn.Module):
@@ -319,9 +332,12 @@ class ChosenFusion(nn.Module):
     bias: Tensor
     weights: Tensor
 
-    def __init__(self, modalities: Sequence[str], num_classes: int, rules: Sequence[str] | None = None):
+    def __init__(
+        self, modalities: Sequence[str], num_classes: int, rules: Sequence[str] | None = None, fallback: str = "entropy"
+    ):
         super().__init__()
         self.modalities = list(modalities)
+        self.fallback = fallback
         self.names = rule_names(self.modalities)
         self.rules = list(rules) if rules is not None else list(self.names)
         unknown = [r for r in self.rules if r not in self.names]
@@ -335,6 +351,8 @@ class ChosenFusion(nn.Module):
         self.register_buffer("weights", torch.ones(len(self.modalities)))
         self.scores: dict[str, float] = {}
         self.estimate = float("nan")
+        self.estimate_macro_f1 = float("nan")
+        self.samples = 0
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
         # Runs saved before the ``weighted`` rule have no weights: they never chose it.
@@ -354,7 +372,7 @@ class ChosenFusion(nn.Module):
     ) -> Tensor:
         ordered = {m: logits[m] for m in self.modalities}
         fitted = Fitted((self.weight, self.bias), self.weights)
-        return apply_rule(self.chosen, ordered, present, fitted, head, own)
+        return apply_rule(self.chosen, ordered, present, fitted, head, own, self.fallback)
 
     def fit(
         self,
@@ -390,4 +408,6 @@ class ChosenFusion(nn.Module):
         self.weights.copy_(choice.fitted.weights)
         self.scores = dict(choice.scores)
         self.estimate = choice.estimate
+        self.estimate_macro_f1 = choice.estimate_macro_f1
+        self.samples = choice.samples
         return choice

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from altmodal.bagging import Bag
+from altmodal.bagging import Bag, saved_learners
 from altmodal.config import ConfigError
 from altmodal.data.dataset import MultimodalDataset, Transform
 from altmodal.data.features import PRESENT_PREFIX, RESERVED, DataError, check_float32, check_modality, read_arrays
@@ -399,7 +399,7 @@ def load_run(path: str | Path, device: str = "auto", encoders: Mapping[str, nn.M
         )
         for _ in range(folds)
     ]
-    strategy: Model = members[0] if folds == 1 else Bag(members, spec)
+    strategy: Model = members[0] if folds == 1 else Bag(members, spec, saved_learners(card, spec))
     strategy.place(Dist(device=resolve_device(device)), config.train.eval_batch_size, config.train.precision)
     load_model_weights(strategy, run)
     stats = _preprocessing(run, card, shapes)

@@ -26,7 +26,7 @@ def curves(results: Results, root: Path, base: Mapping[str, Any], modalities: Se
     modality, read from the runs' history.csv."""
     out: dict[str, Any] = {}
     for cell in results:
-        if cell.group != "main" or cell.label in out:
+        if cell.group != "main" or cell.label in out or cell.reference:  # (a reference row has no epochs)
             continue
         folder = run_path(root, cell, cell.config(base))
         history = read_csv(folder / "history.csv", f"the run's history is damaged: delete {folder} to train it again")

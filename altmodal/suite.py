@@ -29,6 +29,7 @@ from typing import Any
 
 from altmodal.benchmark import BenchmarkConfig, cells, labels, modalities_of, run_grid, slug
 from altmodal.metrics import mean_std
+from altmodal.reference import PREFIX
 from altmodal.report import write_report
 from altmodal.runs import atomic_write, write_json
 from altmodal.tables import Results, fmt, values
@@ -210,8 +211,8 @@ def summarize(results: Results, strategies: Sequence[str], modalities: Sequence[
     rows: dict[str, dict[str, Any]] = {}
     for label in strategies:
         fused = values(results, "main", label, ["test", "fused", "accuracy"])
-        ratios = []
-        for m in modalities:
+        ratios = []  # (a reference row's modalities are learners of their own, not inside one model)
+        for m in modalities if not label.startswith(PREFIX) else ():
             inside = values(results, "main", label, ["test", "unimodal", m, "accuracy"])
             alone = values(results, "alone", m, ["test", "unimodal", m, "accuracy"])
             if inside and alone:

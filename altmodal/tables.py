@@ -66,7 +66,8 @@ def build_tables(results: Results, grid: Sequence[Cell], modalities: Sequence[st
     tables["missing_train_test"] = missing_train_test(results, grid, strategies)
     tables["missing_shares"] = missing_shares(results)
     main_results = [r for c, r in results.items() if c.group == "main"]
-    subsets = list(main_results[0]["metrics"]["test"]["present"]) if main_results else []
+    found = [r["metrics"]["test"]["present"] for r in main_results if "present" in r.get("metrics", {}).get("test", {})]
+    subsets = list(found[0]) if found else []  # (a reference row has none)
     tables["present_subsets"] = table(
         results, "main", {name: ["test", "present", name, "accuracy"] for name in subsets}, strategies
     )
@@ -82,7 +83,7 @@ def build_tables(results: Results, grid: Sequence[Cell], modalities: Sequence[st
 def laziness(results: Results, strategies: Sequence[str], modalities: Sequence[str]) -> Table:
     """Unimodal accuracy inside each model over the modality's accuracy trained alone (per seed)."""
     rows = []
-    for label in strategies:
+    for label in (s for s in strategies if not s.startswith("sklearn:")):  # (reference rows: no one model)
         cells = {}
         for m in modalities:
             inside = values(results, "main", label, ["test", "unimodal", m, "accuracy"])
@@ -154,7 +155,7 @@ def analysis_table(results: Results, strategies: Sequence[str], section: str, ke
         for cell, result in results.items():
             if cell.group != "main" or cell.label != label:
                 continue
-            for name, block in result["metrics"]["analyses"][section].items():
+            for name, block in result["metrics"].get("analyses", {}).get(section, {}).items():
                 value = block if key is None else block[key]
                 if isinstance(value, (int, float)) and not math.isnan(value):
                     cells.setdefault(name, []).append(float(value))

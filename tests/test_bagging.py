@@ -83,9 +83,15 @@ def test_the_bag_averages_its_members_and_fuses_by_the_chosen_rule(bagged):
     with torch.no_grad():
         heads = [m.strategy.fusion_head(e.features) for m, e in zip(members, each)]
     head = torch.stack([torch.log_softmax(h, 1) for h in heads]).mean(0)
+    standardized = members[0].dataset(inputs)[0]
+    learners = bag.strategy.learners  # the classical learners: each the mean of its members' answers
+    assert learners is not None and len(learners.fitted) == 3
+    arrays = {m: np.asarray(standardized.arrays[m])[standardized.rows] for m in inputs}
+    answers = learners.log_probs(arrays, {m: p.numpy() for m, p in present.items()})
+    experts = {**logp, **answers}
     fitted = Fitted((fusion.weight, fusion.bias), fusion.weights)
-    expected = apply_rule(fusion.chosen, logp, present, fitted, head, own).softmax(1)
-    assert np.allclose(bag.predict_proba(inputs), expected.numpy(), atol=1e-5)
+    expected = apply_rule(fusion.chosen, experts, {**present, **learners.present(present)}, fitted, head, own)
+    assert np.allclose(bag.predict_proba(inputs), expected.softmax(1).numpy(), atol=1e-5)
 
 
 def test_an_interrupted_cross_fitted_run_resumes_to_the_same_model(tmp_path, monkeypatch, bagged):

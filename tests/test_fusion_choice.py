@@ -146,3 +146,35 @@ def test_the_weighted_rule_learns_to_discount_a_weak_modality():
     w_strong, w_weak = choice.fitted.weights.tolist()
     assert w_strong > 2 * w_weak
     assert choice.scores["weighted"] > choice.scores["mean"]
+
+
+def test_the_estimate_and_its_macro_f1_come_from_the_same_nested_predictions():
+    # One candidate: the nested choice is that rule on every fold, so the estimate is its
+    # accuracy and the macro-F1 its macro-F1 over the complete samples it scored (not the rest).
+    from altmodal.metrics import macro_f1
+
+    torch.manual_seed(0)
+    n, c = 60, 3
+    label = torch.arange(n) % c
+    logits = {"m0": torch.randn(n, c) + confident(label, c, 1.0), "m1": torch.randn(n, c)}
+    present = {"m0": torch.ones(n, dtype=torch.bool), "m1": torch.arange(n) < 50}
+    choice = choose_rule(logits, present, label, c, rules=["mean"], seed=0)
+    full = present["m1"]
+    mean = apply_rule("mean", {m: v[full] for m, v in logits.items()}, {m: v[full] for m, v in present.items()})
+    assert choice.samples == 50
+    assert choice.estimate == pytest.approx(float((mean.argmax(1) == label[full]).double().mean()))
+    assert choice.estimate_macro_f1 == pytest.approx(macro_f1(mean, label[full], c))
+
+
+def test_a_runs_held_out_block_reports_the_nested_estimate_over_the_samples_it_covers(tmp_path):
+    metrics = train_run(tiny_config(epochs=2, test_missing_rate=0.3), tmp_path / "run")
+    summary, val = metrics["strategy_summary"], metrics["val"]
+    assert val["fused"]["accuracy"] == summary["fusion_estimate"]
+    assert val["fused"]["macro_f1"] == summary["fusion_estimate_macro_f1"]
+    from altmodal.data.registry import load_splits
+
+    config = tiny_config(epochs=2, test_missing_rate=0.3)
+    splits = load_splits(config.data, config.train.seed)
+    rows = splits.val.rows
+    complete = int(sum(all(splits.val.present[m][r] for m in splits.modalities) for r in rows))
+    assert val["count"] == summary["samples"] == complete < len(rows)

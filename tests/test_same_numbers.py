@@ -43,7 +43,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "projection_method": "ogd",
     },
     "mla-pca-ogd-stats": {"strategy": "mla", "projection_method": "pca-ogd", "projection_stats": True},
-    "mla-folds": {"strategy": "mla", "folds": 2},
+    "mla-folds": {"strategy": "mla", "folds": 2, "learners": ("none",)},  # the networks (learners: test_learners)
 }
 COMMON = {"epochs": 3, "train_missing_rate": 0.3, "test_missing_rate": 0.2, "patience": 0}
 

@@ -42,6 +42,12 @@ class DataConfig:
         "sees the out-of-fold predictions' samples), or the fold it predicts (more training data, but the fusion "
         "is then scored on the samples that chose the epoch)",
     )
+    learners: tuple[str, ...] = option(
+        ("linear", "boosted"),
+        "classical learners a cross-fitted run of feature data trains beside its networks, on each member's rows: "
+        "one per modality and kind and one on the joined features, their out-of-fold predictions candidates of "
+        "the fusion (linear: logistic regression, boosted: gradient-boosted trees; none: networks only)",
+    )
     val_fraction: float = option(0.15, "validation share of each class when the data has no split")
     test_fraction: float = option(0.25, "test share of each class when the data has no split")
     standardize: bool = option(True, "standardise feature data with training-split statistics")
@@ -77,6 +83,8 @@ class DataConfig:
             require(0 <= value < 1, name, value, "in [0, 1)")
         require(0 < self.complete_share <= 1, "complete_share", self.complete_share, "in (0, 1]")
         require(self.folds >= 1, "folds", self.folds, "at least 1")
+        known = ("linear", "boosted", "none")
+        require(all(k in known for k in self.learners), "learners", self.learners, f"among {', '.join(known)}")
         require(0 <= self.fold <= self.folds and (self.fold == 0 or self.folds > 1), "fold", self.fold, "in 0..folds")
 
 

@@ -284,7 +284,13 @@ class MLA(Strategy):
         if self.chosen_fusion is None:
             return {}
         fusion = self.chosen_fusion
-        return {"fusion": fusion.chosen, "fusion_scores": fusion.scores, "fusion_estimate": fusion.estimate}
+        return {
+            "fusion": fusion.chosen,
+            "fusion_scores": fusion.scores,
+            "fusion_estimate": fusion.estimate,
+            "fusion_estimate_macro_f1": fusion.estimate_macro_f1,
+            "samples": fusion.samples,
+        }
 
     # ----- training ----------------------------------------------------------------------------
     def step_order(self) -> list[str]:

@@ -1,0 +1,295 @@
+"""Classical learners beside the networks: linear models, boosted trees and kernel machines.
+
+On feature data the strongest single learners are often not networks. A learner here is a
+scikit-learn estimator fitted on the rows of one modality or of all of them joined, tuned only on
+the rows it is fitted on (inner cross-validation, or the boosting's own early stopping), and it
+predicts (N, C) log-probabilities. Three kinds (:data:`KINDS`):
+
+- ``linear``: multinomial logistic regression, its L2 strength chosen by 3-fold inner CV;
+- ``boosted``: histogram gradient boosting, its number of trees chosen by early stopping on an
+  inner validation share; absent inputs are NaN, which the trees route natively;
+- ``svm``: an RBF support-vector machine, C chosen by 3-fold inner CV (a reference on the joined
+  features only: its scores are not probabilities).
+
+Inputs are the model's own inputs: standardised features, so the linear and kernel learners fill
+an absent modality with 0, the training mean (mean imputation).
+
+They meet the networks in two places only. In a cross-fitted run (:mod:`altmodal.bagging`) each
+member's rows train one learner per modality and kind and one on the joined features; their
+predictions on the fold the member never saw join the networks' as candidates and as columns of
+the stacked fusion. In the benchmark, a learner on the joined features is a reference row
+(:mod:`altmodal.reference`). A fitted learner is saved in the skops format (arrays and JSON, no
+pickle) and loaded back only if every type it names is one of :data:`TRUSTED`.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+KINDS = ("linear", "boosted", "svm")
+IN_MODELS = ("linear", "boosted")
+"""The kinds a cross-fitted run may train beside its networks (``--learners``)."""
+JOINED = "all"
+"""The name part of a learner on every modality joined (``all:<kind>``)."""
+TREES = 3000
+"""At most this many trees in a boosted learner (iterations times classes, at least 30 iterations):
+its cost and its size on disk stay bounded with many classes."""
+WIDEST_BOOSTED = 1000
+"""Boosted trees see at most this many input columns: on wider inputs (thousands of term counts)
+the columns whose class means differ most on the learner's own rows (the ANOVA F statistic), which
+bounds their cost."""
+TRUSTED = (
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.model_selection._split.StratifiedKFold",
+)
+"""The types a saved learner may name besides those skops trusts by default (scikit-learn's
+estimators, numpy arrays): a boosted learner's trees and a linear learner's inner folds. Any other
+type refuses to load."""
+
+
+def require_sklearn() -> None:
+    try:
+        import sklearn  # noqa: F401
+        import skops  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"classical learners need scikit-learn and skops ({err.name} is missing): pip install scikit-learn skops"
+        ) from err
+
+
+def learner_names(modalities: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """Every learner a cross-fitted run trains: ``<modality>:<kind>`` for each modality, then
+    ``all:<kind>`` on the joined features (with two or more modalities)."""
+    names = [f"{m}:{k}" for k in kinds for m in modalities]
+    return names + ([f"{JOINED}:{k}" for k in kinds] if len(modalities) > 1 else [])
+
+
+def covered(name: str, modalities: Sequence[str]) -> list[str]:
+    """The modalities learner ``name`` reads."""
+    part = name.rpartition(":")[0]
+    return list(modalities) if part == JOINED else [part]
+
+
+def joined_inputs(
+    inputs: Mapping[str, Any], present: Mapping[str, Any], modalities: Sequence[str], kind: str
+) -> np.ndarray:
+    """(N, D) the modalities' flattened inputs side by side; an absent modality's block is NaN
+    for boosted trees (their native missing values) and 0 (the standardised mean) otherwise."""
+    blocks = []
+    for m in modalities:
+        x = np.asarray(inputs[m], dtype=np.float32).reshape(len(present[m]), -1).copy()
+        x[~np.asarray(present[m], dtype=bool)] = np.nan if kind == "boosted" else 0.0
+        blocks.append(x)
+    return np.concatenate(blocks, axis=1)
+
+
+def _inner_folds(label: np.ndarray, seed: int) -> Any:
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(np.bincount(label)[np.unique(label)].min())
+    return StratifiedKFold(max(2, min(3, smallest)), shuffle=True, random_state=seed) if smallest >= 2 else None
+
+
+def estimator(kind: str, label: np.ndarray, seed: int) -> Any:
+    """An unfitted estimator of ``kind``, its tuning inside (inner CV on the rows it is fitted on)."""
+    require_sklearn()
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    folds = _inner_folds(label, seed)
+    if kind == "linear":
+        if folds is None:
+            return LogisticRegression(C=1.0, max_iter=300)
+        return LogisticRegressionCV(
+            Cs=[1e-2, 1e-1, 1.0, 10.0], cv=folds, max_iter=100, tol=1e-3, scoring="neg_log_loss"
+        )  # (L-BFGS stopped early: the last digits of a weight change no prediction)
+    if kind == "boosted":
+        few = len(label) < 100 or folds is None
+        classes = len(np.unique(label))
+        return HistGradientBoostingClassifier(
+            max_iter=int(np.clip(TREES // max(classes, 1), 30, 300)),  # a tree per class and iteration
+            early_stopping=not few,
+            validation_fraction=0.2,
+            n_iter_no_change=20,
+            max_leaf_nodes=15,
+            min_samples_leaf=max(2, min(20, len(label) // 50)),
+            l2_regularization=1.0,
+            random_state=seed,
+        )
+    if kind == "svm":
+        svm = SVC(kernel="rbf", gamma="scale")
+        return svm if folds is None else GridSearchCV(svm, {"C": [0.1, 1.0, 10.0, 100.0]}, cv=folds)
+    raise ValueError(f"unknown learner {kind!r}; learners: {', '.join(KINDS)}")
+
+
+def fit(kind: str, x: np.ndarray, label: np.ndarray, seed: int) -> Any:
+    """``kind`` fitted on (N, D) ``x`` and (N,) ``label``, quietly (convergence warnings of a
+    tuning grid's extreme strengths say nothing about the chosen one)."""
+    from threadpoolctl import threadpool_limits
+
+    model = estimator(kind, label, seed)
+    with warnings.catch_warnings(), threadpool_limits(torch.get_num_threads()):  # the run's thread count
+        warnings.simplefilter("ignore")
+        columns = screened(x, label) if kind == "boosted" and x.shape[1] > WIDEST_BOOSTED else None
+        model.fit(x if columns is None else x[:, columns], label)
+    if columns is not None:
+        model.columns_ = columns  # read by log_proba; saved with the model
+    return model
+
+
+def screened(x: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """The :data:`WIDEST_BOOSTED` columns of ``x`` with the largest ANOVA F statistic against
+    ``label`` (constant columns last), in their order."""
+    from sklearn.feature_selection import f_classif
+
+    if len(np.unique(label)) < 2:
+        return np.arange(WIDEST_BOOSTED)
+    f = np.nan_to_num(f_classif(np.nan_to_num(x), label)[0], nan=-1.0, posinf=np.finfo(np.float64).max)
+    return np.sort(np.argsort(-f, kind="stable")[:WIDEST_BOOSTED])
+
+
+def log_proba(model: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, C) log-probabilities of a fitted learner over all C classes (a class it never saw
+    gets a tiny probability). An SVM's one-vs-rest scores stand in for log-probabilities."""
+    classes = np.asarray(model.classes_, dtype=np.int64)
+    columns = getattr(model, "columns_", None)
+    x = x if columns is None else x[:, columns]
+    out = np.full((len(x), num_classes), -20.0, dtype=np.float32)
+    if len(x) == 0:
+        return out
+    if hasattr(model, "predict_proba") and not _is_svm(model):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proba = np.clip(model.predict_proba(x), 1e-9, 1.0)
+        out[:, classes] = np.log(proba / proba.sum(axis=1, keepdims=True))
+        return out
+    scores = model.decision_function(x)
+    if scores.ndim == 1:  # two classes: one score for the second
+        scores = np.stack([-scores, scores], axis=1) / 2
+    out[:, classes] = scores
+    return out
+
+
+def _is_svm(model: Any) -> bool:
+    inner = getattr(model, "estimator", model)
+    return type(inner).__name__ == "SVC"
+
+
+def dumps(models: Any) -> bytes:
+    """Fitted learners (any nesting of lists and dicts) in the skops format."""
+    require_sklearn()
+    import skops.io as sio
+
+    return sio.dumps(models, compression=zipfile.ZIP_DEFLATED)  # type: ignore[no-any-return]
+
+
+def loads(data: bytes, source: str) -> Any:
+    """What :func:`dumps` wrote. Refused, with a message naming ``source``, when the data names
+    a type outside :data:`TRUSTED`: nothing of it is built, no code of it runs."""
+    require_sklearn()
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as err:  # a damaged or foreign file: skops raises what its parser meets
+        raise ValueError(f"{source}: the saved learners cannot be read ({type(err).__name__}: {err})") from err
+    refused = [t for t in untrusted if t not in TRUSTED]
+    if refused:
+        raise ValueError(f"{source}: the saved learners name a type that is not allowed ({refused[0]}); not loaded")
+    return sio.loads(data, trusted=list(untrusted))
+
+
+class Learners(nn.Module):
+    """The learners of a cross-fitted run: for each member, one fitted learner per name of
+    :func:`learner_names`, saved inside the model's state (``learners._extra_state``: the skops
+    bytes as a uint8 tensor).
+
+    Args:
+        names: the learners, ``<modality>:<kind>`` or ``all:<kind>``.
+        modalities: the model's modalities, in order.
+        num_classes: C.
+    """
+
+    def __init__(self, names: Sequence[str], modalities: Sequence[str], num_classes: int):
+        super().__init__()
+        self.names = list(names)
+        self.modalities = list(modalities)
+        self.num_classes = num_classes
+        self.fitted: list[dict[str, Any]] = []
+        """Per member: name -> fitted estimator."""
+
+    def fit_member(self, inputs: Mapping[str, Any], present: Mapping[str, Any], label: np.ndarray, seed: int) -> None:
+        """Fit every learner on one member's rows (a learner only on the rows that have each
+        modality it reads) and keep them as the next member's."""
+        label = np.asarray(label, dtype=np.int64)
+        fitted = {}
+        for i, name in enumerate(self.names):
+            kind, reads = name.rpartition(":")[2], covered(name, self.modalities)
+            rows = np.all([np.asarray(present[m], dtype=bool) for m in reads], axis=0)
+            x = joined_inputs({m: inputs[m] for m in reads}, {m: present[m] for m in reads}, reads, kind)
+            fitted[name] = fit(kind, x[rows], label[rows], seed + 7919 * i)
+        self.fitted.append(fitted)
+
+    def member_log_probs(self, k: int, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, Tensor]:
+        """name -> (N, C) member ``k``'s learners' log-probabilities (any row: where a learner's
+        modality is absent, its answer is not read)."""
+        out = {}
+        for name, model in self.fitted[k].items():
+            reads = covered(name, self.modalities)
+            x = joined_inputs(
+                {m: _host(inputs[m]) for m in reads},
+                {m: _host(present[m]) for m in reads},
+                reads,
+                name.rpartition(":")[2],
+            )
+            out[name] = torch.from_numpy(log_proba(model, x, self.num_classes))
+        return out
+
+    def log_probs(self, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, Tensor]:
+        """name -> (N, C) the mean over members of their learners' log-probabilities."""
+        parts = [self.member_log_probs(k, inputs, present) for k in range(len(self.fitted))]
+        return {n: torch.stack([p[n] for p in parts]).mean(dim=0) for n in self.names}
+
+    def present(self, present: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """name -> (N,) whether the learner has every modality it reads."""
+        return {n: torch.stack([present[m] for m in covered(n, self.modalities)]).all(dim=0) for n in self.names}
+
+    def get_extra_state(self) -> Tensor:
+        data = dumps([{n: member[n] for n in self.names} for member in self.fitted])
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
+            raise ValueError("the saved learners are not a byte tensor; the model file is damaged")
+        fitted = loads(state.cpu().numpy().tobytes(), "the model's learners")
+        if not isinstance(fitted, list) or not all(isinstance(f, dict) and set(f) == set(self.names) for f in fitted):
+            raise ValueError(f"the saved learners are not one table of {', '.join(self.names)} per member")
+        self.fitted = fitted
+
+
+def rows_of(datasets: Sequence[Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """The inputs, presence masks and labels of the rows of these datasets
+    (:class:`~altmodal.data.dataset.MultimodalDataset` views), one after the other."""
+    rows = [d.rows for d in datasets]
+    first = datasets[0]
+    inputs = {m: np.concatenate([np.asarray(d.arrays[m][r]) for d, r in zip(datasets, rows)]) for m in first.modalities}
+    present = {
+        m: np.concatenate([np.asarray(d.present[m])[r] for d, r in zip(datasets, rows)]) for m in first.modalities
+    }
+    return inputs, present, np.concatenate([d.labels[r] for d, r in zip(datasets, rows)])
+
+
+def _host(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+__all__ = ["IN_MODELS", "KINDS", "Learners", "dumps", "fit", "joined_inputs", "learner_names", "loads", "log_proba"]

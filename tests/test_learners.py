@@ -1,0 +1,138 @@
+"""Classical learners: inside a cross-fitted run (candidates of its fusion, saved without pickle)
+and as the benchmark's reference rows."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from altmodal import load_run
+from altmodal.benchmark import BenchmarkConfig, cells, run_grid
+from altmodal.experiment import evaluate_run, train_run
+from altmodal.learners import Learners, dumps, learner_names, loads, log_proba
+from altmodal.reference import reference_kind, run_reference
+from tests.conftest import TINY, tiny_config
+
+
+def test_learner_names_cover_each_modality_and_the_joined_features():
+    assert learner_names(["a", "b"], ["linear", "boosted"]) == [
+        "a:linear",
+        "b:linear",
+        "a:boosted",
+        "b:boosted",
+        "all:linear",
+        "all:boosted",
+    ]
+    assert learner_names(["a"], ["linear"]) == ["a:linear"]  # one modality: nothing to join
+
+
+def test_boosted_trees_on_wide_inputs_see_the_most_informative_columns_and_route_missing_values():
+    from altmodal.learners import WIDEST_BOOSTED, fit
+
+    rng = np.random.default_rng(0)
+    label = np.repeat([0, 1, 2], 40)
+    x = rng.normal(size=(120, WIDEST_BOOSTED + 500)).astype(np.float32)
+    x[:, 7] += 3 * label  # the one informative column
+    x[:, 11] = 0.0  # a constant one
+    model = fit("boosted", x, label, seed=0)
+    assert len(model.columns_) == WIDEST_BOOSTED and 7 in model.columns_ and 11 not in model.columns_
+    holes = x.copy()
+    holes[:10] = np.nan  # a whole absent modality: native missing values
+    out = log_proba(model, holes, num_classes=3)
+    assert out.shape == (120, 3) and np.isfinite(out).all()
+    assert (out[10:].argmax(1) == label[10:]).mean() > 0.9
+
+
+def test_log_proba_covers_every_class_even_one_the_learner_never_saw():
+    from altmodal.learners import fit
+
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    label = np.repeat([0, 2], 30)  # class 1 absent from these rows
+    out = log_proba(fit("linear", x, label, seed=0), x, num_classes=3)
+    assert out.shape == (60, 3) and np.all(out[:, 1] < -10)
+    assert np.allclose(np.exp(out[:, [0, 2]]).sum(1), 1, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def with_learners(tmp_path_factory):
+    out = tmp_path_factory.mktemp("learners") / "run"
+    return out, train_run(tiny_config(folds=3, epochs=2, learners=("linear", "boosted")), out)
+
+
+def test_a_cross_fitted_run_weighs_its_learners_out_of_fold_and_reloads_them(with_learners):
+    out, metrics = with_learners
+    card = json.loads((out / "model.json").read_text())
+    assert card["learners"] == ["m0:linear", "m1:linear", "m0:boosted", "m1:boosted", "all:linear", "all:boosted"]
+    scores = metrics["strategy_summary"]["fusion_scores"]
+    assert {"alone:m0:linear", "alone:all:boosted", "stacked", "weighted"} <= set(scores)
+    saved = load_file(out / "model.safetensors")
+    assert saved["learners._extra_state"].dtype == torch.uint8  # skops bytes: arrays and JSON, no pickle
+    assert evaluate_run(out)["test"]["fused"]["accuracy"] == pytest.approx(metrics["test"]["fused"]["accuracy"])
+    model = load_run(out)
+    assert len(model.strategy.learners.fitted) == 3  # one set per member
+
+
+def test_a_planted_payload_in_the_saved_learners_is_refused_and_runs_nothing(with_learners, tmp_path):
+    import shutil
+
+    out, _ = with_learners
+    planted = tmp_path / "planted"
+    shutil.copytree(out, planted)
+    payload = dumps([{"m0:linear": Payload()}])
+    saved = load_file(planted / "model.safetensors")
+    saved["learners._extra_state"] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    save_file(saved, planted / "model.safetensors")
+    Payload.ran = False
+    with pytest.raises(ValueError, match=r"not allowed \(tests\.test_learners\.Payload\)"):
+        load_run(planted)
+    assert not Payload.ran
+    with pytest.raises(ValueError, match="cannot be read"):
+        loads(b"not a zip file", "planted.skops")
+
+
+class Payload:
+    ran = False
+
+    def __setstate__(self, state):
+        Payload.ran = True
+
+
+def test_learners_refuse_a_saved_state_of_another_layout():
+    learners = Learners(["a:linear"], ["a"], 2)
+    with pytest.raises(ValueError, match="byte tensor"):
+        learners.set_extra_state(torch.zeros(3))
+    with pytest.raises(ValueError, match="one table of a:linear per member"):
+        learners.set_extra_state(torch.frombuffer(bytearray(dumps([{"b:linear": None}])), dtype=torch.uint8))
+
+
+def test_learners_none_trains_networks_only(tmp_path):
+    metrics = train_run(tiny_config(folds=2, epochs=1, learners=("none",)), tmp_path / "run")
+    assert not any(":" in r.partition(":")[2] for r in metrics["strategy_summary"]["fusion_scores"])
+    assert "learners" not in json.loads((tmp_path / "run" / "model.json").read_text())
+
+
+def test_a_reference_row_reports_like_a_run_with_missing_modalities_handled_as_a_user_would(tmp_path):
+    config = tiny_config(strategy="joint")
+    for kind in ("linear", "svm", "boosted"):
+        result = run_reference(config, kind, tmp_path / kind, rates=(0.5,))
+        test = result["metrics"]["test"]
+        assert 0.5 < test["fused"]["accuracy"] <= 1 and set(test["unimodal"]) == {"m0", "m1"}
+        assert result["missing"]["0.5"]["missing"]["realised_share"] > 0.2
+        assert result["missing"]["0.5"]["accuracy"] < test["fused"]["accuracy"]
+    again = run_reference(config, "linear", tmp_path / "linear", rates=(0.5,))  # finished: read back
+    assert again["metrics"] == json.loads((tmp_path / "linear" / "metrics.json").read_text())
+    with pytest.raises(ValueError, match="unknown reference row 'sklearn:forest'"):
+        reference_kind("sklearn:forest")
+
+
+def test_the_benchmark_runs_reference_rows_on_the_same_split_and_seed(tmp_path):
+    base = {"dataset": "synthetic", "dataset_options": TINY, "epochs": 1, "folds": 1, "hidden": (16,), "dim": 8}
+    grid = cells(BenchmarkConfig(strategies=("joint", "sklearn:linear"), seeds=(0,)), ["m0", "m1"])
+    results = run_grid(grid, base, tmp_path / "bench", missing_rates=(0.5,), jobs=1, progress=False)
+    reference = next(r for c, r in results.items() if c.label == "sklearn:linear")
+    joint = next(r for c, r in results.items() if c.label == "joint")
+    assert reference["metrics"]["seed"] == joint["metrics"]["seed"] == 0
+    assert set(reference["missing"]) == set(joint["missing"]) == {"0.5"}
+    assert len(list((tmp_path / "bench" / "runs").glob("sklearn-linear-seed0-*"))) == 1
