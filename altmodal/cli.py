@@ -41,6 +41,7 @@ from altmodal.experiment import (
 from altmodal.prepare import add_prepare_command
 from altmodal.strategies import STRATEGIES, TrainConfig
 from altmodal.threads import THREADS_HELP, parse_threads, threads_for, torch_threads
+from altmodal.runs import without_nan
 from altmodal.trainer import Callback
 
 Handler = Callable[[argparse.Namespace], int]
@@ -261,8 +262,8 @@ def print_block(block: Mapping[str, Any], split: str) -> None:
             print(f"  {name:<24} {_figure(row['accuracy'])}  (n={row['count']})")
 
 
-def _figure(value: float) -> str:
-    return "n/a" if value != value else f"{value:.4f}"  # NaN: no sample to score
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"  # NaN (null in JSON): no sample to score
 
 
 def modality_list(text: str | None, flag: str = "--present", what: str = "modality") -> list[str] | None:
@@ -302,17 +303,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"run: {result['run']}  ({args.split} split, {shown}{rate})")
     print_block(result[args.split], args.split)
     return 0
-
-
-def without_nan(obj: Any) -> Any:
-    """``obj`` with every NaN float replaced by None (JSON null)."""
-    if isinstance(obj, float) and obj != obj:
-        return None
-    if isinstance(obj, Mapping):
-        return {k: without_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [without_nan(v) for v in obj]
-    return obj
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -28,6 +28,11 @@ estimator holds out nothing else: score it on data of your own). The folder is t
 ``folder`` names one; :meth:`save` writes the model as a run folder :func:`altmodal.load_run`
 and ``altmodal predict --run`` read, and :meth:`from_run` wraps any run folder as a fitted
 estimator. A fitted estimator pickles (``joblib.dump``) with its model.
+
+Security: unpickling (``joblib.load``, ``pickle.load``) runs code the file names, so a tampered
+pickle runs code: load only pickles you wrote. To share or store a model, :meth:`save` it and read
+it back with :meth:`from_run`: a run folder holds safetensors weights and JSON, and reading them
+runs no code.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from altmodal.data.user import as_array
 from altmodal.experiment import resolve, train_run
 from altmodal.predictor import Predictor, load_run
 from altmodal.threads import threads_for, torch_threads
+from altmodal.trainer import kept_rng_state
 
 NAMED = ("strategy", "epochs", "lr", "batch_size", "seed", "device")
 """Settings the estimator takes as parameters of its own (not through ``options``)."""
@@ -66,6 +72,10 @@ NOT_OPTIONS = ("dataset", "data_dir", "label", "columns", "val_fraction", "test_
 
 class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """A multimodal classifier with the scikit-learn interface (see the module docstring).
+
+    It pickles with ``joblib``, but loading a pickle runs code, a tampered one's too: share a
+    fitted model as a run folder (:meth:`save`, then :meth:`from_run`; safetensors and JSON,
+    read without running code).
 
     Args:
         strategy: the training strategy (``mla``, the default, ``joint``, ``ume``, ...).
@@ -173,8 +183,9 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         return {**named, **options}
 
     def _train(self, config: Any, out: Path, loaded: Loaded) -> tuple[Predictor, dict[str, Any]]:
-        result = train_run(config, out, data=loaded, threads=self.threads)
-        return load_run(out, device=self.device), dict(result)
+        with kept_rng_state():  # training and building the model draw from the global generators
+            result = train_run(config, out, data=loaded, threads=self.threads)
+            return load_run(out, device=self.device), dict(result)
 
     # ----- inputs ------------------------------------------------------------------------------
     def _inputs(self, X: Any, fitting: bool) -> tuple[dict[str, np.ndarray], dict[str, list[Any]] | None]:

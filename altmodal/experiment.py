@@ -42,7 +42,7 @@ from altmodal.settings import (  # noqa: F401  (the run's settings, importable f
 )
 from altmodal.strategies import Strategy, build_strategy
 from altmodal.threads import Threads, threads_for, torch_threads
-from altmodal.trainer import Callback, Trainer, rng_state, set_rng_state
+from altmodal.trainer import Callback, Trainer, kept_rng_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def train_run(
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=name))
     config = with_absolute_paths(config)
     dist = dist or Dist(device=resolve_device(config.train.device))
-    return _train_in(config, Path(out), dist, progress, overwrite, encoders, loaded, callbacks, threads)
+    with kept_rng_state():  # the run seeds the global generators; the caller's state comes back
+        return _train_in(config, Path(out), dist, progress, overwrite, encoders, loaded, callbacks, threads)
 
 
 def _train_in(
