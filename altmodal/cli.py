@@ -39,9 +39,9 @@ from altmodal.experiment import (
     train_run,
 )
 from altmodal.prepare import add_prepare_command
+from altmodal.runs import without_nan
 from altmodal.strategies import STRATEGIES, TrainConfig
 from altmodal.threads import THREADS_HELP, parse_threads, threads_for, torch_threads
-from altmodal.runs import without_nan
 from altmodal.trainer import Callback
 
 Handler = Callable[[argparse.Namespace], int]

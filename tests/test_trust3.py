@@ -65,11 +65,18 @@ def test_case01_formula_labels_are_neutralised_in_prediction_files(tmp_path, cap
     for path in (out, run / "predictions_test.csv"):
         cells = _cells(path)
         assert not [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r")], path
-        assert "'=HYPERLINK(\"http://x\",\"click\")" in cells and "'@SUM(1)" in cells
+        assert '\'=HYPERLINK("http://x","click")' in cells and "'@SUM(1)" in cells
         assert "prob_'+1+cmd|' /C calc'!A0" not in cells  # a header that starts with prob_ is harmless
     from altmodal.runs import spreadsheet_safe
 
-    assert [spreadsheet_safe(v) for v in ("-2+3", "-1.5", "-1", "=1", "a=b", 3)] == ["'-2+3", "-1.5", "-1", "'=1", "a=b", 3]
+    assert [spreadsheet_safe(v) for v in ("-2+3", "-1.5", "-1", "=1", "a=b", 3)] == [
+        "'-2+3",
+        "-1.5",
+        "-1",
+        "'=1",
+        "a=b",
+        3,
+    ]
 
 
 def test_case02_the_estimator_warns_that_a_pickle_runs_code():
@@ -144,7 +151,18 @@ def test_case04_json_files_never_hold_nan(tmp_path):
 
 def test_case05_a_run_whose_data_file_changed_is_refused(tmp_path, monkeypatch, capsys):
     data = _features(tmp_path / "d.npz")
-    argv = ["train", "--dataset", str(data), "--strategy", "joint", "--folds", "3", *TRAIN, "--out", str(tmp_path / "r")]
+    argv = [
+        "train",
+        "--dataset",
+        str(data),
+        "--strategy",
+        "joint",
+        "--folds",
+        "3",
+        *TRAIN,
+        "--out",
+        str(tmp_path / "r"),
+    ]
     _killed_in_member(argv, "2", monkeypatch)
     _features(data, seed=1)  # the same shapes, other values
     assert main(argv) == 2
