@@ -24,6 +24,7 @@ from altmodal.data.registry import DATASETS, load_splits
 from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import weights_by_modality
+from altmodal.files import file_digest
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.model import DataSpec, Model
 from altmodal.predictions import prediction_rows
@@ -167,6 +168,7 @@ def _train_locked(
         previous = run.read_object("config.json")
         if previous != config.to_dict():
             raise ConfigError(f"{run.path} holds a run with another config; choose another --out or pass --overwrite")
+        check_data(run, config)
         if run.finished:
             log.info("%s: finished already, skipping", run.path)
             return RunResult(run.read_object("metrics.json"), run.path, encoders=encoders, skipped=True)
@@ -176,6 +178,8 @@ def _train_locked(
         if run.has("config.json") and run.file(FOLDS).is_dir():  # the members of an overwritten run
             shutil.rmtree(run.file(FOLDS))
     dist.barrier()
+    if config.data.fold == 0:  # a cross-fitted run's members share its data, recorded in its folder
+        run.write_json(DATA_FILE, data_record(config))
     if config.data.folds > 1 and config.data.fold == 0:
         return _train_cross_fitted(config, run, dist, progress, overwrite, encoders, loaded, callbacks, threads)
     seed_everything(member_seed(config))
@@ -265,6 +269,7 @@ def _train_cross_fitted(
     members: list[Strategy] = []
     held_out = []
     history: list[dict[str, Any]] = []
+    summaries: list[Any] = []  # each member's, as its metrics.json holds it (a reloaded model forgets its scores)
     for k in range(1, config.data.folds + 1):
         member = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k))
         own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
@@ -276,6 +281,7 @@ def _train_cross_fitted(
         with torch_threads(threads_for(threads, strategy)):
             held_out.append((strategy, strategy.collect(holdout, all_subsets=False)))
         members.append(strategy)
+        summaries.append(result.get("strategy_summary", {}))
         history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
     spec = DataSpec(tuple(splits.train.modalities), splits.train.num_classes, len(splits.train.labels))
     bag = Bag(members, spec)
@@ -288,10 +294,40 @@ def _train_cross_fitted(
         metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)
     metrics["train_seconds"] = seconds
     metrics["best_epoch"] = [m.best_epoch for m in members]
+    if "members" in metrics.get("strategy_summary", {}):
+        metrics["strategy_summary"]["members"] = summaries
     card = {**model_card(bag, splits, config, encoders or {}), "folds": config.data.folds}
     if run.main:
         write_csv(run.file("history.csv"), history)
     return _write_model(run, dist, bag, card, splits, test_outputs, metrics, config)
+
+
+DATA_FILE = "data.json"
+"""What the run's data file held: its path and the SHA-256 of its bytes (empty for other data)."""
+
+
+def data_record(config: RunConfig) -> dict[str, str]:
+    """The path and SHA-256 of the run's data file (a .npz, .csv or .parquet dataset); empty for a
+    built-in dataset, data handed over from Python (its digest is in the dataset's name) or a path
+    that is not a regular file (loading it says why)."""
+    path = Path(config.data.dataset)
+    if config.data.dataset in DATASETS or config.data.dataset.startswith(PYTHON_DATA) or not path.is_file():
+        return {}
+    return {"file": str(path), "sha256": file_digest(path)}
+
+
+def check_data(run: Run, config: RunConfig) -> None:
+    """Raise a ConfigError when the data file changed since the run in ``run`` started (a run that
+    recorded no data is taken as it is)."""
+    if config.data.fold > 0 or not run.has(DATA_FILE):
+        return
+    before = run.read_object(DATA_FILE).get("sha256")
+    now = data_record(config).get("sha256")
+    if before is not None and before != now:
+        raise ConfigError(
+            f"{config.data.dataset}: changed since the run in {run.path} started on it (its content differs); "
+            "pass --overwrite to train the run again on the new data, or choose another --out"
+        )
 
 
 PYTHON_DATA = "<data from Python>"

@@ -1,6 +1,7 @@
 """The run folder: resolved config, per-epoch history, atomic checkpoints, final metrics.
 
     DIR/config.json      the resolved configuration (feed it back with --config)
+DIR/data.json        the SHA-256 of the data file (a .npz, .csv or .parquet dataset) the run trains on
     DIR/history.csv      one row per epoch: losses and validation metrics, per modality
     DIR/checkpoint.pt    the state at the end of the last finished epoch (while training)
     DIR/model.safetensors  the best epoch's parameters (selected on the validation split)
@@ -75,6 +76,7 @@ RUN_FILES = (
     "preprocessing.safetensors",
     "predictions_test.csv",
     "history.csv",
+    "data.json",
 )
 """The files a run writes besides its config.json (``--overwrite`` removes them, and no others)."""
 FOLDS = "folds"

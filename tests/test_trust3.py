@@ -164,6 +164,7 @@ def test_case05_a_run_whose_data_file_changed_is_refused(tmp_path, monkeypatch, 
         str(tmp_path / "r"),
     ]
     _killed_in_member(argv, "2", monkeypatch)
+    capsys.readouterr()
     _features(data, seed=1)  # the same shapes, other values
     assert main(argv) == 2
     err = one_line_error(capsys)
