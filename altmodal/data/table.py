@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from altmodal.data.features import PRESENT_PREFIX, RESERVED, DataError
+from altmodal.data.features import PRESENT_PREFIX, DataError, name_problem
+from altmodal.files import kind_of
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 SEPARATOR = "__"
@@ -74,12 +75,16 @@ def read_table(path: str | Path) -> Any:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a table (.csv or .parquet)")
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path}: is a {kind_of(path.stat().st_mode)}, not a regular file; give a table file")
     if not path.is_file():
         raise DataError(f"{path}: no such table")
     pd = pandas()
     try:
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
+            frame = pd.read_csv(path)
+            check_header(pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist(), str(path))
+            return frame
         try:
             import pyarrow  # noqa: F401
         except ImportError as err:
@@ -135,18 +140,17 @@ def modality_columns(
             column in a modality, a reserved modality name, or (without a map) a column with no
             modality prefix.
     """
-    seen: set[str] = set()
-    for column in header:
-        if column in seen:
-            raise DataError(f"{source}: column {column!r} appears twice; give every column its own name")
-        seen.add(column)
+    check_header(header, source)
     out = _from_map(header, spec, source) if spec else _from_prefixes(header, source, [label, SPLIT_COLUMN])
     if not out:
         raise DataError(f"{source}: no modality columns (columns: {_listing(header)})")
     owner: dict[str, str] = {}
     for m, columns in out.items():
-        if m in RESERVED or m.startswith(PRESENT_PREFIX) or not m:
-            raise DataError(f"{source}: {m!r} cannot name a modality (reserved: {', '.join(RESERVED)}, present_*)")
+        if name_problem(m):
+            raise DataError(
+                f"{source}: {m!r} cannot name a modality (column {columns[0]!r}): {name_problem(m)}; rename "
+                "the column, or map it with --modality NAME=COLUMNS (columns= in Python)"
+            )
         for column in columns:
             if column == label:
                 raise DataError(f"{source}: column {column!r} is the label column; no modality may take it")
@@ -154,6 +158,16 @@ def modality_columns(
                 raise DataError(f"{source}: column {column!r} is in two modalities, {owner[column]!r} and {m!r}")
             owner[column] = m
     return out
+
+
+def check_header(header: Sequence[Any], source: str) -> None:
+    """Raise a DataError naming the first column name that ``header`` holds twice (pandas renames
+    a CSV's repeated name, ``a`` and ``a.1``: a CSV's header is checked as written)."""
+    seen: set[Any] = set()
+    for column in header:
+        if column in seen and isinstance(column, str):
+            raise DataError(f"{source}: column {column!r} appears twice; give every column its own name")
+        seen.add(column)
 
 
 def _from_map(header: Sequence[str], spec: ColumnMap, source: str) -> dict[str, list[str]]:
@@ -214,6 +228,8 @@ def table_arrays(
     """
     frame = frame.rename(columns=str)
     header = list(frame.columns)
+    if not len(frame):
+        raise DataError(f"{source}: no rows (columns: {_listing(header)}); a table needs one row per sample")
     if label is not None and label_required and label not in header:
         raise DataError(f"{source}: no label column {label!r} (columns: {_listing(header)}); name it with --label")
     label = label if label is not None and label in header else None
