@@ -68,6 +68,8 @@ NAMED = ("strategy", "epochs", "lr", "batch_size", "seed", "device")
 """Settings the estimator takes as parameters of its own (not through ``options``)."""
 NOT_OPTIONS = ("dataset", "data_dir", "label", "columns", "val_fraction", "test_fraction")
 """Settings the data handed to ``fit`` decides."""
+INTERNAL = {"fold": "folds"}
+"""Settings a run sets for itself (a cross-fitted member's number), with the one meant instead."""
 
 
 class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
@@ -141,12 +143,15 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
             ValueError: bad settings or data (ConfigError / DataError), naming the setting,
                 modality, column, row or value.
         """
-        config = resolve(self._settings(), "MultimodalClassifier")
+        config = resolve(self._settings(), "options")
         arrays, columns = self._inputs(X, fitting=True)
         n = _samples(arrays)
+        if n < 2:
+            raise DataError(f"X has {n} samples; fit needs at least 2")
         labels = column_or_1d(np.asarray(y), warn=True)
         if len(labels) != n:
             raise DataError(f"X has {n} samples, y has {len(labels)}")
+        check_labels(labels)
         check_classification_targets(labels)
         try:
             classes, codes = np.unique(labels, return_inverse=True)
@@ -173,8 +178,12 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         return self
 
     def _settings(self) -> dict[str, Any]:
+        if self.options is not None and not isinstance(self.options, Mapping):
+            raise ConfigError(f"options must be a dict of settings (got {self.options!r})")
         options = dict(self.options or {})
         for key in options:
+            if key in INTERNAL:
+                raise ConfigError(f"options: unknown setting {key!r}; did you mean {INTERNAL[key]!r}?")
             if key in NAMED:
                 raise ConfigError(f"options: set {key!r} with the parameter {key}=, not through options")
             if key in NOT_OPTIONS:
@@ -196,14 +205,16 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
                 raise ConfigError("columns= maps the columns of a DataFrame or 2-D array; X is a dict of modalities")
             if fitting:
                 self.input_kind_ = "dict"
-            return {str(k): as_array(v) for k, v in X.items()}, None
+            arrays = {str(k): as_array(v) for k, v in X.items()}
+            check_lengths(arrays)
+            return arrays, None
         if is_frame(X):
             return self._frame(X, fitting)
         return self._array(X, fitting)
 
     def _frame(self, X: Any, fitting: bool) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:
         if fitting:
-            spec = as_column_map(self.columns) if self.columns is not None else None
+            spec = as_column_map(column_map(self.columns)) if self.columns is not None else None
             if spec is None and not any(SEPARATOR in str(c) for c in X.columns):
                 spec = {"x": [str(c) for c in X.columns]}  # no MODALITY__ names: one modality, as for arrays
             self.input_kind_ = "frame"
@@ -224,7 +235,7 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         values = np.asarray(values, dtype=np.float64)
         if fitting:
             self.input_kind_ = "array"
-            columns = array_columns(self.columns, values.shape[1])
+            columns = array_columns(column_map(self.columns), values.shape[1])
         else:
             columns = self.columns_ or {}
         arrays: dict[str, np.ndarray] = {}
@@ -289,6 +300,39 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         estimator.metrics_ = model.metrics
         estimator.model_ = model
         return estimator
+
+
+def column_map(columns: Any) -> Mapping[str, Any] | None:
+    """The ``columns`` parameter, checked to be None or a map of modalities to columns."""
+    if columns is not None and not isinstance(columns, Mapping):
+        raise ConfigError(f"columns must map each modality to its columns (got {columns!r})")
+    return columns
+
+
+def check_lengths(arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise a DataError naming two arrays of a dict X with different numbers of samples."""
+    sizes = {k: len(v) if v.ndim else 0 for k, v in arrays.items()}
+    first = next(iter(sizes), None)
+    for k, size in sizes.items():
+        if size != sizes[first]:
+            raise DataError(
+                f"X: {_what(k)} has {size} samples, {_what(first)} has {sizes[first]}; give each all samples"
+            )
+
+
+def _what(key: Any) -> str:
+    return f"mask {key!r}" if str(key).startswith(PRESENT_PREFIX) else f"modality {key!r}"
+
+
+def check_labels(labels: np.ndarray) -> None:
+    """Raise a DataError naming the first sample of ``y`` without a label (None or NaN)."""
+    if labels.dtype != object:
+        return
+    missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and v != v)]
+    if missing:
+        raise DataError(
+            f"y: row {missing[0]} is {labels[missing[0]]!r} ({len(missing)} rows so); give every sample a label"
+        )
 
 
 def array_columns(columns: Mapping[str, Any] | None, width: int) -> dict[str, list[int]]:

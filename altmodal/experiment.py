@@ -186,12 +186,13 @@ def _train_locked(
     splits = load_splits(config.data, config.train.seed, loaded)
     strategy = build_strategy(config.strategy, splits, config.encoder, config.options, encoders)
     if len(strategy.modalities) == 1 and config.strategy != "unimodal":
+        python = config.data.dataset.startswith(PYTHON_DATA)
         log.warning(
-            "%s: %s is a multimodal strategy, trained here on one modality (%s); use --strategy unimodal "
-            "or select more modalities",
-            run.path,
+            "%s: %s is a multimodal strategy, trained here on one modality (%s); %s",
+            "data from Python" if python else run.path,
             config.strategy,
             strategy.modalities[0],
+            ONE_MODALITY_ADVICE[python],
         )
     # Written once the data and the model are known to be valid: a failed start leaves no run.
     run.write_json("config.json", config.to_dict())
@@ -329,6 +330,13 @@ def check_data(run: Run, config: RunConfig) -> None:
             "pass --overwrite to train the run again on the new data, or choose another --out"
         )
 
+
+ONE_MODALITY_ADVICE = {
+    False: "use --strategy unimodal or select more modalities",
+    True: "use MultimodalClassifier('unimodal') (strategy 'unimodal'), or give more modalities: a dict of "
+    "arrays, or columns= mapping the columns of a DataFrame or 2-D array to modalities",
+}
+"""What to do about a multimodal strategy on one modality, on the command line and in Python."""
 
 PYTHON_DATA = "<data from Python>"
 """How the dataset name of a run trained on data handed to :func:`train_run` starts (a digest

@@ -3,9 +3,10 @@ a dataset's recommendations) resolve into one."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
     known = {"strategy"} | {n for c in SECTIONS.values() for n in fields_of(c)} | strategy_option_names()
     for key in values:
         if key not in known:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
+            raise unknown_setting(source, key, known)
         if key in strategy_option_names() and key not in own:
             owners = [s for s, c in option_classes().items() if key in fields_of(c)]
             raise ConfigError(f"{source}: option {key!r} belongs to strategy {' / '.join(owners)}, not {name!r}")
@@ -109,6 +110,12 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
         checked = {k: coerce(cls.options_class, k, v, source) for k, v in values.items() if k in own}
         options = to_dict(build(cls.options_class, checked))
     return RunConfig(strategy=name, options=options, **sections)
+
+
+def unknown_setting(source: str, key: str, known: Iterable[str]) -> ConfigError:
+    """The error for a setting ``key`` that is none of ``known``, with the closest name if one is near."""
+    near = difflib.get_close_matches(str(key), sorted(known), n=1)
+    return ConfigError(f"{source}: unknown setting {key!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
 
 
 def check_settings(values: Mapping[str, Any], source: str, also: Sequence[str] = ()) -> None:
@@ -137,7 +144,7 @@ def check_settings(values: Mapping[str, Any], source: str, also: Sequence[str] =
             else:
                 raise errors[0]
         elif key not in also:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
+            raise unknown_setting(source, key, [*owners, "strategy", *also])
 
 
 def layer(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
