@@ -311,13 +311,11 @@ def column_map(columns: Any) -> Mapping[str, Any] | None:
 
 def check_lengths(arrays: Mapping[str, np.ndarray]) -> None:
     """Raise a DataError naming two arrays of a dict X with different numbers of samples."""
-    sizes = {k: len(v) if v.ndim else 0 for k, v in arrays.items()}
-    first = next(iter(sizes), None)
-    for k, size in sizes.items():
-        if size != sizes[first]:
-            raise DataError(
-                f"X: {_what(k)} has {size} samples, {_what(first)} has {sizes[first]}; give each all samples"
-            )
+    sizes = [(k, len(v) if v.ndim else 0) for k, v in arrays.items()]
+    for k, size in sizes[1:]:
+        if size != sizes[0][1]:
+            first, n = sizes[0]
+            raise DataError(f"X: {_what(k)} has {size} samples, {_what(first)} has {n}; give each one all samples")
 
 
 def _what(key: Any) -> str:
