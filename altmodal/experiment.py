@@ -178,8 +178,6 @@ def _train_locked(
         if run.has("config.json") and run.file(FOLDS).is_dir():  # the members of an overwritten run
             shutil.rmtree(run.file(FOLDS))
     dist.barrier()
-    if config.data.fold == 0:  # a cross-fitted run's members share its data, recorded in its folder
-        run.write_json(DATA_FILE, data_record(config))
     if config.data.folds > 1 and config.data.fold == 0:
         return _train_cross_fitted(config, run, dist, progress, overwrite, encoders, loaded, callbacks, threads)
     seed_everything(member_seed(config))
@@ -194,8 +192,7 @@ def _train_locked(
             strategy.modalities[0],
             ONE_MODALITY_ADVICE[python],
         )
-    # Written once the data and the model are known to be valid: a failed start leaves no run.
-    run.write_json("config.json", config.to_dict())
+    start(run, config)  # once the data and the model are known to be valid: a failed start leaves no run
     resume = run.load("checkpoint.pt") if run.has("checkpoint.pt") else None
     if resume is not None:
         check_checkpoint(resume, run.file("checkpoint.pt"), strategy.state_dict())
@@ -237,6 +234,14 @@ def _write_model(
     return RunResult(metrics, run.path, model)
 
 
+def start(run: Run, config: RunConfig) -> None:
+    """Write the run's config.json and, for a whole run, its data.json (a cross-fitted run's
+    members share the data its folder records)."""
+    run.write_json("config.json", config.to_dict())
+    if config.data.fold == 0:
+        run.write_json(DATA_FILE, data_record(config))
+
+
 def member_seed(config: RunConfig) -> int:
     """The seed of the initialisation: the run's, mixed with the fold for a cross-fitted run's
     member (members start apart; the splits and masks follow the run's seed alone)."""
@@ -263,9 +268,15 @@ def _train_cross_fitted(
     seed = config.train.seed
     loaded = load(config.data) if loaded is None else loaded
     splits = load_splits(config.data, seed, loaded)
+    development = len(splits.train) + len(splits.val)  # what the folds share out
+    if config.data.folds > development:
+        raise ConfigError(
+            f"--folds {config.data.folds}: more folds than the {development} training and validation samples "
+            f"(each fold predicts at least one); choose at most {development} (5 is usual)"
+        )
     own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}
     build_strategy(config.strategy, splits, config.encoder, config.options, own)  # the model is valid ...
-    run.write_json("config.json", config.to_dict())  # ... before the run is written (as a single run's)
+    start(run, config)  # ... before the run is written (as a single run's)
     started = time.perf_counter()
     members: list[Strategy] = []
     held_out = []

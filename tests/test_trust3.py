@@ -212,15 +212,17 @@ def test_case10_impossible_fold_counts_are_refused_before_training(tmp_path, cap
     argv = ["train", "--dataset", str(data), "--strategy", "joint", *TRAIN, "--out", str(tmp_path / "r")]
     assert main([*argv, "--folds", "1000"]) == 2
     err = one_line_error(capsys)
-    assert "--folds 1000" in err and not (tmp_path / "r" / "folds").exists()
+    assert "--folds 1000" in err and "at most 66" in err
+    assert not [p for p in ("folds", "config.json", "data.json") if (tmp_path / "r" / p).exists()]
     with pytest.raises(ConfigError, match="folds"):
         est(options={"folds": 1000}).fit(*two())
 
 
 def test_case11_an_absurd_thread_count_is_refused(tmp_path, capsys):
     data = _features(tmp_path / "d.npz")
-    assert main(["train", "--dataset", str(data), "--threads", "1000000", *TRAIN, "--out", str(tmp_path / "r")]) == 2
-    assert "--threads" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--dataset", str(data), "--threads", "1000000", *TRAIN, "--out", str(tmp_path / "r")])
+    assert stop.value.code == 2 and "--threads is more than 4 per CPU core" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="threads"):
         est(threads=1_000_000).fit(*two())
 
