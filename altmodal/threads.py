@@ -47,7 +47,8 @@ def thread_problem(value: int) -> str:
     if value < 1:
         return "must be 'auto' or a positive integer"
     if value > most_threads():
-        return f"is more than {THREADS_PER_CORE} per CPU core ({os.cpu_count() or 1} here); give at most {most_threads()}"
+        cores = os.cpu_count() or 1
+        return f"is more than {THREADS_PER_CORE} per CPU core ({cores} here); give at most {most_threads()}"
     return ""
 
 
