@@ -31,6 +31,7 @@ from altmodal.encoders import EncoderConfig
 from altmodal.experiment import (
     DEFAULT_STRATEGY,
     RunConfig,
+    check_given,
     check_settings,
     evaluate_run,
     layer,
@@ -51,6 +52,11 @@ def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[st
     """Config-file settings overlaid with the flags given explicitly on the command line."""
     from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
     check_settings(from_file, str(args.config), also=skip)  # its errors name the file, not the command line
+    return layer(from_file, explicit_flags(args, skip))
+
+
+def explicit_flags(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The run settings given as flags on the command line (flags default to nothing)."""
     ignored = {
         "command",
         "config",
@@ -65,7 +71,7 @@ def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[st
         "threads",
     }
     ignored |= set(skip)
-    return layer(from_file, {k: v for k, v in vars(args).items() if k not in ignored})
+    return {k: v for k, v in vars(args).items() if k not in ignored}
 
 
 def parser_for_runs(parser: argparse.ArgumentParser, with_strategy: bool = True) -> None:
@@ -178,6 +184,7 @@ class _OnlyNew:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = resolve(settings_from(args), "command line")
+    check_given(explicit_flags(args), config)
     out = args.out or config.default_out()
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1 (got {args.nproc})")

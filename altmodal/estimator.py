@@ -59,7 +59,7 @@ from altmodal.data.registry import Loaded
 from altmodal.data.splits import stratified_split
 from altmodal.data.table import SEPARATOR, as_column_map, is_frame, presence, table_arrays
 from altmodal.data.user import as_array
-from altmodal.experiment import resolve, train_run
+from altmodal.experiment import check_given, resolve, train_run
 from altmodal.predictor import Predictor, load_run
 from altmodal.threads import threads_for, torch_threads
 from altmodal.trainer import kept_rng_state
@@ -144,6 +144,7 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
                 modality, column, row or value.
         """
         config = resolve(self._settings(), "options")
+        check_given(self.options or {}, config)
         arrays, columns = self._inputs(X, fitting=True)
         n = _samples(arrays)
         if n < 2:

@@ -34,6 +34,7 @@ from altmodal.saved import flat_stats, load_model_weights, model_card
 from altmodal.settings import (  # noqa: F401  (the run's settings, importable from here as before)
     DEFAULT_STRATEGY,
     RunConfig,
+    check_given,
     check_settings,
     layer,
     load_run_config,

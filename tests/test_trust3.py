@@ -196,7 +196,7 @@ def test_case08_a_projection_option_with_no_projection_is_refused(tmp_path, caps
     assert main([*argv, "--projection-target", "gradient", "--no-projection"]) == 2
     err = one_line_error(capsys)
     assert "--projection-target" in err and "--no-projection" in err
-    with pytest.raises(ConfigError, match="projection_target"):
+    with pytest.raises(ConfigError, match="--projection-target gradient has no effect with --no-projection"):
         MultimodalClassifier(epochs=1, options={"projection": False, "projection_target": "gradient"}).fit(*two())
 
 
