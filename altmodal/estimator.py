@@ -54,7 +54,7 @@ except ImportError as err:  # the optional extra
     raise ImportError("altmodal.MultimodalClassifier needs scikit-learn: pip install 'altmodal[sklearn]'") from err
 
 from altmodal.config import ConfigError
-from altmodal.data.features import PRESENT_PREFIX, DataError, arrays_to_dataset
+from altmodal.data.features import PRESENT_PREFIX, DataError, arrays_to_dataset, check_name
 from altmodal.data.registry import Loaded
 from altmodal.data.splits import stratified_split
 from altmodal.data.table import SEPARATOR, as_column_map, is_frame, presence, table_arrays
@@ -143,7 +143,7 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
             ValueError: bad settings or data (ConfigError / DataError), naming the setting,
                 modality, column, row or value.
         """
-        config = resolve(self._settings(), "options")
+        config = resolve(self._settings(), "MultimodalClassifier")
         check_given(self.options or {}, config)
         arrays, columns = self._inputs(X, fitting=True)
         n = _samples(arrays)
@@ -207,6 +207,9 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
             if fitting:
                 self.input_kind_ = "dict"
             arrays = {str(k): as_array(v) for k, v in X.items()}
+            for k in arrays:
+                if not k.startswith(PRESENT_PREFIX):
+                    check_name(k, "X")  # label, split and classes too: X holds modalities only
             check_lengths(arrays)
             return arrays, None
         if is_frame(X):
@@ -325,13 +328,15 @@ def _what(key: Any) -> str:
 
 def check_labels(labels: np.ndarray) -> None:
     """Raise a DataError naming the first sample of ``y`` without a label (None or NaN)."""
-    if labels.dtype != object:
+    if labels.dtype.kind == "f":
+        missing = np.flatnonzero(np.isnan(labels)).tolist()
+    elif labels.dtype == object:
+        missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and v != v)]
+    else:
         return
-    missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and v != v)]
     if missing:
-        raise DataError(
-            f"y: row {missing[0]} is {labels[missing[0]]!r} ({len(missing)} rows so); give every sample a label"
-        )
+        row = missing[0]
+        raise DataError(f"y: row {row} is {labels[row]} ({len(missing)} rows so); give every sample a label")
 
 
 def array_columns(columns: Mapping[str, Any] | None, width: int) -> dict[str, list[int]]:
@@ -356,8 +361,8 @@ def array_columns(columns: Mapping[str, Any] | None, width: int) -> dict[str, li
 
 def validation_split(codes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """'train' / 'val' per sample: a stratified ``fraction`` validates (at least one sample)."""
-    if not 0 < fraction < 1:
-        raise ConfigError(f"validation_fraction must be in (0, 1) (got {fraction!r})")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"validation_fraction must be a number in (0, 1) (got {fraction!r})")
     if len(codes) < 2:
         raise DataError(f"X has {len(codes)} sample; fit needs at least 2")
     split = stratified_split(codes, fraction, 0.0, seed)

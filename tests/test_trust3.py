@@ -287,3 +287,49 @@ def test_note_one_modality_from_python_gets_python_advice(caplog):
     text = caplog.text
     assert "--strategy" not in text and "altmodal-" not in text
     assert "MultimodalClassifier('unimodal')" in text and "columns=" in text
+
+
+# ----- cases of this round's own audit -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["values", "training", "label", "split"])
+def test_own_a_dict_key_that_cannot_name_a_modality_is_refused(name):
+    X, y = two()
+    with pytest.raises(DataError, match=f"X: '{name}' cannot name a modality"):
+        est().fit({name: X["a"], "v": X["v"]}, y)
+
+
+def test_own_a_feature_file_array_named_like_a_model_attribute_is_refused(tmp_path, capsys):
+    X, y = two()
+    np.savez(tmp_path / "d.npz", forward=X["a"], v=X["v"], label=y)
+    argv = ["train", "--dataset", str(tmp_path / "d.npz"), "--out", str(tmp_path / "r"), *TRAIN]
+    assert main(argv) == 2
+    assert "'forward' cannot name a modality: the models use that name themselves" in one_line_error(capsys)
+
+
+def test_own_a_nan_label_is_named():
+    X, y = two()
+    with pytest.raises(DataError, match="y: row 5 is nan"):
+        est().fit(X, np.where(np.arange(ROWS) == 5, np.nan, y))
+
+
+def test_own_a_validation_fraction_that_is_no_number_is_named():
+    with pytest.raises(ConfigError, match=r"validation_fraction must be a number in \(0, 1\) \(got 'x'\)"):
+        est(validation_fraction="x").fit(*two())
+
+
+def test_own_settings_that_are_not_finite_are_refused(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="lr = inf is not a finite number"):
+        est(lr=float("inf")).fit(*two())
+    weights = {"folds": 1, "test_fusion": "fixed", "fusion_weights": (float("inf"), 1.0)}
+    with pytest.raises(ConfigError, match=r"fusion_weights = \(inf, 1.0\) is not a finite number"):
+        MultimodalClassifier("mla", epochs=1, options={**SMALL, **weights}).fit(*two())
+    data = _features(tmp_path / "d.npz")
+    assert main(["train", "--dataset", str(data), "--lr", "nan", *TRAIN, "--out", str(tmp_path / "r")]) == 2
+    assert "lr = nan is not a finite number" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "option", "value"), [("reconboost", "reconboost_hidden", 0), ("midas", "midas_eta", -0.1)]
+)
+def test_own_strategy_options_out_of_range_are_refused(strategy, option, value):
+    with pytest.raises(ConfigError, match=f"--{option.replace('_', '-')} must be"):
+        MultimodalClassifier(strategy, epochs=1, options={option: value}).fit(*two())

@@ -65,8 +65,7 @@ def arrays_to_dataset(raw: dict[str, np.ndarray], source: str) -> tuple[Multimod
     if not modalities:
         raise DataError(f"{source}: no modality arrays besides {', '.join(sorted(raw))}")
     for m in modalities:
-        if name_problem(m):
-            raise DataError(f"{source}: array {m!r} cannot name a modality: {name_problem(m)}; rename it")
+        check_name(m, source)
     for key, array in raw.items():
         if key != "classes" and (array.ndim == 0 or array.shape[0] != n):
             raise DataError(
@@ -112,6 +111,12 @@ def name_problem(m: str) -> str:
     if hasattr(nn.ModuleDict(), m):
         return "the models use that name themselves"
     return ""
+
+
+def check_name(m: str, source: str) -> None:
+    """Raise a DataError naming ``m`` when it cannot name a modality (:func:`name_problem`)."""
+    if name_problem(m):
+        raise DataError(f"{source}: {m!r} cannot name a modality: {name_problem(m)}; rename it")
 
 
 def check_modality(raw: dict[str, np.ndarray], m: str, source: str) -> tuple[np.ndarray, np.ndarray]:
