@@ -2,7 +2,9 @@
 
 Format (every array's first axis is the sample axis, N samples):
 
-- ``<modality>``: any number of arrays, one per modality, numeric, shape (N, ...).
+- ``<modality>``: any number of arrays, one per modality, numeric, shape (N, ...). A modality's
+  name holds letters, digits, ``_`` and ``-`` (the models keep a module under it), and is none
+  of the names below nor one the models use themselves (``values``, ``training``, ...).
 - ``label``: (N,) integers or strings. Integer labels 0..K-1 are kept; any other set of labels is
   mapped to 0..K-1 in sorted order and the class names are kept.
 - ``split`` (optional): (N,) strings, each ``train``, ``val`` or ``test``. Without it a stratified

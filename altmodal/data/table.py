@@ -9,6 +9,9 @@ One row per sample. Which columns make which modality:
   Python; an entry ending in ``*`` takes every column that starts with what comes before it.
   Columns that no modality names are not read.
 
+Every column has a name of its own (a CSV header that repeats one is refused, though pandas
+would rename the copy), and a table holds one row or more.
+
 The label column (``--label``, default ``label``) holds integers or strings; a ``split`` column
 (``train``/``val``/``test``), when the table has one and no modality takes it, is the split.
 Every modality column must be numeric (booleans count as 0/1).
