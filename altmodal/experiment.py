@@ -339,7 +339,7 @@ def check_data(run: Run, config: RunConfig) -> None:
     if before is not None and before != now:
         raise ConfigError(
             f"{config.data.dataset}: changed since the run in {run.path} started on it (its content differs); "
-            "pass --overwrite to train the run again on the new data, or choose another --out"
+            "train the run again on the new data (the same command with --overwrite), or choose another --out"
         )
 
 
@@ -467,6 +467,7 @@ def missing_block(dataset: Any, protocol: str, rate: float) -> dict[str, Any]:
     return {"protocol": protocol, "rate": rate, **missing_summary(dataset.present, dataset.rows)}
 
 
+@kept_rng_state()  # it seeds the global generators for itself
 def evaluate_run(
     path: str | Path,
     *,
@@ -492,6 +493,7 @@ def evaluate_run(
         raise ConfigError("--present names no modality; give one or more, comma-separated")
     run = Run(path)
     config = load_run_config(run)
+    check_data(run, config)
     if config.data.dataset.startswith(PYTHON_DATA):
         raise ConfigError(
             f"{run.path} was trained on data handed over from Python; evaluate it with "

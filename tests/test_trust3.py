@@ -333,3 +333,26 @@ def test_own_settings_that_are_not_finite_are_refused(tmp_path, capsys):
 def test_own_strategy_options_out_of_range_are_refused(strategy, option, value):
     with pytest.raises(ConfigError, match=f"--{option.replace('_', '-')} must be"):
         MultimodalClassifier(strategy, epochs=1, options={option: value}).fit(*two())
+
+
+def test_own_evaluate_refuses_a_run_whose_data_file_changed(tmp_path, capsys):
+    data = _features(tmp_path / "d.npz")
+    run = tmp_path / "r"
+    assert main(["train", "--dataset", str(data), "--strategy", "joint", *TRAIN, "--out", str(run)]) == 0
+    assert main(["evaluate", "--run", str(run)]) == 0
+    _features(data, seed=1)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run)]) == 2
+    assert "changed since the run" in one_line_error(capsys)
+
+
+def test_own_evaluate_leaves_the_callers_random_state_alone(tmp_path):
+    from altmodal.experiment import evaluate_run
+
+    data = _features(tmp_path / "d.npz")
+    assert main(["train", "--dataset", str(data), "--strategy", "joint", *TRAIN, "--out", str(tmp_path / "r")]) == 0
+    np.random.seed(7)
+    expected = np.random.rand()
+    np.random.seed(7)
+    evaluate_run(tmp_path / "r")
+    assert np.random.rand() == expected
