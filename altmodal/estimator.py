@@ -229,7 +229,7 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
             if self.input_kind_ == "array":
                 return self._array(X, fitting)
             spec = self.columns_
-        arrays, columns = table_arrays(X, "X", label=None, spec=spec)
+        arrays, columns = table_arrays(X, "X", label=None, spec=spec, split=False)
         return arrays, columns
 
     def _array(self, X: Any, fitting: bool) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:

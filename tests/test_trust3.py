@@ -356,3 +356,15 @@ def test_own_evaluate_leaves_the_callers_random_state_alone(tmp_path):
     np.random.seed(7)
     evaluate_run(tmp_path / "r")
     assert np.random.rand() == expected
+
+
+def test_own_a_split_column_in_the_estimators_frame_is_not_dropped_silently():
+    _, y = two()
+    with pytest.raises(DataError, match="X: column 'split' has no modality prefix"):
+        est().fit(frame().drop(columns="label").assign(split="train"), y)
+
+
+def test_own_a_column_map_entry_of_the_wrong_kind_is_named():
+    _, y = two()
+    with pytest.raises(DataError, match="columns: modality 'a': 5 is not a column name, a PREFIX"):
+        est(columns={"a": 5}).fit(frame().drop(columns="label"), y)

@@ -124,6 +124,8 @@ def as_column_map(columns: Mapping[str, Any]) -> dict[str, list[str]]:
     """A Python column map (modality -> a column, a ``PREFIX*`` or a list of them) in list form."""
     out: dict[str, list[str]] = {}
     for name, value in columns.items():
+        if not isinstance(value, (str, Sequence)):
+            raise DataError(f"columns: modality {name!r}: {value!r} is not a column name, a PREFIX* or a list of them")
         items = [value] if isinstance(value, str) else list(value)
         if not items:
             raise DataError(f"columns: modality {name!r} names no column")
@@ -132,10 +134,10 @@ def as_column_map(columns: Mapping[str, Any]) -> dict[str, list[str]]:
 
 
 def modality_columns(
-    header: Sequence[str], spec: ColumnMap | None, source: str, label: str | None = None
+    header: Sequence[str], spec: ColumnMap | None, source: str, label: str | None = None, split: bool = True
 ) -> dict[str, list[str]]:
     """modality -> its columns of ``header``, from ``spec`` or from the ``MODALITY__`` prefixes
-    (which leave out the ``label`` and split columns).
+    (which leave out the ``label`` column, and the split column when ``split``).
 
     Raises:
         DataError: a column named twice in the header, a column the map names that the table
@@ -144,7 +146,8 @@ def modality_columns(
             modality prefix.
     """
     check_header(header, source)
-    out = _from_map(header, spec, source) if spec else _from_prefixes(header, source, [label, SPLIT_COLUMN])
+    skip = [label, SPLIT_COLUMN if split else None]
+    out = _from_map(header, spec, source) if spec else _from_prefixes(header, source, skip)
     if not out:
         raise DataError(f"{source}: no modality columns (columns: {_listing(header)})")
     owner: dict[str, str] = {}
@@ -212,7 +215,13 @@ def _listing(header: Sequence[str], most: int = 8) -> str:
 
 
 def table_arrays(
-    frame: Any, source: str, *, label: str | None, spec: ColumnMap | None = None, label_required: bool = True
+    frame: Any,
+    source: str,
+    *,
+    label: str | None,
+    spec: ColumnMap | None = None,
+    label_required: bool = True,
+    split: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """The feature-file arrays of a DataFrame (see the module docstring) and the columns of each
     modality.
@@ -223,6 +232,8 @@ def table_arrays(
         label: the label column (None: the table has none, e.g. the estimator's X).
         spec: modality -> columns or ``PREFIX*`` (None: by ``MODALITY__`` prefix).
         label_required: a missing label column is an error (else: the arrays have no label).
+        split: a ``split`` column is the split (else, as in the estimator's X, it is a column like
+            any other, which needs a modality).
 
     Raises:
         DataError: see :func:`modality_columns`; a missing label column; a non-numeric modality
@@ -236,14 +247,14 @@ def table_arrays(
     if label is not None and label_required and label not in header:
         raise DataError(f"{source}: no label column {label!r} (columns: {_listing(header)}); name it with --label")
     label = label if label is not None and label in header else None
-    columns = modality_columns(header, spec, source, label)
+    columns = modality_columns(header, spec, source, label, split)
     taken = {c for cs in columns.values() for c in cs}
     arrays: dict[str, np.ndarray] = {}
     for m, names in columns.items():
         arrays[m], arrays[PRESENT_PREFIX + m] = modality_block(frame, m, names, source)
     if label is not None:
         arrays["label"] = label_values(frame[label], source, label)
-    if SPLIT_COLUMN in header and SPLIT_COLUMN not in taken:
+    if split and SPLIT_COLUMN in header and SPLIT_COLUMN not in taken:
         arrays["split"] = text_values(frame[SPLIT_COLUMN], source, SPLIT_COLUMN)
     return arrays, columns
 
