@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from altmodal.data.batch import Batch
 from altmodal.data.dataset import MultimodalDataset
 from altmodal.fusion_choice import ChosenFusion
-from altmodal.learners import Learners, learner_names
+from altmodal.learners import JOINED, Learners, learner_names
 from altmodal.metrics import Outputs
 from altmodal.model import DataSpec, Model
 
@@ -100,8 +100,8 @@ class Bag(Model):
         """The learners whose answers ride on ``modality``'s features (see :meth:`encode`)."""
         if self.learners is None:
             return []
-        first = modality == self.modalities[0]
-        return [n for n in self.learners.names if n.startswith(f"{modality}:") or (first and n.startswith("all:"))]
+        riders = [modality, JOINED] if modality == self.modalities[0] else [modality]
+        return [n for n in self.learners.names if n.rpartition(":")[0] in riders]
 
     def absent_features(self, batch: Batch) -> dict[str, Tensor]:
         parts = [member.absent_features(batch) for member in self.strategies]

@@ -31,6 +31,7 @@ from altmodal.encoders import EncoderConfig
 from altmodal.experiment import (
     DEFAULT_STRATEGY,
     RunConfig,
+    check_given,
     check_settings,
     evaluate_run,
     layer,
@@ -39,6 +40,7 @@ from altmodal.experiment import (
     train_run,
 )
 from altmodal.prepare import add_prepare_command
+from altmodal.runs import without_nan
 from altmodal.strategies import STRATEGIES, TrainConfig
 from altmodal.threads import THREADS_HELP, parse_threads, threads_for, torch_threads
 from altmodal.trainer import Callback
@@ -50,6 +52,11 @@ def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[st
     """Config-file settings overlaid with the flags given explicitly on the command line."""
     from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
     check_settings(from_file, str(args.config), also=skip)  # its errors name the file, not the command line
+    return layer(from_file, explicit_flags(args, skip))
+
+
+def explicit_flags(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The run settings given as flags on the command line (flags default to nothing)."""
     ignored = {
         "command",
         "config",
@@ -64,7 +71,7 @@ def settings_from(args: argparse.Namespace, skip: Sequence[str] = ()) -> dict[st
         "threads",
     }
     ignored |= set(skip)
-    return layer(from_file, {k: v for k, v in vars(args).items() if k not in ignored})
+    return {k: v for k, v in vars(args).items() if k not in ignored}
 
 
 def parser_for_runs(parser: argparse.ArgumentParser, with_strategy: bool = True) -> None:
@@ -177,6 +184,7 @@ class _OnlyNew:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = resolve(settings_from(args), "command line")
+    check_given(explicit_flags(args), config)
     out = args.out or config.default_out()
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1 (got {args.nproc})")
@@ -261,8 +269,8 @@ def print_block(block: Mapping[str, Any], split: str) -> None:
             print(f"  {name:<24} {_figure(row['accuracy'])}  (n={row['count']})")
 
 
-def _figure(value: float) -> str:
-    return "n/a" if value != value else f"{value:.4f}"  # NaN: no sample to score
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"  # NaN (null in JSON): no sample to score
 
 
 def modality_list(text: str | None, flag: str = "--present", what: str = "modality") -> list[str] | None:
@@ -302,17 +310,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"run: {result['run']}  ({args.split} split, {shown}{rate})")
     print_block(result[args.split], args.split)
     return 0
-
-
-def without_nan(obj: Any) -> Any:
-    """``obj`` with every NaN float replaced by None (JSON null)."""
-    if isinstance(obj, float) and obj != obj:
-        return None
-    if isinstance(obj, Mapping):
-        return {k: without_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [without_nan(v) for v in obj]
-    return obj
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -139,19 +140,28 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
             items = value.split(",") if isinstance(value, str) else list(value)
             if any(isinstance(v, bool) for v in items) and item is not bool:
                 raise TypeError  # int(True) would be 1
-            return tuple(item(v) for v in items if not (isinstance(v, str) and not v.strip()))
+            return finite(tuple(item(v) for v in items if not (isinstance(v, str) and not v.strip())), name, source)
         if isinstance(value, bool):  # a bool is an int to Python, never a count or a rate here
             raise TypeError
         if base is float and isinstance(value, int):
             return float(value)
         if base in (int, str, float) and not isinstance(value, base):
             raise TypeError
-        return value
+        return finite(value, name, source)
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
         kind = f"list of {get_args(base)[0].__name__}" if get_origin(base) is tuple else getattr(base, "__name__", base)
         raise ConfigError(f"{source}: {name} = {value!r} is not a valid {kind}") from err
+
+
+def finite(value: Any, name: str, source: str) -> Any:
+    """``value``, unless it is (or holds) a float that is NaN or infinite: no setting means one
+    (and a run's JSON files could not hold it)."""
+    items = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+        raise ConfigError(f"{source}: {name} = {value!r} is not a finite number")
+    return value
 
 
 def build(cls: type[T], values: Mapping[str, Any]) -> T:

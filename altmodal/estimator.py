@@ -28,6 +28,11 @@ estimator holds out nothing else: score it on data of your own). The folder is t
 ``folder`` names one; :meth:`save` writes the model as a run folder :func:`altmodal.load_run`
 and ``altmodal predict --run`` read, and :meth:`from_run` wraps any run folder as a fitted
 estimator. A fitted estimator pickles (``joblib.dump``) with its model.
+
+Security: unpickling (``joblib.load``, ``pickle.load``) runs code the file names, so a tampered
+pickle runs code: load only pickles you wrote. To share or store a model, :meth:`save` it and read
+it back with :meth:`from_run`: a run folder holds safetensors weights and JSON, and reading them
+runs no code.
 """
 
 from __future__ import annotations
@@ -49,23 +54,30 @@ except ImportError as err:  # the optional extra
     raise ImportError("altmodal.MultimodalClassifier needs scikit-learn: pip install 'altmodal[sklearn]'") from err
 
 from altmodal.config import ConfigError
-from altmodal.data.features import PRESENT_PREFIX, DataError, arrays_to_dataset
+from altmodal.data.features import PRESENT_PREFIX, DataError, arrays_to_dataset, check_name
 from altmodal.data.registry import Loaded
 from altmodal.data.splits import stratified_split
 from altmodal.data.table import SEPARATOR, as_column_map, is_frame, presence, table_arrays
 from altmodal.data.user import as_array
-from altmodal.experiment import resolve, train_run
+from altmodal.experiment import check_given, resolve, train_run
 from altmodal.predictor import Predictor, load_run
 from altmodal.threads import threads_for, torch_threads
+from altmodal.trainer import kept_rng_state
 
 NAMED = ("strategy", "epochs", "lr", "batch_size", "seed", "device")
 """Settings the estimator takes as parameters of its own (not through ``options``)."""
 NOT_OPTIONS = ("dataset", "data_dir", "label", "columns", "val_fraction", "test_fraction")
 """Settings the data handed to ``fit`` decides."""
+INTERNAL = {"fold": "folds"}
+"""Settings a run sets for itself (a cross-fitted member's number), with the one meant instead."""
 
 
 class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """A multimodal classifier with the scikit-learn interface (see the module docstring).
+
+    It pickles with ``joblib``, but loading a pickle runs code, a tampered one's too: share a
+    fitted model as a run folder (:meth:`save`, then :meth:`from_run`; safetensors and JSON,
+    read without running code).
 
     Args:
         strategy: the training strategy (``mla``, the default, ``joint``, ``ume``, ...).
@@ -132,11 +144,15 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
                 modality, column, row or value.
         """
         config = resolve(self._settings(), "MultimodalClassifier")
+        check_given(self.options or {}, config)
         arrays, columns = self._inputs(X, fitting=True)
         n = _samples(arrays)
+        if n < 2:
+            raise DataError(f"X has {n} samples; fit needs at least 2")
         labels = column_or_1d(np.asarray(y), warn=True)
         if len(labels) != n:
             raise DataError(f"X has {n} samples, y has {len(labels)}")
+        check_labels(labels)
         check_classification_targets(labels)
         try:
             classes, codes = np.unique(labels, return_inverse=True)
@@ -163,8 +179,12 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         return self
 
     def _settings(self) -> dict[str, Any]:
+        if self.options is not None and not isinstance(self.options, Mapping):
+            raise ConfigError(f"options must be a dict of settings (got {self.options!r})")
         options = dict(self.options or {})
         for key in options:
+            if key in INTERNAL:
+                raise ConfigError(f"options: unknown setting {key!r}; did you mean {INTERNAL[key]!r}?")
             if key in NAMED:
                 raise ConfigError(f"options: set {key!r} with the parameter {key}=, not through options")
             if key in NOT_OPTIONS:
@@ -173,8 +193,9 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         return {**named, **options}
 
     def _train(self, config: Any, out: Path, loaded: Loaded) -> tuple[Predictor, dict[str, Any]]:
-        result = train_run(config, out, data=loaded, threads=self.threads)
-        return load_run(out, device=self.device), dict(result)
+        with kept_rng_state():  # training and building the model draw from the global generators
+            result = train_run(config, out, data=loaded, threads=self.threads)
+            return load_run(out, device=self.device), dict(result)
 
     # ----- inputs ------------------------------------------------------------------------------
     def _inputs(self, X: Any, fitting: bool) -> tuple[dict[str, np.ndarray], dict[str, list[Any]] | None]:
@@ -185,14 +206,19 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
                 raise ConfigError("columns= maps the columns of a DataFrame or 2-D array; X is a dict of modalities")
             if fitting:
                 self.input_kind_ = "dict"
-            return {str(k): as_array(v) for k, v in X.items()}, None
+            arrays = {str(k): as_array(v) for k, v in X.items()}
+            for k in arrays:
+                if not k.startswith(PRESENT_PREFIX):
+                    check_name(k, "X")  # label, split and classes too: X holds modalities only
+            check_lengths(arrays)
+            return arrays, None
         if is_frame(X):
             return self._frame(X, fitting)
         return self._array(X, fitting)
 
     def _frame(self, X: Any, fitting: bool) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:
         if fitting:
-            spec = as_column_map(self.columns) if self.columns is not None else None
+            spec = as_column_map(column_map(self.columns)) if self.columns is not None else None
             if spec is None and not any(SEPARATOR in str(c) for c in X.columns):
                 spec = {"x": [str(c) for c in X.columns]}  # no MODALITY__ names: one modality, as for arrays
             self.input_kind_ = "frame"
@@ -203,7 +229,7 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
             if self.input_kind_ == "array":
                 return self._array(X, fitting)
             spec = self.columns_
-        arrays, columns = table_arrays(X, "X", label=None, spec=spec)
+        arrays, columns = table_arrays(X, "X", label=None, spec=spec, split=False)
         return arrays, columns
 
     def _array(self, X: Any, fitting: bool) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:
@@ -213,7 +239,7 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         values = np.asarray(values, dtype=np.float64)
         if fitting:
             self.input_kind_ = "array"
-            columns = array_columns(self.columns, values.shape[1])
+            columns = array_columns(column_map(self.columns), values.shape[1])
         else:
             columns = self.columns_ or {}
         arrays: dict[str, np.ndarray] = {}
@@ -280,6 +306,39 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         return estimator
 
 
+def column_map(columns: Any) -> Mapping[str, Any] | None:
+    """The ``columns`` parameter, checked to be None or a map of modalities to columns."""
+    if columns is not None and not isinstance(columns, Mapping):
+        raise ConfigError(f"columns must map each modality to its columns (got {columns!r})")
+    return columns
+
+
+def check_lengths(arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise a DataError naming two arrays of a dict X with different numbers of samples."""
+    sizes = [(k, len(v) if v.ndim else 0) for k, v in arrays.items()]
+    for k, size in sizes[1:]:
+        if size != sizes[0][1]:
+            first, n = sizes[0]
+            raise DataError(f"X: {_what(k)} has {size} samples, {_what(first)} has {n}; give each one all samples")
+
+
+def _what(key: Any) -> str:
+    return f"mask {key!r}" if str(key).startswith(PRESENT_PREFIX) else f"modality {key!r}"
+
+
+def check_labels(labels: np.ndarray) -> None:
+    """Raise a DataError naming the first sample of ``y`` without a label (None or NaN)."""
+    if labels.dtype.kind == "f":
+        missing = np.flatnonzero(np.isnan(labels)).tolist()
+    elif labels.dtype == object:
+        missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and v != v)]
+    else:
+        return
+    if missing:
+        row = missing[0]
+        raise DataError(f"y: row {row} is {labels[row]} ({len(missing)} rows so); give every sample a label")
+
+
 def array_columns(columns: Mapping[str, Any] | None, width: int) -> dict[str, list[int]]:
     """modality -> column indices of a 2-D array of ``width`` columns (None: one modality ``x``)."""
     if columns is None:
@@ -302,8 +361,8 @@ def array_columns(columns: Mapping[str, Any] | None, width: int) -> dict[str, li
 
 def validation_split(codes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """'train' / 'val' per sample: a stratified ``fraction`` validates (at least one sample)."""
-    if not 0 < fraction < 1:
-        raise ConfigError(f"validation_fraction must be in (0, 1) (got {fraction!r})")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"validation_fraction must be a number in (0, 1) (got {fraction!r})")
     if len(codes) < 2:
         raise DataError(f"X has {len(codes)} sample; fit needs at least 2")
     split = stratified_split(codes, fraction, 0.0, seed)

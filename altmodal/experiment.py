@@ -24,6 +24,7 @@ from altmodal.data.registry import DATASETS, load_splits
 from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import encoder_kinds, weights_by_modality
+from altmodal.files import file_digest
 from altmodal.learners import Learners, rows_of
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.model import DataSpec, Model
@@ -34,6 +35,7 @@ from altmodal.saved import flat_stats, load_model_weights, model_card
 from altmodal.settings import (  # noqa: F401  (the run's settings, importable from here as before)
     DEFAULT_STRATEGY,
     RunConfig,
+    check_given,
     check_settings,
     layer,
     load_run_config,
@@ -43,7 +45,7 @@ from altmodal.settings import (  # noqa: F401  (the run's settings, importable f
 )
 from altmodal.strategies import Strategy, build_strategy
 from altmodal.threads import Threads, threads_for, torch_threads
-from altmodal.trainer import Callback, Trainer, rng_state, set_rng_state
+from altmodal.trainer import Callback, Trainer, kept_rng_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,8 @@ def train_run(
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=name))
     config = with_absolute_paths(config)
     dist = dist or Dist(device=resolve_device(config.train.device))
-    return _train_in(config, Path(out), dist, progress, overwrite, encoders, loaded, callbacks, threads)
+    with kept_rng_state():  # the run seeds the global generators; the caller's state comes back
+        return _train_in(config, Path(out), dist, progress, overwrite, encoders, loaded, callbacks, threads)
 
 
 def _train_in(
@@ -167,6 +170,7 @@ def _train_locked(
         previous = run.read_object("config.json")
         if previous != config.to_dict():
             raise ConfigError(f"{run.path} holds a run with another config; choose another --out or pass --overwrite")
+        check_data(run, config)
         if run.finished:
             log.info("%s: finished already, skipping", run.path)
             return RunResult(run.read_object("metrics.json"), run.path, encoders=encoders, skipped=True)
@@ -182,15 +186,15 @@ def _train_locked(
     splits = load_splits(config.data, config.train.seed, loaded)
     strategy = build_strategy(config.strategy, splits, config.encoder, config.options, encoders)
     if len(strategy.modalities) == 1 and config.strategy != "unimodal":
+        python = config.data.dataset.startswith(PYTHON_DATA)
         log.warning(
-            "%s: %s is a multimodal strategy, trained here on one modality (%s); use --strategy unimodal "
-            "or select more modalities",
-            run.path,
+            "%s: %s is a multimodal strategy, trained here on one modality (%s); %s",
+            "data from Python" if python else run.path,
             config.strategy,
             strategy.modalities[0],
+            ONE_MODALITY_ADVICE[python],
         )
-    # Written once the data and the model are known to be valid: a failed start leaves no run.
-    run.write_json("config.json", config.to_dict())
+    start(run, config)  # once the data and the model are known to be valid: a failed start leaves no run
     resume = run.load("checkpoint.pt") if run.has("checkpoint.pt") else None
     if resume is not None:
         check_checkpoint(resume, run.file("checkpoint.pt"), strategy.state_dict())
@@ -232,6 +236,14 @@ def _write_model(
     return RunResult(metrics, run.path, model)
 
 
+def start(run: Run, config: RunConfig) -> None:
+    """Write the run's config.json and, for a whole run, its data.json (a cross-fitted run's
+    members share the data its folder records)."""
+    run.write_json("config.json", config.to_dict())
+    if config.data.fold == 0:
+        run.write_json(DATA_FILE, data_record(config))
+
+
 def member_seed(config: RunConfig) -> int:
     """The seed of the initialisation: the run's, mixed with the fold for a cross-fitted run's
     member (members start apart; the splits and masks follow the run's seed alone)."""
@@ -258,15 +270,22 @@ def _train_cross_fitted(
     seed = config.train.seed
     loaded = load(config.data) if loaded is None else loaded
     splits = load_splits(config.data, seed, loaded)
+    development = len(splits.train) + len(splits.val)  # what the folds share out
+    if config.data.folds > development:
+        raise ConfigError(
+            f"--folds {config.data.folds}: more folds than the {development} training and validation samples "
+            f"(each fold predicts at least one); choose at most {development} (5 is usual)"
+        )
     own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}
     build_strategy(config.strategy, splits, config.encoder, config.options, own)  # the model is valid ...
-    run.write_json("config.json", config.to_dict())  # ... before the run is written (as a single run's)
+    start(run, config)  # ... before the run is written (as a single run's)
     started = time.perf_counter()
     members: list[Strategy] = []
     held_out = []
     answers = []
     history: list[dict[str, Any]] = []
     learners = run_learners(config, splits, encoders or {})
+    summaries: list[Any] = []  # each member's, as its metrics.json holds it (a reloaded model forgets its scores)
     for k in range(1, config.data.folds + 1):
         member = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k))
         own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
@@ -283,6 +302,7 @@ def _train_cross_fitted(
                 inputs, present, _ = rows_of([holdout])
                 answers.append(learners.member_log_probs(k - 1, inputs, present))
         members.append(strategy)
+        summaries.append(result.get("strategy_summary", {}))
         history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
     spec = DataSpec(tuple(splits.train.modalities), splits.train.num_classes, len(splits.train.labels))
     bag = Bag(members, spec, learners)
@@ -295,6 +315,8 @@ def _train_cross_fitted(
         metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)
     metrics["train_seconds"] = seconds
     metrics["best_epoch"] = [m.best_epoch for m in members]
+    if "members" in metrics.get("strategy_summary", {}):
+        metrics["strategy_summary"]["members"] = summaries
     card = {**model_card(bag, splits, config, encoders or {}), "folds": config.data.folds}
     if learners is not None:
         card["learners"] = learners.names
@@ -311,6 +333,41 @@ def run_learners(config: RunConfig, splits: Splits, custom: Mapping[str, torch.n
     names = bag_learners(kinds, shapes, config.data.learners) if config.data.folds > 1 else []
     return Learners(names, train.modalities, train.num_classes) if names else None
 
+
+DATA_FILE = "data.json"
+"""What the run's data file held: its path and the SHA-256 of its bytes (empty for other data)."""
+
+
+def data_record(config: RunConfig) -> dict[str, str]:
+    """The path and SHA-256 of the run's data file (a .npz, .csv or .parquet dataset); empty for a
+    built-in dataset, data handed over from Python (its digest is in the dataset's name) or a path
+    that is not a regular file (loading it says why)."""
+    path = Path(config.data.dataset)
+    if config.data.dataset in DATASETS or config.data.dataset.startswith(PYTHON_DATA) or not path.is_file():
+        return {}
+    return {"file": str(path), "sha256": file_digest(path)}
+
+
+def check_data(run: Run, config: RunConfig) -> None:
+    """Raise a ConfigError when the data file changed since the run in ``run`` started (a run that
+    recorded no data is taken as it is)."""
+    if config.data.fold > 0 or not run.has(DATA_FILE):
+        return
+    before = run.read_object(DATA_FILE).get("sha256")
+    now = data_record(config).get("sha256")
+    if before is not None and before != now:
+        raise ConfigError(
+            f"{config.data.dataset}: changed since the run in {run.path} started on it (its content differs); "
+            "train the run again on the new data (the same command with --overwrite), or choose another --out"
+        )
+
+
+ONE_MODALITY_ADVICE = {
+    False: "use --strategy unimodal or select more modalities",
+    True: "use MultimodalClassifier('unimodal') (strategy 'unimodal'), or give more modalities: a dict of "
+    "arrays, or columns= mapping the columns of a DataFrame or 2-D array to modalities",
+}
+"""What to do about a multimodal strategy on one modality, on the command line and in Python."""
 
 PYTHON_DATA = "<data from Python>"
 """How the dataset name of a run trained on data handed to :func:`train_run` starts (a digest
@@ -431,6 +488,7 @@ def missing_block(dataset: Any, protocol: str, rate: float) -> dict[str, Any]:
     return {"protocol": protocol, "rate": rate, **missing_summary(dataset.present, dataset.rows)}
 
 
+@kept_rng_state()  # it seeds the global generators for itself
 def evaluate_run(
     path: str | Path,
     *,
@@ -456,6 +514,7 @@ def evaluate_run(
         raise ConfigError("--present names no modality; give one or more, comma-separated")
     run = Run(path)
     config = load_run_config(run)
+    check_data(run, config)
     if config.data.dataset.startswith(PYTHON_DATA):
         raise ConfigError(
             f"{run.path} was trained on data handed over from Python; evaluate it with "

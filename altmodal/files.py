@@ -9,6 +9,7 @@ only: the command line's light modules use it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -41,17 +42,25 @@ def read_bytes(path: str | Path, limit: int | None = None) -> bytes:
             opening does not wait for a FIFO's writer).
         OSError: the file cannot be read (permissions, I/O).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    fd = open_regular(path)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFile(f"{path}: is a {kind_of(mode)}, not a regular file")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as fh:
             return fh.read() if limit is None else fh.read(limit)
     finally:
         os.close(fd)
+
+
+def open_regular(path: str | Path) -> int:
+    """A blocking read-only descriptor of the regular file ``path`` (the caller closes it); see
+    :func:`read_bytes` for what is refused."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegularFile(f"{path}: is a {kind_of(mode)}, not a regular file")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return fd
 
 
 def read_text(path: str | Path) -> str:
@@ -77,3 +86,16 @@ def check_parent(path: str | Path) -> None:
             if not parent.is_dir():
                 raise ValueError(f"{parent}: is a file, not a folder; {path} cannot be made inside it")
             return
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of the regular file ``path``'s bytes (hex), read in blocks (see :func:`read_bytes`
+    for what is refused)."""
+    digest = hashlib.sha256()
+    fd = open_regular(path)
+    try:
+        while block := os.read(fd, 1 << 20):
+            digest.update(block)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()

@@ -36,8 +36,8 @@ from torch import Tensor, nn
 KINDS = ("linear", "boosted", "svm")
 IN_MODELS = ("linear", "boosted")
 """The kinds a cross-fitted run may train beside its networks (``--learners``)."""
-JOINED = "all"
-"""The name part of a learner on every modality joined (``all:<kind>``)."""
+JOINED = "*"
+"""The name part of a learner on every modality joined (``*:<kind>``: no modality can be called so)."""
 TREES = 3000
 """At most this many trees in a boosted learner (iterations times classes, at least 30 iterations):
 its cost and its size on disk stay bounded with many classes."""
@@ -66,7 +66,7 @@ def require_sklearn() -> None:
 
 def learner_names(modalities: Sequence[str], kinds: Sequence[str]) -> list[str]:
     """Every learner a cross-fitted run trains: ``<modality>:<kind>`` for each modality, then
-    ``all:<kind>`` on the joined features (with two or more modalities)."""
+    ``*:<kind>`` on the joined features (with two or more modalities)."""
     names = [f"{m}:{k}" for k in kinds for m in modalities]
     return names + ([f"{JOINED}:{k}" for k in kinds] if len(modalities) > 1 else [])
 
@@ -214,7 +214,7 @@ class Learners(nn.Module):
     bytes as a uint8 tensor).
 
     Args:
-        names: the learners, ``<modality>:<kind>`` or ``all:<kind>``.
+        names: the learners, ``<modality>:<kind>`` or ``*:<kind>``.
         modalities: the model's modalities, in order.
         num_classes: C.
     """

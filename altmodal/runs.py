@@ -1,6 +1,7 @@
 """The run folder: resolved config, per-epoch history, atomic checkpoints, final metrics.
 
     DIR/config.json      the resolved configuration (feed it back with --config)
+DIR/data.json        the SHA-256 of the data file (a .npz, .csv or .parquet dataset) the run trains on
     DIR/history.csv      one row per epoch: losses and validation metrics, per modality
     DIR/checkpoint.pt    the state at the end of the last finished epoch (while training)
     DIR/model.safetensors  the best epoch's parameters (selected on the validation split)
@@ -9,6 +10,12 @@
     DIR/preprocessing.safetensors  statistics fit on the training split (standardisation)
     DIR/predictions_test.csv       per test sample: label, predictions, probabilities, presence
     DIR/metrics.json     the final metrics; its presence marks the run as finished
+
+JSON files hold no NaN or infinity (not JSON): a value that is not a number is written as null.
+CSV files are opened by spreadsheets, which run a cell that starts with ``=``, ``+``, ``-``, ``@``,
+a tab or a carriage return as a formula: such a text cell (a class name of the user's labels, a
+header) is written with a leading ``'``, as OWASP's advice on CSV injection has it; numbers,
+negative ones included, are written as they are.
 
 Weights and statistics are safetensors files: reading them runs no code.
 
@@ -36,6 +43,7 @@ import errno
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import stat
@@ -68,6 +76,7 @@ RUN_FILES = (
     "preprocessing.safetensors",
     "predictions_test.csv",
     "history.csv",
+    "data.json",
 )
 """The files a run writes besides its config.json (``--overwrite`` removes them, and no others)."""
 FOLDS = "folds"
@@ -109,7 +118,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    """``obj`` as strict JSON (NaN and infinities as null) in ``path``, atomically."""
+    text = json.dumps(without_nan(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
     atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
@@ -121,14 +131,43 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+def without_nan(obj: Any) -> Any:
+    """``obj`` with every float that is not finite (NaN, infinities) replaced by None (JSON null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: without_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [without_nan(v) for v in obj]
+    return obj
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet takes as the start of a formula in a CSV cell."""
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs: text that starts like a formula (and is not a number)
+    gets a leading ``'``; anything else is returned as it is."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``rows`` (dicts; the columns in order of first appearance) as a CSV file, every text cell
+    and header :func:`spreadsheet_safe`, atomically."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([spreadsheet_safe(c) for c in columns])
+    writer.writerows([spreadsheet_safe(row.get(c, "")) for c in columns] for row in rows)
     atomic_write(path, lambda fh: fh.write(buffer.getvalue().encode()))
 
 

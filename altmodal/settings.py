@@ -3,14 +3,15 @@ a dataset's recommendations) resolve into one."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from altmodal.config import ConfigError, build, coerce, fields_of, flatten, to_dict
+from altmodal.config import ConfigError, build, coerce, fields_of, flag, flatten, to_dict
 from altmodal.data.registry import DataConfig, dataset_defaults
 from altmodal.data.table import is_table
 from altmodal.encoders import EncoderConfig
@@ -96,7 +97,7 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
     known = {"strategy"} | {n for c in SECTIONS.values() for n in fields_of(c)} | strategy_option_names()
     for key in values:
         if key not in known:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
+            raise unknown_setting(source, key, known)
         if key in strategy_option_names() and key not in own:
             owners = [s for s, c in option_classes().items() if key in fields_of(c)]
             raise ConfigError(f"{source}: option {key!r} belongs to strategy {' / '.join(owners)}, not {name!r}")
@@ -109,6 +110,34 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
         checked = {k: coerce(cls.options_class, k, v, source) for k, v in values.items() if k in own}
         options = to_dict(build(cls.options_class, checked))
     return RunConfig(strategy=name, options=options, **sections)
+
+
+def unknown_setting(source: str, key: str, known: Iterable[str]) -> ConfigError:
+    """The error for a setting ``key`` that is none of ``known``, with the closest name if one is near."""
+    near = difflib.get_close_matches(str(key), sorted(known), n=1)
+    return ConfigError(f"{source}: unknown setting {key!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
+
+
+def check_given(given: Mapping[str, Any], config: RunConfig) -> None:
+    """Raise a ConfigError when a setting given explicitly (a flag, an estimator's option) has no
+    effect under the others: its field's ``needs`` metadata, (other setting, test of its value,
+    when the test fails), says when it acts (an option of MLA's HGM needs the projection on).
+
+    A config file is not checked: a run's config.json lists every setting, given or not.
+    """
+    cls = strategy_class(config.strategy).options_class
+    values = {n: getattr(getattr(config, s), n) for s, c in SECTIONS.items() for n in fields_of(c)}
+    values.update(config.options)
+    for owner in [*SECTIONS.values(), *([cls] if cls is not None else [])]:
+        for name, (f, _) in fields_of(owner).items():
+            needs = f.metadata.get("needs")
+            if name in given and needs and not needs[1](values[needs[0]]):
+                raise ConfigError(f"{flag(name)} {shown(given[name])} has no effect {needs[2]}")
+
+
+def shown(value: Any) -> str:
+    """A setting's value as the command line writes it (tuples comma-separated)."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def check_settings(values: Mapping[str, Any], source: str, also: Sequence[str] = ()) -> None:
@@ -137,7 +166,7 @@ def check_settings(values: Mapping[str, Any], source: str, also: Sequence[str] =
             else:
                 raise errors[0]
         elif key not in also:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
+            raise unknown_setting(source, key, [*owners, "strategy", *also])
 
 
 def layer(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

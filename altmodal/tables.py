@@ -16,7 +16,7 @@ from typing import Any
 
 from altmodal.benchmark import Cell, labels
 from altmodal.metrics import mean_std
-from altmodal.runs import atomic_write
+from altmodal.runs import atomic_write, spreadsheet_safe
 
 Results = Mapping[Cell, Mapping[str, Any]]
 Table = dict[str, Any]  # {"columns": [...], "rows": [{"label": str, "cells": {column: [values]}}]}
@@ -216,12 +216,12 @@ def write_table_csv(path: Path, t: Table, first: str) -> None:
     header = [first]
     for col in t["columns"]:
         header += [f"{col} mean", f"{col} std", f"{col} n"]
-    writer.writerow(header)
+    writer.writerow([spreadsheet_safe(c) for c in header])
     for row in t["rows"]:
         line = [row["label"]]
         for col in t["columns"]:
             vals = row["cells"].get(col, [])
             mean, std = mean_std(vals)
             line += [f"{mean:.6f}" if vals else "", f"{std:.6f}" if vals else "", str(len(vals))]
-        writer.writerow(line)
+        writer.writerow([spreadsheet_safe(c) for c in line])
     atomic_write(path, lambda fh: fh.write(buffer.getvalue().encode()))

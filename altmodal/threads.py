@@ -22,6 +22,7 @@ is not asked for threads, so a benchmark's per-worker setting stands).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +31,26 @@ from torch import nn
 
 from altmodal.config import ConfigError
 from altmodal.encoders.mlp import MLPEncoder
+
+THREADS_PER_CORE = 4
+"""The most threads per CPU core a run may ask for: more only slows it (and a million would take
+the machine's memory)."""
+
+
+def most_threads() -> int:
+    """The largest thread count accepted: :data:`THREADS_PER_CORE` per core of this machine."""
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
+
+
+def thread_problem(value: int) -> str:
+    """What is wrong with ``value`` threads ('' when nothing)."""
+    if value < 1:
+        return "must be 'auto' or a positive integer"
+    if value > most_threads():
+        cores = os.cpu_count() or 1
+        return f"is more than {THREADS_PER_CORE} per CPU core ({cores} here); give at most {most_threads()}"
+    return ""
+
 
 SMALL_MODEL = 1_000_000
 """Parameters below which an all-MLP model trains on one thread."""
@@ -59,8 +80,10 @@ def threads_for(setting: Threads, model: nn.Module) -> int | None:
         return None
     if setting == "auto":
         return auto_threads(model)
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+    if isinstance(setting, bool) or not isinstance(setting, int):
         raise ConfigError(f"threads must be 'auto' or a positive integer (got {setting!r})")
+    if thread_problem(setting):
+        raise ConfigError(f"threads {thread_problem(setting)} (got {setting!r})")
     return setting
 
 
@@ -86,8 +109,8 @@ def parse_threads(text: str) -> int | str:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be 'auto' or a positive integer (got {text!r})")
+    if thread_problem(value):
+        raise argparse.ArgumentTypeError(f"--threads {thread_problem(value)} (got {text!r})")
     return value
 
 

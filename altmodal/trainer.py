@@ -382,6 +382,17 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def kept_rng_state() -> Iterator[None]:
+    """Run the block, then put every global random generator back as it was: a run seeds them
+    for itself, and the caller's own sequence goes on as if the run had not happened."""
+    before = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(before)
+
+
 def _progress(items: Iterable[int], enabled: bool, desc: str) -> Iterable[int]:
     if not enabled:
         return items

@@ -22,8 +22,8 @@ def test_learner_names_cover_each_modality_and_the_joined_features():
         "b:linear",
         "a:boosted",
         "b:boosted",
-        "all:linear",
-        "all:boosted",
+        "*:linear",
+        "*:boosted",
     ]
     assert learner_names(["a"], ["linear"]) == ["a:linear"]  # one modality: nothing to join
 
@@ -64,9 +64,9 @@ def with_learners(tmp_path_factory):
 def test_a_cross_fitted_run_weighs_its_learners_out_of_fold_and_reloads_them(with_learners):
     out, metrics = with_learners
     card = json.loads((out / "model.json").read_text())
-    assert card["learners"] == ["m0:linear", "m1:linear", "m0:boosted", "m1:boosted", "all:linear", "all:boosted"]
+    assert card["learners"] == ["m0:linear", "m1:linear", "m0:boosted", "m1:boosted", "*:linear", "*:boosted"]
     scores = metrics["strategy_summary"]["fusion_scores"]
-    assert {"alone:m0:linear", "alone:all:boosted", "stacked", "weighted"} <= set(scores)
+    assert {"alone:m0:linear", "alone:*:boosted", "stacked", "weighted"} <= set(scores)
     saved = load_file(out / "model.safetensors")
     assert saved["learners._extra_state"].dtype == torch.uint8  # skops bytes: arrays and JSON, no pickle
     assert evaluate_run(out)["test"]["fused"]["accuracy"] == pytest.approx(metrics["test"]["fused"]["accuracy"])

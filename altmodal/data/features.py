@@ -2,7 +2,9 @@
 
 Format (every array's first axis is the sample axis, N samples):
 
-- ``<modality>``: any number of arrays, one per modality, numeric, shape (N, ...).
+- ``<modality>``: any number of arrays, one per modality, numeric, shape (N, ...). A modality's
+  name holds letters, digits, ``_`` and ``-`` (the models keep a module under it), and is none
+  of the names below nor one the models use themselves (``values``, ``training``, ...).
 - ``label``: (N,) integers or strings. Integer labels 0..K-1 are kept; any other set of labels is
   mapped to 0..K-1 in sorted order and the class names are kept.
 - ``split`` (optional): (N,) strings, each ``train``, ``val`` or ``test``. Without it a stratified
@@ -16,16 +18,21 @@ Format (every array's first axis is the sample axis, N samples):
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from altmodal.data.dataset import SPLITS, MultimodalDataset
 
 RESERVED = ("label", "split", "classes")
 PRESENT_PREFIX = "present_"
+MODALITY_NAME = re.compile(r"\w[\w-]*")
+"""What a modality's name may hold: letters, digits, ``_`` and ``-`` (a model keeps a module per
+modality under its name, and a name may end up in a path)."""
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -59,6 +66,8 @@ def arrays_to_dataset(raw: dict[str, np.ndarray], source: str) -> tuple[Multimod
     modalities = [k for k in raw if k not in RESERVED and not k.startswith(PRESENT_PREFIX)]
     if not modalities:
         raise DataError(f"{source}: no modality arrays besides {', '.join(sorted(raw))}")
+    for m in modalities:
+        check_name(m, source)
     for key, array in raw.items():
         if key != "classes" and (array.ndim == 0 or array.shape[0] != n):
             raise DataError(
@@ -93,6 +102,23 @@ def arrays_to_dataset(raw: dict[str, np.ndarray], source: str) -> tuple[Multimod
         integer_labels=integer,
     )
     return dataset, split
+
+
+def name_problem(m: str) -> str:
+    """What keeps ``m`` from naming a modality ('' when nothing)."""
+    if not MODALITY_NAME.fullmatch(m):
+        return "a modality name may hold only letters, digits, '_' and '-', and not start with '-'"
+    if m in RESERVED or m.startswith(PRESENT_PREFIX):
+        return f"names {', '.join(RESERVED)} and present_* are reserved"
+    if hasattr(nn.ModuleDict(), m):
+        return "the models use that name themselves"
+    return ""
+
+
+def check_name(m: str, source: str) -> None:
+    """Raise a DataError naming ``m`` when it cannot name a modality (:func:`name_problem`)."""
+    if name_problem(m):
+        raise DataError(f"{source}: {m!r} cannot name a modality: {name_problem(m)}; rename it")
 
 
 def check_modality(raw: dict[str, np.ndarray], m: str, source: str) -> tuple[np.ndarray, np.ndarray]:

@@ -68,7 +68,13 @@ class DataConfig:
         "the others lose --incomplete-modality (1: off)",
     )
     incomplete_modality: str = option(
-        "", "the modality that the samples outside --complete-share lack; empty: the last modality"
+        "",
+        "the modality that the samples outside --complete-share lack; empty: the last modality",
+        needs=(
+            "complete_share",
+            lambda share: share < 1,
+            "while --complete-share is 1 (SMIL's protocol off); set --complete-share below 1, or drop it",
+        ),
     )
     missing_protocol: Literal["independent", "share"] = option(
         "independent",

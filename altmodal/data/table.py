@@ -9,6 +9,9 @@ One row per sample. Which columns make which modality:
   Python; an entry ending in ``*`` takes every column that starts with what comes before it.
   Columns that no modality names are not read.
 
+Every column has a name of its own (a CSV header that repeats one is refused, though pandas
+would rename the copy), and a table holds one row or more.
+
 The label column (``--label``, default ``label``) holds integers or strings; a ``split`` column
 (``train``/``val``/``test``), when the table has one and no modality takes it, is the split.
 Every modality column must be numeric (booleans count as 0/1).
@@ -31,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from altmodal.data.features import PRESENT_PREFIX, RESERVED, DataError
+from altmodal.data.features import PRESENT_PREFIX, DataError, name_problem
+from altmodal.files import kind_of
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 SEPARATOR = "__"
@@ -74,12 +78,16 @@ def read_table(path: str | Path) -> Any:
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a table (.csv or .parquet)")
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path}: is a {kind_of(path.stat().st_mode)}, not a regular file; give a table file")
     if not path.is_file():
         raise DataError(f"{path}: no such table")
     pd = pandas()
     try:
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
+            frame = pd.read_csv(path)
+            check_header(pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist(), str(path))
+            return frame
         try:
             import pyarrow  # noqa: F401
         except ImportError as err:
@@ -116,6 +124,8 @@ def as_column_map(columns: Mapping[str, Any]) -> dict[str, list[str]]:
     """A Python column map (modality -> a column, a ``PREFIX*`` or a list of them) in list form."""
     out: dict[str, list[str]] = {}
     for name, value in columns.items():
+        if not isinstance(value, (str, Sequence)):
+            raise DataError(f"columns: modality {name!r}: {value!r} is not a column name, a PREFIX* or a list of them")
         items = [value] if isinstance(value, str) else list(value)
         if not items:
             raise DataError(f"columns: modality {name!r} names no column")
@@ -124,10 +134,10 @@ def as_column_map(columns: Mapping[str, Any]) -> dict[str, list[str]]:
 
 
 def modality_columns(
-    header: Sequence[str], spec: ColumnMap | None, source: str, label: str | None = None
+    header: Sequence[str], spec: ColumnMap | None, source: str, label: str | None = None, split: bool = True
 ) -> dict[str, list[str]]:
     """modality -> its columns of ``header``, from ``spec`` or from the ``MODALITY__`` prefixes
-    (which leave out the ``label`` and split columns).
+    (which leave out the ``label`` column, and the split column when ``split``).
 
     Raises:
         DataError: a column named twice in the header, a column the map names that the table
@@ -135,18 +145,18 @@ def modality_columns(
             column in a modality, a reserved modality name, or (without a map) a column with no
             modality prefix.
     """
-    seen: set[str] = set()
-    for column in header:
-        if column in seen:
-            raise DataError(f"{source}: column {column!r} appears twice; give every column its own name")
-        seen.add(column)
-    out = _from_map(header, spec, source) if spec else _from_prefixes(header, source, [label, SPLIT_COLUMN])
+    check_header(header, source)
+    skip = [label, SPLIT_COLUMN if split else None]
+    out = _from_map(header, spec, source) if spec else _from_prefixes(header, source, skip)
     if not out:
         raise DataError(f"{source}: no modality columns (columns: {_listing(header)})")
     owner: dict[str, str] = {}
     for m, columns in out.items():
-        if m in RESERVED or m.startswith(PRESENT_PREFIX) or not m:
-            raise DataError(f"{source}: {m!r} cannot name a modality (reserved: {', '.join(RESERVED)}, present_*)")
+        if name_problem(m):
+            raise DataError(
+                f"{source}: {m!r} cannot name a modality (column {columns[0]!r}): {name_problem(m)}; rename "
+                "the column, or map it with --modality NAME=COLUMNS (columns= in Python)"
+            )
         for column in columns:
             if column == label:
                 raise DataError(f"{source}: column {column!r} is the label column; no modality may take it")
@@ -154,6 +164,16 @@ def modality_columns(
                 raise DataError(f"{source}: column {column!r} is in two modalities, {owner[column]!r} and {m!r}")
             owner[column] = m
     return out
+
+
+def check_header(header: Sequence[Any], source: str) -> None:
+    """Raise a DataError naming the first column name that ``header`` holds twice (pandas renames
+    a CSV's repeated name, ``a`` and ``a.1``: a CSV's header is checked as written)."""
+    seen: set[Any] = set()
+    for column in header:
+        if column in seen and isinstance(column, str):
+            raise DataError(f"{source}: column {column!r} appears twice; give every column its own name")
+        seen.add(column)
 
 
 def _from_map(header: Sequence[str], spec: ColumnMap, source: str) -> dict[str, list[str]]:
@@ -195,7 +215,13 @@ def _listing(header: Sequence[str], most: int = 8) -> str:
 
 
 def table_arrays(
-    frame: Any, source: str, *, label: str | None, spec: ColumnMap | None = None, label_required: bool = True
+    frame: Any,
+    source: str,
+    *,
+    label: str | None,
+    spec: ColumnMap | None = None,
+    label_required: bool = True,
+    split: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
     """The feature-file arrays of a DataFrame (see the module docstring) and the columns of each
     modality.
@@ -206,6 +232,8 @@ def table_arrays(
         label: the label column (None: the table has none, e.g. the estimator's X).
         spec: modality -> columns or ``PREFIX*`` (None: by ``MODALITY__`` prefix).
         label_required: a missing label column is an error (else: the arrays have no label).
+        split: a ``split`` column is the split (else, as in the estimator's X, it is a column like
+            any other, which needs a modality).
 
     Raises:
         DataError: see :func:`modality_columns`; a missing label column; a non-numeric modality
@@ -214,17 +242,19 @@ def table_arrays(
     """
     frame = frame.rename(columns=str)
     header = list(frame.columns)
+    if not len(frame):
+        raise DataError(f"{source}: no rows (columns: {_listing(header)}); a table needs one row per sample")
     if label is not None and label_required and label not in header:
         raise DataError(f"{source}: no label column {label!r} (columns: {_listing(header)}); name it with --label")
     label = label if label is not None and label in header else None
-    columns = modality_columns(header, spec, source, label)
+    columns = modality_columns(header, spec, source, label, split)
     taken = {c for cs in columns.values() for c in cs}
     arrays: dict[str, np.ndarray] = {}
     for m, names in columns.items():
         arrays[m], arrays[PRESENT_PREFIX + m] = modality_block(frame, m, names, source)
     if label is not None:
         arrays["label"] = label_values(frame[label], source, label)
-    if SPLIT_COLUMN in header and SPLIT_COLUMN not in taken:
+    if split and SPLIT_COLUMN in header and SPLIT_COLUMN not in taken:
         arrays["split"] = text_values(frame[SPLIT_COLUMN], source, SPLIT_COLUMN)
     return arrays, columns
 

@@ -59,6 +59,7 @@ class MIDASOptions(JointOptions):
     def __post_init__(self) -> None:
         require(self.midas_lambda >= 0, "midas_lambda", self.midas_lambda, "non-negative")
         require(self.midas_warmup >= 0, "midas_warmup", self.midas_warmup, "non-negative")
+        require(self.midas_eta >= 0, "midas_eta", self.midas_eta, "non-negative (a step towards the weak modality)")
 
 
 def partners(label: Tensor, has: Tensor, other_label: bool, generator: torch.Generator) -> Tensor:

@@ -100,6 +100,10 @@ REFERENCE_CODE: dict[str, Any] = {
 }
 
 
+NEEDS_PROJECTION = ("projection", bool, "with --no-projection (HGM off); drop one of the two")
+"""What the options of HGM need (:func:`altmodal.settings.check_given`): the projection on."""
+
+
 @dataclass(frozen=True)
 class MLAOptions:
     """MLA's options; ``preset`` sets several at once and explicit settings override it."""
@@ -127,41 +131,58 @@ class MLAOptions:
     heads: Literal["shared", "separate"] = option("shared", "one head shared by all modalities, or one each")
     projection: bool = option(True, "head gradient modification (HGM) on the shared head")
     projection_method: Literal["owm", "ogd", "pca-ogd"] = option(
-        "owm", "HGM: OWM (the paper), OGD-ALL or PCA-OGD against the other modalities' feature bases"
+        "owm",
+        "HGM: OWM (the paper), OGD-ALL or PCA-OGD against the other modalities' feature bases",
+        needs=NEEDS_PROJECTION,
     )
-    ogd_memory: int = option(0, "OGD: features stored per modality (0: (d+1) // (2 (M-1)), half the head's room)")
-    pca_pool: int = option(1000, "PCA-OGD: recent features pooled per modality")
-    pca_k: int = option(0, "PCA-OGD: most directions per modality (0: (d+1) // (2 (M-1)))")
-    pca_energy: float = option(0.99, "PCA-OGD: share of the pool's energy the directions reach")
-    ogd_refresh: int = option(0, "OGD/PCA-OGD: recompute the bases every this many head steps (0: every epoch)")
+    ogd_memory: int = option(
+        0, "OGD: features stored per modality (0: (d+1) // (2 (M-1)), half the head's room)", needs=NEEDS_PROJECTION
+    )
+    pca_pool: int = option(1000, "PCA-OGD: recent features pooled per modality", needs=NEEDS_PROJECTION)
+    pca_k: int = option(0, "PCA-OGD: most directions per modality (0: (d+1) // (2 (M-1)))", needs=NEEDS_PROJECTION)
+    pca_energy: float = option(0.99, "PCA-OGD: share of the pool's energy the directions reach", needs=NEEDS_PROJECTION)
+    ogd_refresh: int = option(
+        0, "OGD/PCA-OGD: recompute the bases every this many head steps (0: every epoch)", needs=NEEDS_PROJECTION
+    )
     h_source: Literal["running", "batch"] = option(
-        "running", "HGM feature vector: running mean of the modality's features, or the batch mean"
+        "running",
+        "HGM feature vector: running mean of the modality's features, or the batch mean",
+        needs=NEEDS_PROJECTION,
     )
-    h_momentum: float = option(0.9, "decay of the running mean feature per step")
-    alpha: float = option(0.1, "HGM regulariser alpha (alpha_schedule=constant)")
+    h_momentum: float = option(0.9, "decay of the running mean feature per step", needs=NEEDS_PROJECTION)
+    alpha: float = option(0.1, "HGM regulariser alpha (alpha_schedule=constant)", needs=NEEDS_PROJECTION)
     alpha_schedule: Literal["constant", "reference"] = option(
-        "constant", "constant alpha, or the reference code's 0.1**(b/B+1) within each epoch"
+        "constant", "constant alpha, or the reference code's 0.1**(b/B+1) within each epoch", needs=NEEDS_PROJECTION
     )
-    normalize_p: bool = option(False, "divide P by its Frobenius norm after each update (reference code)")
+    normalize_p: bool = option(
+        False, "divide P by its Frobenius norm after each update (reference code)", needs=NEEDS_PROJECTION
+    )
     projection_mode: Literal["replace", "add"] = option(
-        "replace", "replace the head gradient by its projection (OWM), or add the projection to it"
+        "replace",
+        "replace the head gradient by its projection (OWM), or add the projection to it",
+        needs=NEEDS_PROJECTION,
     )
-    skip_first: bool = option(False, "leave the very first step unprojected (reference code)")
+    skip_first: bool = option(False, "leave the very first step unprojected (reference code)", needs=NEEDS_PROJECTION)
     projection_target: Literal["gradient", "update"] = option(
         "update",
         "HGM projects the head's gradient (the paper; momentum and weight decay then move the head past the "
         "projection) or the optimizer's whole update of the head (the projection's guarantee under any optimizer)",
+        needs=NEEDS_PROJECTION,
     )
     forget: Literal["never", "epoch", "decay"] = option(
         "never",
         "HGM's P: never forgets (the paper: the head's room shrinks with every step), restarts at I each epoch, "
         "or decays towards I (a feature's protection halves every forget_half_life epochs)",
+        needs=NEEDS_PROJECTION,
     )
-    forget_half_life: float = option(1.0, "forget=decay: epochs in which a feature's protection halves")
+    forget_half_life: float = option(
+        1.0, "forget=decay: epochs in which a feature's protection halves", needs=NEEDS_PROJECTION
+    )
     projection_stats: bool = option(
         False,
         "record per epoch how much of the head's update survives HGM and how far the other modalities' outputs "
         "move against what the projection allows (history columns hgm_*; costs a few operations per step)",
+        needs=NEEDS_PROJECTION,
     )
     leak_optimizer: bool = option(
         False, "apply momentum and weight decay to encoders stepped earlier in the batch (reference code)"

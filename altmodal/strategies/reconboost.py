@@ -60,6 +60,7 @@ class ReconBoostOptions:
         require(
             self.reconboost_rectify_epochs >= 0, "reconboost_rectify_epochs", self.reconboost_rectify_epochs, ">= 0"
         )
+        require(self.reconboost_hidden >= 1, "reconboost_hidden", self.reconboost_hidden, "at least 1")
 
 
 def boosting_weights(others: Tensor, label: Tensor, lam: float) -> Tensor:
