@@ -100,6 +100,18 @@ def test_drop_masks_keep_one_modality_per_sample_at_the_rate():
     assert all(torch.equal(unchanged[m], present[m]) for m in present)
 
 
+def test_moddrop_subsets_are_as_likely_as_its_docstring_says():
+    import altmodal.strategies.moddrop as moddrop
+
+    present = {m: torch.ones(40000, dtype=torch.bool) for m in ("a", "v")}
+    kept = drop_masks(present, 0.5, torch.Generator().manual_seed(0))
+    both = float((kept["a"] & kept["v"]).float().mean())
+    alone = [float((kept[m] & ~kept[o]).float().mean()) for m, o in (("a", "v"), ("v", "a"))]
+    assert both == pytest.approx(0.25, abs=0.01) and alone == pytest.approx([0.375, 0.375], abs=0.01)
+    text = " ".join(moddrop.__doc__.split())
+    assert "0.25 and 0.375 each" in text and "equal chances" not in text and "keeps one" in text
+
+
 def test_moddrop_trains_on_dropped_modalities(tiny_splits, monkeypatch):
     moddrop = build("moddrop", tiny_splits, moddrop_rate=0.9)
     seen = []
