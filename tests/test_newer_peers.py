@@ -167,6 +167,34 @@ def test_midas_warm_up_trains_the_unimodal_heads_alone(tiny_splits):
     assert all(p.grad is not None for p in midas.head.parameters())
 
 
+def test_midas_warm_up_not_shorter_than_the_run_is_dropped_with_a_warning(tiny_splits, caplog):
+    midas = build("midas", tiny_splits)  # the default warm-up, 10 epochs
+    midas.trainer.config = TrainConfig(batch_size=32, epochs=10)
+    with caplog.at_level("WARNING", logger="altmodal.strategies.midas"):
+        midas.on_fit_start(tiny_splits)
+    assert midas.warmup_epochs() == 0 and "would leave the fusion head untrained" in caplog.text
+    frozen_step(midas, tiny_splits.train.gather(np.arange(32)))
+    assert all(p.grad is not None for p in midas.head.parameters())  # the fusion head trains from the start
+    midas.trainer.config = TrainConfig(batch_size=32, epochs=11)
+    assert midas.warmup_epochs() == 10
+
+
+def test_early_stopping_neither_selects_nor_ends_inside_the_warm_up(tmp_path):
+    metrics = train_run(tiny_config(strategy="midas", midas_warmup=4, epochs=8, patience=1), tmp_path)
+    assert metrics["best_epoch"] > 4 and metrics["test"]["fused"]["accuracy"] > 0.5
+
+
+def test_midas_alpha_moves_once_a_step(tiny_splits):
+    midas = build("midas", tiny_splits, midas_warmup=0, midas_eta=10.0, midas_alpha="sign")
+    moves = []
+    for b in range(5):
+        before = midas.alpha.clone()
+        midas.trainer.batch_index = b
+        midas.training_step(tiny_splits.train.gather(np.arange(32 * b, 32 * b + 32)))
+        moves += (midas.alpha - before).abs().tolist()
+    assert max(moves) == pytest.approx(10.0)  # one step of eta, not one per misaligned copy
+
+
 def test_midas_alpha_never_falls_below_one(tiny_splits):
     midas = build("midas", tiny_splits, midas_warmup=0, midas_eta=10.0, midas_alpha="sign")
     for b in range(5):
