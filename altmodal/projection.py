@@ -46,7 +46,8 @@ for: hard projections against stored features of the other modalities instead of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -278,6 +279,94 @@ class HeadProjector(nn.Module):
             return reference_alpha(batch_index, batches_per_epoch)
         return self.alpha
 
+    # ----- around the optimizer's step of the head ----------------------------------------------
+    def before_step(
+        self,
+        weight: nn.Parameter,
+        modality: str,
+        batch_mean: Tensor,
+        alpha: float,
+        optimizer: torch.optim.Optimizer | None,
+        stats: bool = False,
+    ) -> dict[str, Tensor]:
+        """Between backward and the optimizer's step: :meth:`step`, and what :meth:`after_step`
+        needs kept: the weight ahead of the step (``target="update"``, or ``stats``) and, for the
+        statistics, the raw gradient and SGD's momentum buffer (:func:`held_state`)."""
+        kept = held_state(weight, optimizer) if stats else {}
+        if self.step(weight, modality, batch_mean, alpha) and (self.target == "update" or stats):
+            kept["before"] = weight.detach().clone()
+        return kept
+
+    def after_step(
+        self,
+        weight: nn.Parameter,
+        modality: str,
+        kept: Mapping[str, Tensor],
+        optimizer: torch.optim.Optimizer | None,
+        stats: bool = False,
+    ) -> dict[str, Tensor]:
+        """After the optimizer's step: with ``target="update"`` replace its update of ``weight``
+        by the projection (:meth:`project_update`); returns the step's statistics with ``stats``
+        (:meth:`statistics`), else nothing."""
+        if "before" not in kept:
+            return {}
+        raw = None
+        if self.target == "update":
+            raw = weight.detach() - kept["before"]
+            self.project_update(weight, kept["before"].clone())  # the clone is consumed
+        return self.statistics(modality, weight.detach(), kept, raw, optimizer) if stats else {}
+
+    def statistics(
+        self,
+        modality: str,
+        weight: Tensor,
+        kept: Mapping[str, Tensor],
+        raw: Tensor | None,
+        optimizer: torch.optim.Optimizer | None,
+    ) -> dict[str, Tensor]:
+        """One head step's HGM statistics: the share of the projected gradient or update that
+        survives, and (:func:`change_ratios`, as log10) how far the other modalities' outputs moved.
+
+        Args:
+            modality: the modality of the step.
+            weight: (C, d) the head's weight after the step.
+            kept: what :meth:`before_step` kept.
+            raw: (C, d) the optimizer's unprojected update (``target="update"``), or None: then
+                plain SGD's, rebuilt from ``kept`` (:func:`sgd_update`; none for other optimizers).
+            optimizer: the optimizer of the step (its learning rate, SGD's settings).
+        """
+        assert optimizer is not None
+        group = optimizer.param_groups[0]
+        lr = float(group["lr"])
+        if raw is None:  # the gradient was projected: the unprojected update of SGD, from its state
+            raw = sgd_update(kept, group) if isinstance(optimizer, torch.optim.SGD) else None
+        others = [j for j, m in enumerate(self.modalities) if m != modality and self.host_seen[j] > 0]
+        P = self.P.to(weight.dtype)
+        projected = raw if self.target == "update" else kept["gradient"]
+        stats = {"survival": survival(P, projected)} if projected is not None else {}
+        if others and raw is not None:
+            ratios = change_ratios(P, weight - kept["before"], raw, kept["gradient"], lr, self.means[others])
+            stats.update({f"log10_{k}": v.log10() for k, v in ratios.items()})
+        return stats
+
+
+def held_state(weight: Tensor, optimizer: torch.optim.Optimizer | None) -> dict[str, Tensor]:
+    """What HGM's statistics keep of the head ahead of its step: the raw gradient and, for SGD,
+    the momentum buffer."""
+    out = {"gradient": weight.grad.detach().clone()} if weight.grad is not None else {}
+    state = optimizer.state.get(weight, {}) if optimizer is not None else {}
+    if "momentum_buffer" in state:
+        out["buffer"] = state["momentum_buffer"].detach().clone()
+    return out
+
+
+def sgd_update(kept: Mapping[str, Tensor], group: Mapping[str, Any]) -> Tensor:
+    """The change plain SGD would make without projection: -lr (mu b + g + wd W)."""
+    direction = kept["gradient"] + group["weight_decay"] * kept["before"]
+    if "buffer" in kept:
+        direction = direction + group["momentum"] * kept["buffer"]
+    return -group["lr"] * direction
+
 
 # ----- OGD and PCA-OGD: project against the other modalities' stored feature bases -------------
 #
@@ -449,6 +538,19 @@ class FeatureBasisProjector(nn.Module):
             bias.grad.copy_(grad[:, -1])
         self.push(modality, features)
         return True
+
+    def before_step(self, head: nn.Linear, modality: str, features: Tensor) -> dict[str, Tensor]:
+        """Between backward and the optimizer's step: :meth:`step`, and, with ``target="update"``,
+        [W, b] ahead of the step kept for :meth:`after_step`."""
+        if self.step(head, modality, features) and self.target == "update":
+            assert head.bias is not None
+            return {"before": torch.cat([head.weight, head.bias[:, None]], dim=1).detach().clone()}
+        return {}
+
+    def after_step(self, head: nn.Linear, modality: str, kept: Mapping[str, Tensor]) -> None:
+        """After the optimizer's step: its update projected, where :meth:`before_step` kept the head."""
+        if "before" in kept:
+            self.project_update(head, modality, kept["before"])
 
     @torch.no_grad()
     def project_update(self, head: nn.Linear, modality: str, before: Tensor) -> None:

@@ -11,6 +11,7 @@ from altmodal.projection import (
     project,
     project_out,
     reference_alpha,
+    sgd_update,
     span_basis,
     survival,
     top_directions,
@@ -219,3 +220,28 @@ def test_relax_pulls_P_towards_the_identity():
     assert torch.allclose(torch.eye(3) - projector.P, 0.4 * torch.outer(u, u), atol=1e-6)
     projector.reset()
     assert torch.equal(projector.P, torch.eye(3))
+
+
+def test_sgd_update_by_hand():
+    kept = {"gradient": torch.tensor([[1.0, 2.0]]), "before": torch.tensor([[10.0, 0.0]]), "buffer": torch.ones(1, 2)}
+    group = {"lr": 0.5, "weight_decay": 0.1, "momentum": 0.9}
+    assert torch.allclose(sgd_update(kept, group), -0.5 * torch.tensor([[1.0 + 1.0 + 0.9, 2.0 + 0.9]]))
+
+
+def test_the_head_step_projects_the_optimizers_whole_update_and_reports_it():
+    torch.manual_seed(0)
+    head = nn.Linear(6, 3)
+    projector = HeadProjector(head, ["a", "b"], alpha=1e-4, target="update", momentum=0.0)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    h = {m: torch.rand(6) for m in "ab"}
+    for m in ("a", "b", "a", "b"):  # momentum builds up across the modalities' steps
+        head(torch.rand(5, 6)).square().sum().backward()
+        kept = projector.before_step(head.weight, m, h[m], 1e-4, optimizer, stats=True)
+        answer = head.weight.detach() @ h["a"]
+        optimizer.step()
+        stats = projector.after_step(head.weight, m, kept, optimizer, stats=True)
+        optimizer.zero_grad()
+    moved = float((head.weight.detach() @ h["a"] - answer).norm())
+    assert moved < 1e-3 * float(kept["gradient"].norm())  # b's last step kept a's answer
+    assert set(stats) == {"survival", "log10_guarantee", "log10_leak"}
+    assert abs(float(stats["log10_guarantee"])) < 0.05  # the change is the one the projection allows
