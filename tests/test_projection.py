@@ -2,19 +2,15 @@ import pytest
 import torch
 from torch import nn
 
+from altmodal.basis_projection import FeatureBasisProjector, augment, project_out, span_basis, top_directions
 from altmodal.projection import (
-    FeatureBasisProjector,
     HeadProjector,
-    augment,
     change_ratios,
     owm_update,
     project,
-    project_out,
     reference_alpha,
     sgd_update,
-    span_basis,
     survival,
-    top_directions,
 )
 
 

@@ -47,8 +47,8 @@ Differences from the reference code (``--preset reference-code`` reproduces them
 (OGD-ALL: remove from the head's gradient, weight and bias, the span of the OTHER modalities'
 stored features, refreshed every epoch or every ``ogd_refresh`` head steps) or ``pca-ogd`` (the
 same against the top uncentered principal directions of a pool of each modality's recent
-features); see :mod:`altmodal.projection`. The features a step stores are gathered from every
-process and ordered by sample index, so the memories are the same on every process. Caveat: the
+features); see :mod:`altmodal.basis_projection`. The features a step stores are gathered from
+every process and ordered by sample index, so the memories are the same on every process. Caveat: the
 OGD guarantee (the other modalities' stored logits do not move) is exact only for plain SGD on
 the head; momentum mixes steps projected against different bases and weight decay shrinks every
 direction, so with the paper's momentum 0.9 and weight decay 1e-4 it holds approximately.
@@ -68,13 +68,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from altmodal.basis_projection import FeatureBasisProjector
 from altmodal.config import option, require
 from altmodal.data.batch import Batch, spread_rows
 from altmodal.data.dataset import Splits
 from altmodal.fusion import ConcatHead, batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.fusion_choice import ChosenFusion
 from altmodal.model import evaluating
-from altmodal.projection import FeatureBasisProjector, HeadProjector
+from altmodal.projection import HeadProjector
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 
 ONE_RUN: dict[str, Any] = {"folds": 1, "patience": 0}
