@@ -162,6 +162,27 @@ def test_shaspec_loss_by_hand(tiny_splits):
     assert float(frozen_step(sha, batch).loss) == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
+@pytest.mark.parametrize("absent", ["zero-features", "zero-inputs"])
+def test_shaspec_runs_its_shared_encoders_where_every_encoder_runs(tiny_splits, absent):
+    widths = {m: tiny_splits.train.input_shape(m)[0] for m in tiny_splits.train.modalities}
+    custom = {m: torch.nn.Sequential(torch.nn.Linear(w, 8), torch.nn.BatchNorm1d(8)) for m, w in widths.items()}
+    options = resolve({"strategy": "shaspec"}).options
+    sha = build_strategy(
+        "shaspec", tiny_splits, EncoderConfig(dim=8, hidden=(16,), absent=absent), options, custom=custom
+    )
+    Trainer.attach(sha, TrainConfig(batch_size=32, lr=0.1))
+    sha.train()
+    rows: list[int] = []
+    sha.stems["all"].register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    batch = tiny_splits.train.gather(np.arange(4 if absent == "zero-features" else 1))
+    batch.present["m0"][1:] = False  # one sample with m0
+    features = sha.encode(batch)
+    if absent == "zero-features":  # absent rows never reach the shared stem, and their features are zero
+        assert rows == [1, 4] and bool((features["m0"][1:] == 0).all())
+    out = frozen_step(sha, batch)  # a lone sample passes batch normalisation on its running statistics
+    assert torch.isfinite(out.loss) and sha.stems["all"][0].weight.grad.abs().sum() > 0
+
+
 def test_shaspec_shares_a_trunk_across_encoders_of_different_inputs():
     splits = load_splits(DataConfig(dataset="synthetic", dataset_options=(*TINY[:2], "widths=8,5", "latent_dim=4")), 0)
     sha = build("shaspec", splits)
