@@ -241,3 +241,24 @@ def test_the_head_step_projects_the_optimizers_whole_update_and_reports_it():
     assert moved < 1e-3 * float(kept["gradient"].norm())  # b's last step kept a's answer
     assert set(stats) == {"survival", "log10_guarantee", "log10_leak"}
     assert abs(float(stats["log10_guarantee"])) < 0.05  # the change is the one the projection allows
+
+
+def test_a_projected_update_is_kept_to_the_float32_rounding_of_the_weight():
+    """What lets the late epochs exceed the allowed change: once P h is tiny, the allowed change
+    of W h is below the rounding of W's entries, which float32 cannot hold (float64 can)."""
+    torch.manual_seed(0)
+    h = torch.rand(16, dtype=torch.float64)
+    P = torch.eye(16, dtype=torch.float64)
+    for _ in range(3):
+        P = owm_update(P, h, 1e-6)
+    update, weight = torch.randn(3, 16, dtype=torch.float64) * 1e-2, torch.randn(3, 16, dtype=torch.float64)
+    ratios = {}
+    for dtype in (torch.float32, torch.float64):
+        projector = HeadProjector(nn.Linear(16, 3, dtype=dtype), ["a"])
+        projector.P.copy_(P)
+        before = weight.to(dtype)
+        moved = (before + update.to(dtype)).clone()
+        projector.project_update(moved, before.clone())
+        allowed = (update @ P.T @ h).norm()
+        ratios[dtype] = float(((moved - before).double() @ h).norm() / allowed)
+    assert ratios[torch.float64] == pytest.approx(1.0, abs=1e-6) and ratios[torch.float32] > 1.1
