@@ -101,7 +101,7 @@ class Model(nn.Module):
         return self.encode_with(self.encoders, batch, only)
 
     def encode_with(
-        self, encoders: Mapping[str, nn.Module], batch: Batch, only: Sequence[str] | None = None
+        self, encoders: Mapping[str, nn.Module] | nn.ModuleDict, batch: Batch, only: Sequence[str] | None = None
     ) -> dict[str, Tensor]:
         """:meth:`encode` with other ``encoders`` (modality -> a module with ``out_dim``), such as
         ShaSpec's shared ones: the one place that runs encoders."""

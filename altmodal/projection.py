@@ -230,7 +230,7 @@ class HeadProjector(nn.Module):
         return mean
 
     @torch.no_grad()
-    def step(self, weight: nn.Parameter, modality: str, batch_mean: Tensor, alpha: float) -> bool:
+    def step(self, weight: Tensor, modality: str, batch_mean: Tensor, alpha: float) -> bool:
         """Update P with this step's feature vector; with ``target="gradient"`` replace
         ``weight.grad`` by its projection (with ``update``, :meth:`project_update` follows the
         optimizer's step).
@@ -282,7 +282,7 @@ class HeadProjector(nn.Module):
     # ----- around the optimizer's step of the head ----------------------------------------------
     def before_step(
         self,
-        weight: nn.Parameter,
+        weight: Tensor,
         modality: str,
         batch_mean: Tensor,
         alpha: float,
@@ -299,7 +299,7 @@ class HeadProjector(nn.Module):
 
     def after_step(
         self,
-        weight: nn.Parameter,
+        weight: Tensor,
         modality: str,
         kept: Mapping[str, Tensor],
         optimizer: torch.optim.Optimizer | None,
