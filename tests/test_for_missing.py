@@ -241,8 +241,10 @@ def test_smil_reconstruction_learns_through_the_inner_step_only_at_second_order(
 
 
 def test_smil_refuses_a_first_order_paper_form_and_warns_of_the_paper_form(tiny_splits, caplog):
-    with pytest.raises(ValueError, match="would leave the reconstruction network untrained"):
-        build("smil", tiny_splits, smil_first_order=True)
+    for cut in ({"smil_first_order": True}, {"smil_inner_lr": 0.0}):
+        with pytest.raises(ValueError, match="would leave the reconstruction network untrained"):
+            build("smil", tiny_splits, **cut)
+        build("smil", tiny_splits, smil_outer="code", **cut)  # the code's outer loss reconstructs
     with caplog.at_level("WARNING", logger="altmodal.strategies.smil"):
         build("smil", tiny_splits).on_fit_start(tiny_splits)
         build("smil", tiny_splits, smil_outer="code").on_fit_start(tiny_splits)

@@ -15,8 +15,9 @@ As the paper writes it, the complete samples' outer loss never reconstructs a fe
 reconstruction network is reached only through the second-order term of the one small inner step:
 its gradient is about 1e-4 of the head's (3 draws on tiny data: 0.5e-4 to 1.8e-4; the code's form
 0.1 to 0.2), and it barely learns. A run of the paper's form says so in one warning line;
-first-order meta-gradients (``smil_first_order``), which would cut that term and leave the network
-untrained, are refused with the paper's outer loss and allowed with the code's, which reconstructs.
+first-order meta-gradients (``smil_first_order``) or no inner step (``smil_inner_lr=0``), which
+would cut that term and leave the network untrained, are refused with the paper's outer loss and
+allowed with the code's, which reconstructs.
 
 Paper vs code (the paper's form is the default): its prior weights are drawn with a learned
 variance (here multiplicative noise N(1, s^2), s = softplus(S_m(hbar)), in training), the code's
@@ -79,11 +80,12 @@ class SMILOptions:
         require(self.smil_k >= 0, "smil_k", self.smil_k, "non-negative")
         for name in ("smil_inner_lr", "smil_kl"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "non-negative")
-        if self.smil_first_order and self.smil_outer == "paper":
+        if self.smil_outer == "paper" and (self.smil_first_order or self.smil_inner_lr == 0):
+            cut = "--smil-first-order" if self.smil_first_order else "--smil-inner-lr 0"
             raise ConfigError(
-                "--smil-first-order with --smil-outer paper would leave the reconstruction network untrained "
+                f"{cut} with --smil-outer paper would leave the reconstruction network untrained "
                 "(in the paper's form it learns only through the inner step's second-order term); "
-                "use --smil-outer code or drop --smil-first-order"
+                f"use --smil-outer code or drop {cut}"
             )
 
 
