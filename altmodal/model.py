@@ -98,9 +98,16 @@ class Model(nn.Module):
         rows do, so absent inputs never reach its normalisation statistics nor its gradient, and
         absent rows get zero features.
         """
+        return self.encode_with(self.encoders, batch, only)
+
+    def encode_with(
+        self, encoders: Mapping[str, nn.Module] | nn.ModuleDict, batch: Batch, only: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """:meth:`encode` with other ``encoders`` (modality -> a module with ``out_dim``), such as
+        ShaSpec's shared ones: the one place that runs encoders."""
         out: dict[str, Tensor] = {}
         for m in self.modalities if only is None else only:
-            x, encoder = batch.inputs[m], self.encoders[m]
+            x, encoder = batch.inputs[m], encoders[m]
             # rows found on the host: no wait for the device
             index = None if self.absent == "zero-inputs" else batch.index_of(m)
             if index is None:

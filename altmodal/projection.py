@@ -40,13 +40,14 @@ next updates rebuild the protection from the current features); ``forget="decay"
 towards I by a constant factor per update, so a feature's protection halves every
 ``half_life`` epochs.
 
-OGD-ALL and PCA-OGD (:class:`FeatureBasisProjector`, below) are the alternatives a reviewer asked
+OGD-ALL and PCA-OGD (:mod:`altmodal.basis_projection`) are the alternatives a reviewer asked
 for: hard projections against stored features of the other modalities instead of OWM's soft one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -229,7 +230,7 @@ class HeadProjector(nn.Module):
         return mean
 
     @torch.no_grad()
-    def step(self, weight: nn.Parameter, modality: str, batch_mean: Tensor, alpha: float) -> bool:
+    def step(self, weight: Tensor, modality: str, batch_mean: Tensor, alpha: float) -> bool:
         """Update P with this step's feature vector; with ``target="gradient"`` replace
         ``weight.grad`` by its projection (with ``update``, :meth:`project_update` follows the
         optimizer's step).
@@ -278,185 +279,90 @@ class HeadProjector(nn.Module):
             return reference_alpha(batch_index, batches_per_epoch)
         return self.alpha
 
-
-# ----- OGD and PCA-OGD: project against the other modalities' stored feature bases -------------
-#
-# With h~ = [z; 1] and Theta = [W, b] (C x (d+1)), the head's logits are Theta h~, so a step
-# Theta <- Theta - lr * G changes the logits of a stored feature by -lr * G h~. OGD-ALL (Farajtabar
-# et al., AISTATS 2020) removes from every row of G the span of the stored h~: G <- G (I - Q Q^T),
-# with Q an orthonormal basis of that span; on a linear head this keeps the stored features' logits
-# EXACTLY (not to first order). PCA-OGD (Doan et al., AISTATS 2021) replaces the stored samples by
-# the top principal directions of a larger pool, UNCENTERED here: centring would drop the mean
-# feature, which is what drives the logits of non-negative (ReLU) features. For MLA, the step of
-# modality m is projected against the OTHER modalities' bases only (m must still fit its own
-# features), and the bases are recomputed from the memories at each refresh (every epoch or every K
-# head steps), because the encoders drift and stored features go stale.
-#
-# Projecting the gradient, momentum and weight decay break the guarantee: SGD's momentum buffer
-# mixes the projected steps of different modalities, and weight decay shrinks Theta along every
-# direction; it holds exactly only for plain SGD on the head. With ``target="update"`` the
-# optimizer's whole update of Theta is projected instead, which keeps it under any optimizer.
-
-
-def augment(features: Tensor) -> Tensor:
-    """(n, d) features -> (n, d + 1) rows [z, 1], so that the head's logits are Theta h~."""
-    return torch.cat([features, torch.ones_like(features[:, :1])], dim=1)
-
-
-def span_basis(vectors: Tensor) -> Tensor:
-    """(n, D) vectors -> (D, r) an orthonormal basis of their span (r: the numerical rank)."""
-    if vectors.shape[0] == 0:
-        return vectors.new_zeros(vectors.shape[1], 0)
-    U, S, _ = torch.linalg.svd(vectors.T.double(), full_matrices=False)  # (D, n), (n,)
-    return U[:, significant(S, vectors.shape)].to(vectors.dtype)
-
-
-def significant(S: Tensor, shape: Sequence[int]) -> Tensor:
-    """Which singular values ``S`` (float64) of a matrix of ``shape`` count towards its numerical
-    rank: those above max(S) * max(shape) * eps."""
-    return S > S.max() * max(shape) * torch.finfo(torch.float64).eps
-
-
-def top_directions(pool: Tensor, k: int, energy: float) -> Tensor:
-    """(n, D) pool -> (D, r) its top principal directions, uncentered: the fewest (at most ``k``)
-    whose squared singular values reach the share ``energy`` of the total."""
-    if pool.shape[0] == 0 or k == 0:
-        return pool.new_zeros(pool.shape[1], 0)
-    U, S, _ = torch.linalg.svd(pool.T.double(), full_matrices=False)
-    power = S**2
-    share = torch.cumsum(power, 0) / power.sum().clamp_min(torch.finfo(torch.float64).tiny)
-    needed = int((share < energy).sum()) + 1
-    rank = int(significant(S, pool.shape).sum())
-    return U[:, : max(min(needed, k, rank), 0)].to(pool.dtype)
-
-
-def project_out(grad: Tensor, basis: Tensor) -> Tensor:
-    """(C, D) gradient with the span of the orthonormal ``basis`` (D, r) removed from each row:
-    G (I - Q Q^T)."""
-    return grad - (grad @ basis) @ basis.T
-
-
-class FeatureBasisProjector(nn.Module):
-    """OGD-ALL or PCA-OGD for a head shared by several modalities.
-
-    Per modality, a FIFO memory of the augmented features h~ of its steps (OGD: the stored samples;
-    PCA-OGD: the pool); per modality, the orthonormal basis of the OTHER modalities' spans, padded
-    with zero columns to (d+1, d+1) and recomputed by :meth:`refresh`. Everything is in buffers,
-    so it travels with ``state_dict`` (checkpoints, resume). The counts of stored features and of
-    steps are kept on the host (:func:`counters_on_host`), so a step reads nothing back from the
-    device; only a refresh does (at each epoch's start, or every ``refresh_every`` head steps).
-
-    Args:
-        head: the shared linear head; its weight AND bias gradients are projected.
-        modalities: the modalities that step the head.
-        method: ``ogd`` (span of the stored features) or ``pca-ogd`` (top uncentered directions).
-        memory: features kept per modality (OGD's n_mem, or PCA-OGD's pool n_pca).
-        k: PCA-OGD's largest number of directions per modality.
-        energy: PCA-OGD's share of the pool's energy its directions must reach.
-        refresh_every: recompute the bases every this many head steps; 0: at each epoch's start.
-        target: ``gradient`` (project the head's gradients) or ``update`` (the optimizer's update).
-    """
-
-    memory: Tensor
-    stored: Tensor
-    others: Tensor
-    steps: Tensor
-    host_stored: list[int]
-    host_steps: int
-
-    def __init__(
+    # ----- around the optimizer's step of the head ----------------------------------------------
+    def before_step(
         self,
-        head: nn.Linear,
-        modalities: Sequence[str],
-        *,
-        method: str = "ogd",
-        memory: int = 64,
-        k: int = 64,
-        energy: float = 0.99,
-        refresh_every: int = 0,
-        target: str = "gradient",
-    ):
-        super().__init__()
-        if target not in TARGETS:
-            raise ValueError(f"unknown projection target {target!r}; targets: {', '.join(TARGETS)}")
-        if method not in ("ogd", "pca-ogd"):
-            raise ValueError(f"unknown projection method {method!r}; methods: ogd, pca-ogd")
-        weight = head.weight
-        size = weight.shape[1] + 1
-        self.modalities = list(modalities)
-        self.method = method
-        self.k = k
-        self.energy = energy
-        self.refresh_every = refresh_every
-        self.target = target
-        count, dtype, device = len(self.modalities), weight.dtype, weight.device
-        self.register_buffer("memory", torch.zeros(count, memory, size, dtype=dtype, device=device))
-        self.register_buffer("stored", torch.zeros(count, dtype=torch.long, device=device))
-        self.register_buffer("others", torch.zeros(count, size, size, dtype=dtype, device=device))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=weight.device))
-        counters_on_host(self, "stored", "steps")
+        weight: Tensor,
+        modality: str,
+        batch_mean: Tensor,
+        alpha: float,
+        optimizer: torch.optim.Optimizer | None,
+        stats: bool = False,
+    ) -> dict[str, Tensor]:
+        """Between backward and the optimizer's step: :meth:`step`, and what :meth:`after_step`
+        needs kept: the weight ahead of the step (``target="update"``, or ``stats``) and, for the
+        statistics, the raw gradient and SGD's momentum buffer (:func:`held_state`)."""
+        kept = held_state(weight, optimizer) if stats else {}
+        if self.step(weight, modality, batch_mean, alpha) and (self.target == "update" or stats):
+            kept["before"] = weight.detach().clone()
+        return kept
 
-    def stored_features(self, modality: str) -> Tensor:
-        """(n, d+1) the augmented features in the modality's memory (in no particular order)."""
-        j = self.modalities.index(modality)
-        return self.memory[j, : min(self.host_stored[j], self.memory.shape[1])]
+    def after_step(
+        self,
+        weight: Tensor,
+        modality: str,
+        kept: Mapping[str, Tensor],
+        optimizer: torch.optim.Optimizer | None,
+        stats: bool = False,
+    ) -> dict[str, Tensor]:
+        """After the optimizer's step: with ``target="update"`` replace its update of ``weight``
+        by the projection (:meth:`project_update`); returns the step's statistics with ``stats``
+        (:meth:`statistics`), else nothing."""
+        if "before" not in kept:
+            return {}
+        raw = None
+        if self.target == "update":
+            raw = weight.detach() - kept["before"]
+            self.project_update(weight, kept["before"].clone())  # the clone is consumed
+        return self.statistics(modality, weight.detach(), kept, raw, optimizer) if stats else {}
 
-    def basis(self, modality: str) -> Tensor:
-        """(d+1, r) the modality's own basis from its memory."""
-        rows = self.stored_features(modality)
-        return span_basis(rows) if self.method == "ogd" else top_directions(rows, self.k, self.energy)
+    def statistics(
+        self,
+        modality: str,
+        weight: Tensor,
+        kept: Mapping[str, Tensor],
+        raw: Tensor | None,
+        optimizer: torch.optim.Optimizer | None,
+    ) -> dict[str, Tensor]:
+        """One head step's HGM statistics: the share of the projected gradient or update that
+        survives, and (:func:`change_ratios`, as log10) how far the other modalities' outputs moved.
 
-    @torch.no_grad()
-    def refresh(self) -> None:
-        """Recompute, for every modality, the basis of the other modalities' spans."""
-        bases = [self.basis(m) for m in self.modalities]
-        self.others.zero_()
-        for j in range(len(self.modalities)):
-            rest = [bases[i] for i in range(len(bases)) if i != j]
-            if rest:
-                joint = span_basis(torch.cat(rest, dim=1).T)
-                self.others[j, :, : joint.shape[1]] = joint
+        Args:
+            modality: the modality of the step.
+            weight: (C, d) the head's weight after the step.
+            kept: what :meth:`before_step` kept.
+            raw: (C, d) the optimizer's unprojected update (``target="update"``), or None: then
+                plain SGD's, rebuilt from ``kept`` (:func:`sgd_update`; none for other optimizers).
+            optimizer: the optimizer of the step (its learning rate, SGD's settings).
+        """
+        assert optimizer is not None
+        group = optimizer.param_groups[0]
+        lr = float(group["lr"])
+        if raw is None:  # the gradient was projected: the unprojected update of SGD, from its state
+            raw = sgd_update(kept, group) if isinstance(optimizer, torch.optim.SGD) else None
+        others = [j for j, m in enumerate(self.modalities) if m != modality and self.host_seen[j] > 0]
+        P = self.P.to(weight.dtype)
+        projected = raw if self.target == "update" else kept["gradient"]
+        stats = {"survival": survival(P, projected)} if projected is not None else {}
+        if others and raw is not None:
+            ratios = change_ratios(P, weight - kept["before"], raw, kept["gradient"], lr, self.means[others])
+            stats.update({f"log10_{k}": v.log10() for k, v in ratios.items()})
+        return stats
 
-    def on_epoch_start(self) -> None:
-        if self.refresh_every == 0:
-            self.refresh()
 
-    @torch.no_grad()
-    def push(self, modality: str, features: Tensor) -> None:
-        """Append the (n, d) features of a step to the modality's memory (the oldest drop out)."""
-        j, capacity = self.modalities.index(modality), self.memory.shape[1]
-        rows = augment(features.to(self.memory.dtype))[-capacity:]
-        if capacity == 0 or len(rows) == 0:
-            return
-        slots = (self.host_stored[j] + torch.arange(len(rows), device=self.memory.device)) % capacity
-        self.memory[j, slots] = rows
-        self.host_stored[j] += len(rows)
+def held_state(weight: Tensor, optimizer: torch.optim.Optimizer | None) -> dict[str, Tensor]:
+    """What HGM's statistics keep of the head ahead of its step: the raw gradient and, for SGD,
+    the momentum buffer."""
+    out = {"gradient": weight.grad.detach().clone()} if weight.grad is not None else {}
+    state = optimizer.state.get(weight, {}) if optimizer is not None else {}
+    if "momentum_buffer" in state:
+        out["buffer"] = state["momentum_buffer"].detach().clone()
+    return out
 
-    @torch.no_grad()
-    def step(self, head: nn.Linear, modality: str, features: Tensor) -> bool:
-        """With ``target="gradient"``, project the head's gradients (already combined over
-        processes) against the other modalities' bases; then store this step's (n, d) features
-        (the same on every process). Returns True (every step is projected)."""
-        if self.refresh_every > 0 and self.host_steps % self.refresh_every == 0:
-            self.refresh()
-        self.host_steps += 1
-        basis = self.others[self.modalities.index(modality)]
-        weight, bias = head.weight, head.bias
-        if self.target == "gradient" and weight.grad is not None and bias is not None and bias.grad is not None:
-            grad = torch.cat([weight.grad, bias.grad[:, None]], dim=1)
-            grad = project_out(grad, basis.to(grad.dtype))
-            weight.grad.copy_(grad[:, :-1])
-            bias.grad.copy_(grad[:, -1])
-        self.push(modality, features)
-        return True
 
-    @torch.no_grad()
-    def project_update(self, head: nn.Linear, modality: str, before: Tensor) -> None:
-        """Replace the optimizer's update of [W, b] (from ``before``, (C, d+1) ahead of the step)
-        by its projection against the other modalities' bases."""
-        assert head.bias is not None
-        basis = self.others[self.modalities.index(modality)]
-        after = torch.cat([head.weight, head.bias[:, None]], dim=1)
-        moved = before + project_out(after - before, basis.to(after.dtype))
-        head.weight.copy_(moved[:, :-1])
-        head.bias.copy_(moved[:, -1])
+def sgd_update(kept: Mapping[str, Tensor], group: Mapping[str, Any]) -> Tensor:
+    """The change plain SGD would make without projection: -lr (mu b + g + wd W)."""
+    direction = kept["gradient"] + group["weight_decay"] * kept["before"]
+    if "buffer" in kept:
+        direction = direction + group["momentum"] * kept["buffer"]
+    return -group["lr"] * direction

@@ -192,7 +192,8 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Train for ``config.epochs`` epochs, or until ``config.patience`` epochs in a row have
         not improved the best validation fused accuracy; keep the parameters of the epoch with the
-        best one (the first such epoch) and return the per-epoch history.
+        best one (the first such epoch) and return the per-epoch history. The strategy's warm-up
+        epochs are neither selected nor counted by early stopping.
 
         ``resume`` is a state that a callback received at the end of an epoch: training goes on
         from the next epoch and ends as an uninterrupted run would.
@@ -217,9 +218,9 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_start(strategy, splits)
         strategy.on_fit_start(splits)
-        bar = _progress(range(start, config.epochs), self.progress, strategy.name)
+        bar, warmup = _progress(range(start, config.epochs), self.progress, strategy.name), strategy.warmup_epochs()
         for epoch in bar:
-            if stopped(epoch, int(best["epoch"]), config.patience):
+            if stopped(epoch, max(int(best["epoch"]), warmup - 1), config.patience):
                 break
             started = time.perf_counter()
             train_row = self.train_epoch(strategy, splits.train, epoch)
@@ -235,7 +236,7 @@ class Trainer:
             history.append(row)
             assert self.scheduler is not None
             self.scheduler.step()
-            if row["val_accuracy"] > best["score"]:
+            if epoch >= warmup and row["val_accuracy"] > best["score"]:
                 best = {"epoch": epoch, "score": row["val_accuracy"], "model": copy.deepcopy(strategy.state_dict())}
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(val_acc=f"{row['val_accuracy']:.3f}", best=f"{best['score']:.3f}")

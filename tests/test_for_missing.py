@@ -100,6 +100,18 @@ def test_drop_masks_keep_one_modality_per_sample_at_the_rate():
     assert all(torch.equal(unchanged[m], present[m]) for m in present)
 
 
+def test_moddrop_subsets_are_as_likely_as_its_docstring_says():
+    import altmodal.strategies.moddrop as moddrop
+
+    present = {m: torch.ones(40000, dtype=torch.bool) for m in ("a", "v")}
+    kept = drop_masks(present, 0.5, torch.Generator().manual_seed(0))
+    both = float((kept["a"] & kept["v"]).float().mean())
+    alone = [float((kept[m] & ~kept[o]).float().mean()) for m, o in (("a", "v"), ("v", "a"))]
+    assert both == pytest.approx(0.25, abs=0.01) and alone == pytest.approx([0.375, 0.375], abs=0.01)
+    text = " ".join(moddrop.__doc__.split())
+    assert "0.25 and 0.375 each" in text and "equal chances" not in text and "keeps one" in text
+
+
 def test_moddrop_trains_on_dropped_modalities(tiny_splits, monkeypatch):
     moddrop = build("moddrop", tiny_splits, moddrop_rate=0.9)
     seen = []
@@ -150,6 +162,27 @@ def test_shaspec_loss_by_hand(tiny_splits):
     assert float(frozen_step(sha, batch).loss) == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
+@pytest.mark.parametrize("absent", ["zero-features", "zero-inputs"])
+def test_shaspec_runs_its_shared_encoders_where_every_encoder_runs(tiny_splits, absent):
+    widths = {m: tiny_splits.train.input_shape(m)[0] for m in tiny_splits.train.modalities}
+    custom = {m: torch.nn.Sequential(torch.nn.Linear(w, 8), torch.nn.BatchNorm1d(8)) for m, w in widths.items()}
+    options = resolve({"strategy": "shaspec"}).options
+    sha = build_strategy(
+        "shaspec", tiny_splits, EncoderConfig(dim=8, hidden=(16,), absent=absent), options, custom=custom
+    )
+    Trainer.attach(sha, TrainConfig(batch_size=32, lr=0.1))
+    sha.train()
+    rows: list[int] = []
+    sha.stems["all"].register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    batch = tiny_splits.train.gather(np.arange(4 if absent == "zero-features" else 1))
+    batch.present["m0"][1:] = False  # one sample with m0
+    features = sha.encode(batch)
+    if absent == "zero-features":  # absent rows never reach the shared stem, and their features are zero
+        assert rows == [1, 4] and bool((features["m0"][1:] == 0).all())
+    out = frozen_step(sha, batch)  # a lone sample passes batch normalisation on its running statistics
+    assert torch.isfinite(out.loss) and sha.stems["all"][0].weight.grad.abs().sum() > 0
+
+
 def test_shaspec_shares_a_trunk_across_encoders_of_different_inputs():
     splits = load_splits(DataConfig(dataset="synthetic", dataset_options=(*TINY[:2], "widths=8,5", "latent_dim=4")), 0)
     sha = build("shaspec", splits)
@@ -186,17 +219,37 @@ def test_smil_reconstructs_an_absent_feature_from_the_priors(tiny_splits):
         assert torch.allclose(u, expected + F.softplus(mu), atol=1e-6)
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_smil_reconstruction_learns_through_the_inner_step_only_at_second_order(tiny_splits, first_order):
-    smil = build("smil", tiny_splits, smil_first_order=first_order, smil_perturb="off")
+def smil_gradients(splits, **options):
+    """One frozen SMIL step on a batch whose half lacks m1: the reconstruction's and the head's gradients."""
+    smil = build("smil", splits, smil_perturb="off", **options)
     smil.priors.copy_(torch.randn(smil.priors.shape))
-    smil.on_fit_start(tiny_splits)  # the complete samples that judge the adaptation
-    batch = tiny_splits.train.gather(np.arange(32))
+    smil.on_fit_start(splits)  # the complete samples that judge the adaptation
+    batch = splits.train.gather(np.arange(32))
     present = dict(batch.present)
     present["m1"] = torch.arange(32) % 2 == 0  # half the samples lack m1: they adapt
     out = frozen_step(smil, batch.with_present(present))
-    reached = smil.weights["m1"].weight.grad is not None and float(smil.weights["m1"].weight.grad.abs().sum()) > 0
-    assert reached != first_order and out.loss.isfinite()
+    assert out.loss.isfinite()
+    grads = [smil.weights["m1"].weight.grad, smil.head.weight.grad]
+    return [0.0 if g is None else float(g.norm()) for g in grads]
+
+
+def test_smil_reconstruction_learns_through_the_inner_step_only_at_second_order(tiny_splits):
+    reconstruction, head = smil_gradients(tiny_splits)
+    assert 0 < reconstruction < 1e-2 * head  # the paper's form: a faint second-order gradient
+    reconstruction, head = smil_gradients(tiny_splits, smil_outer="code", smil_first_order=True)
+    assert reconstruction > 1e-2 * head  # the code's outer loss reconstructs: it reaches at first order
+
+
+def test_smil_refuses_a_first_order_paper_form_and_warns_of_the_paper_form(tiny_splits, caplog):
+    for cut in ({"smil_first_order": True}, {"smil_inner_lr": 0.0}):
+        with pytest.raises(ValueError, match="would leave the reconstruction network untrained"):
+            build("smil", tiny_splits, **cut)
+        build("smil", tiny_splits, smil_outer="code", **cut)  # the code's outer loss reconstructs
+    with caplog.at_level("WARNING", logger="altmodal.strategies.smil"):
+        build("smil", tiny_splits).on_fit_start(tiny_splits)
+        build("smil", tiny_splits, smil_outer="code").on_fit_start(tiny_splits)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "barely learns" in lines[0] and "\n" not in lines[0]
 
 
 def test_smil_priors_follow_the_encoders_each_epoch(tmp_path):

@@ -11,7 +11,7 @@ from altmodal.encoders import EncoderConfig
 from altmodal.experiment import resolve, train_run
 from altmodal.predictor import load_run
 from altmodal.strategies import build_strategy
-from altmodal.strategies.aug import residual_target
+from altmodal.strategies.aug import log_prediction, residual_target
 from altmodal.strategies.base import TrainConfig
 from altmodal.strategies.midas import partners
 from altmodal.strategies.reconboost import boosting_weights
@@ -36,20 +36,50 @@ def test_residual_label_by_hand():
     assert residual_target(torch.tensor([0]), torch.tensor([[3.0, 0.0]]), lam=1.0).sum() == 0  # clamped at 0
 
 
-def test_aug_loss_with_two_classifiers_by_hand(tiny_splits):
-    aug = build("aug", tiny_splits)
+def aug_two_classifiers(splits, **options):
+    """An AUG model whose modalities have two classifiers each, a batch, its features."""
+    aug = build("aug", splits, **options)
     aug.active.fill_(2)
     aug.host_active = [2, 2]
-    batch = tiny_splits.train.gather(np.arange(32))
-    features = aug.encode(batch)
+    batch = splits.train.gather(np.arange(32))
+    return aug, batch, aug.encode(batch)
+
+
+def test_aug_loss_with_two_classifiers_by_hand_sums_probabilities(tiny_splits):
+    aug, batch, features = aug_two_classifiers(tiny_splits)  # the paper's form
+    expected, y = 0.0, batch.label
+    for m in aug.modalities:
+        z1, z2 = aug.head_logits(m, features[m])
+        p1, p2 = torch.softmax(z1, 1), torch.softmax(z2, 1)
+        target = F.one_hot(y, 3) * (1 - 0.5 * p1)
+        expected += -((p1 + p2) / 2)[torch.arange(32), y].log().mean() - p1[torch.arange(32), y].log().mean()
+        expected += -(target * F.log_softmax(z2, 1)).sum(1).mean()
+    assert float(frozen_step(aug, batch).loss) == pytest.approx(float(expected.detach()), rel=1e-5)
+    with torch.no_grad():
+        z = {m: aug.head_logits(m, features[m]) for m in aug.modalities}
+        p = {m: (torch.softmax(z[m][0], 1) + torch.softmax(z[m][1], 1)) / 2 for m in aug.modalities}
+        fused = aug.fuse(features, batch.present).exp()
+        assert torch.allclose(fused, (p["m0"] + p["m1"]) / 2, atol=1e-6)  # both present: the mean
+
+
+def test_aug_loss_with_two_classifiers_by_hand_sums_logits_in_the_code_form(tiny_splits):
+    aug, batch, features = aug_two_classifiers(tiny_splits, aug_score="ensemble")
     expected = 0.0
     for m in aug.modalities:
         z1, z2 = aug.head_logits(m, features[m])
-        p1 = torch.softmax(z1, 1)
-        target = F.one_hot(batch.label, 3) * (1 - 0.5 * p1)
+        target = F.one_hot(batch.label, 3) * (1 - 0.5 * torch.softmax(z1, 1))
         expected += F.cross_entropy(z1 + z2, batch.label) + F.cross_entropy(z1, batch.label)
         expected += -(target * F.log_softmax(z2, 1)).sum(1).mean()
     assert float(frozen_step(aug, batch).loss) == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_aug_confidence_and_residual_do_not_grow_with_the_classifiers():
+    confident = [torch.tensor([[9.0, 0.0, 0.0]])] * 4  # four classifiers, each sure of class 0
+    for count in (1, 2, 4):
+        p = log_prediction(confident[:count], ensemble=False).exp()
+        assert torch.allclose(p.sum(1), torch.ones(1)) and float(p[0, 0]) == pytest.approx(0.9998, abs=1e-4)
+    target = residual_target(torch.tensor([0]), log_prediction(confident[:3], ensemble=False).exp(), lam=0.5)
+    assert float(target[0, 0]) >= 0.5  # three confident classifiers leave the newest a true-class target
 
 
 def test_aug_gives_the_weakest_modality_a_classifier_at_each_check(tiny_splits):
@@ -165,6 +195,34 @@ def test_midas_warm_up_trains_the_unimodal_heads_alone(tiny_splits):
     midas.trainer.epoch = 2
     frozen_step(midas, batch)
     assert all(p.grad is not None for p in midas.head.parameters())
+
+
+def test_midas_warm_up_not_shorter_than_the_run_is_dropped_with_a_warning(tiny_splits, caplog):
+    midas = build("midas", tiny_splits)  # the default warm-up, 10 epochs
+    midas.trainer.config = TrainConfig(batch_size=32, epochs=10)
+    with caplog.at_level("WARNING", logger="altmodal.strategies.midas"):
+        midas.on_fit_start(tiny_splits)
+    assert midas.warmup_epochs() == 0 and "would leave the fusion head untrained" in caplog.text
+    frozen_step(midas, tiny_splits.train.gather(np.arange(32)))
+    assert all(p.grad is not None for p in midas.head.parameters())  # the fusion head trains from the start
+    midas.trainer.config = TrainConfig(batch_size=32, epochs=11)
+    assert midas.warmup_epochs() == 10
+
+
+def test_early_stopping_neither_selects_nor_ends_inside_the_warm_up(tmp_path):
+    metrics = train_run(tiny_config(strategy="midas", midas_warmup=4, epochs=8, patience=1), tmp_path)
+    assert metrics["best_epoch"] > 4 and metrics["test"]["fused"]["accuracy"] > 0.5
+
+
+def test_midas_alpha_moves_once_a_step(tiny_splits):
+    midas = build("midas", tiny_splits, midas_warmup=0, midas_eta=10.0, midas_alpha="sign")
+    moves = []
+    for b in range(5):
+        before = midas.alpha.clone()
+        midas.trainer.batch_index = b
+        midas.training_step(tiny_splits.train.gather(np.arange(32 * b, 32 * b + 32)))
+        moves += (midas.alpha - before).abs().tolist()
+    assert max(moves) == pytest.approx(10.0)  # one step of eta, not one per misaligned copy
 
 
 def test_midas_alpha_never_falls_below_one(tiny_splits):

@@ -2,18 +2,15 @@ import pytest
 import torch
 from torch import nn
 
+from altmodal.basis_projection import FeatureBasisProjector, augment, project_out, span_basis, top_directions
 from altmodal.projection import (
-    FeatureBasisProjector,
     HeadProjector,
-    augment,
     change_ratios,
     owm_update,
     project,
-    project_out,
     reference_alpha,
-    span_basis,
+    sgd_update,
     survival,
-    top_directions,
 )
 
 
@@ -219,3 +216,49 @@ def test_relax_pulls_P_towards_the_identity():
     assert torch.allclose(torch.eye(3) - projector.P, 0.4 * torch.outer(u, u), atol=1e-6)
     projector.reset()
     assert torch.equal(projector.P, torch.eye(3))
+
+
+def test_sgd_update_by_hand():
+    kept = {"gradient": torch.tensor([[1.0, 2.0]]), "before": torch.tensor([[10.0, 0.0]]), "buffer": torch.ones(1, 2)}
+    group = {"lr": 0.5, "weight_decay": 0.1, "momentum": 0.9}
+    assert torch.allclose(sgd_update(kept, group), -0.5 * torch.tensor([[1.0 + 1.0 + 0.9, 2.0 + 0.9]]))
+
+
+def test_the_head_step_projects_the_optimizers_whole_update_and_reports_it():
+    torch.manual_seed(0)
+    head = nn.Linear(6, 3)
+    projector = HeadProjector(head, ["a", "b"], alpha=1e-4, target="update", momentum=0.0)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    h = {m: torch.rand(6) for m in "ab"}
+    for m in ("a", "b", "a", "b"):  # momentum builds up across the modalities' steps
+        head(torch.rand(5, 6)).square().sum().backward()
+        kept = projector.before_step(head.weight, m, h[m], 1e-4, optimizer, stats=True)
+        answer = head.weight.detach() @ h["a"]
+        optimizer.step()
+        stats = projector.after_step(head.weight, m, kept, optimizer, stats=True)
+        optimizer.zero_grad()
+    moved = float((head.weight.detach() @ h["a"] - answer).norm())
+    assert moved < 1e-3 * float(kept["gradient"].norm())  # b's last step kept a's answer
+    assert set(stats) == {"survival", "log10_guarantee", "log10_leak"}
+    assert abs(float(stats["log10_guarantee"])) < 0.05  # the change is the one the projection allows
+
+
+def test_a_projected_update_is_kept_to_the_float32_rounding_of_the_weight():
+    """What lets the late epochs exceed the allowed change: once P h is tiny, the allowed change
+    of W h is below the rounding of W's entries, which float32 cannot hold (float64 can)."""
+    torch.manual_seed(0)
+    h = torch.rand(16, dtype=torch.float64)
+    P = torch.eye(16, dtype=torch.float64)
+    for _ in range(3):
+        P = owm_update(P, h, 1e-6)
+    update, weight = torch.randn(3, 16, dtype=torch.float64) * 1e-2, torch.randn(3, 16, dtype=torch.float64)
+    ratios = {}
+    for dtype in (torch.float32, torch.float64):
+        projector = HeadProjector(nn.Linear(16, 3, dtype=dtype), ["a"])
+        projector.P.copy_(P)
+        before = weight.to(dtype)
+        moved = (before + update.to(dtype)).clone()
+        projector.project_update(moved, before.clone())
+        allowed = (update @ P.T @ h).norm()
+        ratios[dtype] = float(((moved - before).double() @ h).norm() / allowed)
+    assert ratios[torch.float64] == pytest.approx(1.0, abs=1e-6) and ratios[torch.float32] > 1.1

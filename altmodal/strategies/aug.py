@@ -3,28 +3,37 @@ Multimodal Learning from the Perspective of Mitigating Classification Ability Di
 NeurIPS 2025).
 
 Modality o owns a growing list of classifiers (a private Linear(d, h) + ReLU into ONE Linear(h, C)
-shared by all); its prediction Z_o sums their logits z_j; each modality learns from its own loss
+shared by all); its prediction P_o sums their probabilities p_j = softmax(z_j) (the paper's Eqs.
+3-4), read as a distribution: P_{<=t} = sum_{j<=t} p_j / t. Each modality learns from its own loss
 (none fused). With t classifiers the newest fits a residual label, the older ones stay good, all
-learn together (p_j = softmax(z_j); plain CE(z_1, y) while t = 1; the label clamped at 0):
+learn together (plain CE(z_1, y) while t = 1; the label clamped at 0):
 
-    L_o = CE(z_t, y - lambda sum_{j<t} y * p_j) + CE(sum_{j<=t} z_j, y) + CE(sum_{j<t} z_j, y)
+    L_o = CE(z_t, y - lambda y * P_{<t}) - log P_{<=t}[y] - log P_{<t}[y]
 
 Every ``aug_every`` epochs, if the most confident modality leads the least, s_st - sigma s_w > tau
-with s_o the epoch's mean of sum_j p_j[y], the least gets one more classifier (the paper's rule
-for two modalities; ours for more). At test the present modalities' Z_o are averaged.
+with s_o the epoch's mean of P_o[y], the least gets one more classifier (the paper's rule for two
+modalities; ours for more). At test the present modalities' P_o are averaged.
 
 Defaults: the paper's sigma = 1, tau = 0.01, h = 256, one step on the modalities' summed losses;
 lambda = 0.5 (the paper gives a grid; the code's value); every 10 epochs (the paper's, 100-epoch
-runs). The released code, as options: confidence and residual from the softmax of the SUMMED
-logits (``aug_score=ensemble``), a step per modality (``aug_step=modality``), a check after the
-first epoch too (``aug_check_first``), added classifiers never in its optimizer (``aug_new=frozen``).
-Not reproduced: its fusion weights 0.4 / 0.6, its selection on the test set. The classifiers are
+runs). Departures from the paper: its sums of probabilities enter the losses, the confidence and
+the residual as they are, so they grow with the number of classifiers; here they are divided by
+it (the prediction, hence argmax and losses' gradients, unchanged), so the confidence of a
+modality does not rise by getting a classifier (with a check every epoch the classifiers would
+otherwise go to the modalities in turn), and the residual label keeps a true class share of at
+least 1 - lambda (the raw sum of three confident classifiers would clamp it to 0). The released
+code, as options: a prediction that sums the classifiers' LOGITS, softmax(sum_j z_j), read by the
+losses, the confidence, the residual and the test-time average alike (``aug_score=ensemble``), a
+step per modality (``aug_step=modality``), a check after the first epoch too
+(``aug_check_first``), added classifiers never in its optimizer (``aug_new=frozen``). Not
+reproduced: its fusion weights 0.4 / 0.6, its selection on the test set. The classifiers are
 allocated up front (``aug_max_heads``); an unused one gets no gradient, hence no optimizer state
 and no weight decay; the active counts are a buffer, so runs resume and reload. Cost: UME's.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -50,8 +59,8 @@ class AUGOptions:
     aug_max_heads: int = option(10, "classifiers a modality may have at most")
     aug_score: Literal["heads", "ensemble"] = option(
         "heads",
-        "confidence and residual from the sum of the classifiers' probabilities (paper) or the "
-        "softmax of their summed logits (code)",
+        "a modality's prediction (read by its losses, confidence, residual and the test-time average): "
+        "the sum of its classifiers' probabilities (paper) or the softmax of their summed logits (code)",
     )
     aug_step: Literal["joint", "modality"] = option("joint", "one optimizer step per batch, or one per modality (code)")
     aug_check_first: bool = option(False, "also assign after the first epoch (code)")
@@ -61,6 +70,15 @@ class AUGOptions:
         require(0 <= self.aug_lambda <= 1, "aug_lambda", self.aug_lambda, "in [0, 1]")
         for name in ("aug_every", "aug_hidden", "aug_max_heads"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "at least 1")
+
+
+def log_prediction(logits: list[Tensor], ensemble: bool) -> Tensor:
+    """(B, C) log of a modality's prediction from its classifiers' (B, C) ``logits``: their summed
+    probabilities over their count, or (``ensemble``, the code's) the softmax of their summed logits."""
+    stacked = torch.stack(logits)
+    if ensemble:
+        return F.log_softmax(stacked.sum(0), dim=1)
+    return torch.logsumexp(F.log_softmax(stacked, dim=2), dim=0) - math.log(len(logits))
 
 
 def residual_target(label: Tensor, previous: Tensor, lam: float) -> Tensor:
@@ -104,37 +122,40 @@ class AUG(Strategy):
         return out
 
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {m: torch.stack(self.head_logits(m, features[m])).sum(0) for m in self.modalities}
+        """modality -> (B, C) the log of its prediction."""
+        return {m: self.prediction(self.head_logits(m, features[m])) for m in self.modalities}
 
     def fuse(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> Tensor:
-        return average_present(self.unimodal_logits(features), present)
-
-    def confidence(self, logits: list[Tensor]) -> Tensor:
-        """(B, C) what confidence and residual read: sum_j p_j, or softmax(sum_j z_j) (code)."""
+        """The present modalities' predictions averaged (the code's form: their log-probabilities)."""
+        log_p = self.unimodal_logits(features)
         if self.options.aug_score == "ensemble":
-            return torch.softmax(torch.stack(logits).sum(0), dim=1)
-        return torch.stack([torch.softmax(z, dim=1) for z in logits]).sum(0)
+            return average_present(log_p, present)
+        return average_present({m: v.exp() for m, v in log_p.items()}, present).clamp_min(1e-30).log()
+
+    def prediction(self, logits: list[Tensor]) -> Tensor:
+        """(B, C) the log of the prediction of the classifiers' ``logits`` (see :func:`log_prediction`)."""
+        return log_prediction(logits, self.options.aug_score == "ensemble")
 
     def training_step(self, batch: Batch) -> StepOutput:
         opts, features, total = self.options, self.encode(batch), None
         report = {}
         for j, m in enumerate(self.modalities):
-            rows, z = batch.present[m], self.head_logits(m, features[m])
-            ensemble, y = torch.stack(z).sum(0), batch.label
-            loss = self.cross_entropy(ensemble, y, rows)
+            rows, z, y = batch.present[m], self.head_logits(m, features[m]), batch.label
+            log_p = self.prediction(z)
+            loss = self.cross_entropy(log_p, y, rows)
             if len(z) > 1:
-                earlier = torch.stack(z[:-1]).sum(0)
-                target = residual_target(y, self.confidence(z[:-1]).detach(), opts.aug_lambda)
+                earlier = self.prediction(z[:-1])
+                target = residual_target(y, earlier.detach().exp(), opts.aug_lambda)
                 residual = -(target * F.log_softmax(z[-1], dim=1)).sum(1)
                 loss = loss + self.cross_entropy(earlier, y, rows) + self.mean_loss(residual, rows)
             with torch.no_grad():
-                seen = self.confidence(z).gather(1, y[:, None]).squeeze(1) * rows
+                seen = log_p.exp().gather(1, y[:, None]).squeeze(1) * rows
                 self.scores[:, j] += torch.stack([seen.sum(), rows.sum().to(seen.dtype)]).double()
             if opts.aug_step == "modality":
                 self.optimize(loss, [*self.encoders[m].parameters(), *self.private[m].parameters(),
                                      *self.shared.parameters()])  # fmt: skip
             total = loss if total is None else total + loss
-            report[m] = ensemble.detach()
+            report[m] = log_p.detach()
         assert total is not None
         if opts.aug_step == "joint":
             self.optimize(total)

@@ -106,6 +106,11 @@ class Strategy(Model):
         """The splits the loop trains and validates on (default: the run's own)."""
         return splits
 
+    def warmup_epochs(self) -> int:
+        """Epochs at the start of training whose model is not yet the method's (MIDAS's warm-up):
+        the loop neither selects one of them nor lets early stopping count them."""
+        return 0
+
     def on_fit_start(self, splits: Splits) -> None:
         """Called once before the first epoch the loop trains (after a resume has restored the
         state), with the run's splits."""

@@ -12,11 +12,15 @@ similar the swapped-in feature is to the one it replaced (hard samples count up 
     L = CE(G(f), y) + sum_m CE(U_m(f_m), y) + lambda mean_i w_i sum_k a_k c~_k CE(G(f~_i), y_source(k))
     w_i = 1 + (cos(f_m[i], f_m[j]) + 1) / 2,   a_k = alpha for the weak modality (argmin mean c~), else 1
 
-After each step alpha moves by eta (mean c~_weak - mean of the fused prediction's share on the weak
-source's label), never below 1. A modality's own prediction: U_m.
+After each step alpha moves once (as in the paper and the code), by eta (mean c~_weak - mean of
+the fused prediction's share on the weak source's label; with M copies, the mean of their gaps,
+as the code averages its two copies' ratios), never below 1. A modality's own prediction: U_m.
 
 Defaults: the paper's lambda = 1, eta = 0.05, partners of another label; a warm-up of 10 epochs
-(the code's; the paper gives none). M modalities: one misaligned copy per modality (m swapped),
+(the code's; the paper gives none). The fusion head does not train in the warm-up, so a run not
+longer than it trains without one (the paper's way), with a warning, and the loop neither selects a
+warm-up epoch nor lets early stopping count one (the code trains a fixed number of epochs).
+M modalities: one misaligned copy per modality (m swapped),
 as the code's two copies for two modalities (the paper's appendix permutes all modalities at
 once). Departures of the code, as options: partners from a plain shuffle of the batch
 (``midas_partner=shuffle``), alpha moved by the sign of a comparison of ratios of means
@@ -29,6 +33,7 @@ epoch, batch). Cost: about 1.1x joint training (M + 1 passes of the fusion head)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -39,9 +44,12 @@ from torch import Tensor, nn
 
 from altmodal.config import option, require
 from altmodal.data.batch import Batch
+from altmodal.data.dataset import Splits
 from altmodal.strategies.base import DataSpec, StepOutput
 from altmodal.strategies.joint import Joint, JointOptions, present_rows
 from altmodal.strategies.parts import UnimodalHeads, unimodal_losses
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,13 +95,27 @@ class MIDAS(Joint):
     def unimodal_logits(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return self.aux(features)  # type: ignore[no-any-return]
 
+    def warmup_epochs(self) -> int:
+        """The warm-up's epochs: the option's, or none where the run is not longer (the paper has none)."""
+        warmup = self.options.midas_warmup
+        return warmup if warmup < self.config.epochs else 0
+
+    def on_fit_start(self, splits: Splits) -> None:
+        if self.options.midas_warmup and not self.warmup_epochs():
+            log.warning(
+                "midas: the warm-up (%d epochs) is not shorter than the run (%d epochs) and would leave the "
+                "fusion head untrained; training without one, as the paper does",
+                self.options.midas_warmup,
+                self.config.epochs,
+            )
+
     def training_step(self, batch: Batch) -> StepOutput:
         opts, y = self.options, batch.label
         features = self.encode(batch)
         logits = self.aux(features)
         loss: Tensor = sum(unimodal_losses(self, logits, batch).values())  # type: ignore[assignment]
         extras: dict[str, Tensor] = {}
-        if self.epoch >= opts.midas_warmup:  # (the warm-up trains the unimodal heads alone)
+        if self.epoch >= self.warmup_epochs():  # (the warm-up trains the unimodal heads alone)
             misaligned = self.misaligned(batch, features, logits, extras)
             loss = loss + self.cross_entropy(self.head(features), y) + opts.midas_lambda * misaligned
         self.optimize(loss)
@@ -106,7 +128,7 @@ class MIDAS(Joint):
         conf = torch.stack([torch.softmax(logits[m].detach(), 1).gather(1, y[:, None]).squeeze(1) for m in names], 1)
         present = torch.stack([batch.present[m] for m in names], dim=1)  # (B, M)
         generator = self.step_generator(tag=1)
-        total, gaps = [], []
+        total, votes, gaps = [], torch.zeros_like(self.alpha), torch.zeros_like(self.alpha)
         for j, m in enumerate(names):
             partner = partners(y, batch.present[m], opts.midas_partner == "other-label", generator)
             rows = (partner >= 0) & (present.sum(1) - present[:, j].long() > 0)  # a partner, and a modality kept
@@ -129,10 +151,10 @@ class MIDAS(Joint):
                 p = log_p.exp().gather(1, label)
                 model = (p * weak).sum(1) / p.sum(1).clamp_min(1e-12)
                 sums = self.dist.sum(torch.stack([(((share * weak).sum(1) - model) * rows).sum(), rows.sum()]))
-                gap = sums[0] / sums[1].clamp_min(1)
-                gaps.append((weak, gap))
-        for weak, gap in gaps:  # alpha moves after the step's losses are taken
-            step = gap.sign() if opts.midas_alpha == "sign" else gap
-            self.alpha.copy_(torch.where(weak, self.alpha + opts.midas_eta * step, self.alpha).clamp_min(1.0))
+                votes += weak
+                gaps += weak * sums[0] / sums[1].clamp_min(1)
+        gap = gaps / votes.clamp_min(1)  # once a step, after its losses: the copies' mean gap (the code's)
+        step = gap.sign() if opts.midas_alpha == "sign" else gap
+        self.alpha.copy_(torch.where(votes > 0, self.alpha + opts.midas_eta * step, self.alpha).clamp_min(1.0))
         extras.update({f"midas_alpha_{m}": self.alpha[j].clone() for j, m in enumerate(names)})
         return torch.stack(total).mean()

@@ -47,8 +47,8 @@ Differences from the reference code (``--preset reference-code`` reproduces them
 (OGD-ALL: remove from the head's gradient, weight and bias, the span of the OTHER modalities'
 stored features, refreshed every epoch or every ``ogd_refresh`` head steps) or ``pca-ogd`` (the
 same against the top uncentered principal directions of a pool of each modality's recent
-features); see :mod:`altmodal.projection`. The features a step stores are gathered from every
-process and ordered by sample index, so the memories are the same on every process. Caveat: the
+features); see :mod:`altmodal.basis_projection`. The features a step stores are gathered from
+every process and ordered by sample index, so the memories are the same on every process. Caveat: the
 OGD guarantee (the other modalities' stored logits do not move) is exact only for plain SGD on
 the head; momentum mixes steps projected against different bases and weight decay shrinks every
 direction, so with the paper's momentum 0.9 and weight decay 1e-4 it holds approximately.
@@ -68,13 +68,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from altmodal.basis_projection import FeatureBasisProjector
 from altmodal.config import option, require
 from altmodal.data.batch import Batch, spread_rows
 from altmodal.data.dataset import Splits
 from altmodal.fusion import ConcatHead, batch_entropy_weights, combine, entropy_weights, fixed_weights
 from altmodal.fusion_choice import ChosenFusion
 from altmodal.model import evaluating
-from altmodal.projection import FeatureBasisProjector, HeadProjector, change_ratios, survival
+from altmodal.projection import HeadProjector
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy
 
 ONE_RUN: dict[str, Any] = {"folds": 1, "patience": 0}
@@ -400,54 +401,40 @@ class MLA(Strategy):
         stepped: list[str],
         index: Tensor | None = None,
     ) -> tuple[Callable[[], None], Callable[[], None] | None]:
-        """The gradient edit of m's step and what follows its optimizer step.
-
-        The edit updates the projector (OWM: with the global mean of the step's ``count``
-        features, in float32 whatever the forward's precision; OGD/PCA-OGD: storing the step's
-        features of every process in sample order) and, with ``projection_target="gradient"``,
-        projects the head's gradient; with ``leak_optimizer`` it hands zero gradients to the
-        encoders stepped earlier in the batch. With ``projection_target="update"`` the head's
-        weight (OGD: and bias) is kept before the step and its update projected after it."""
+        """The gradient edit of m's step and what follows its optimizer step: the projector's
+        ``before_step`` and ``after_step`` (:mod:`altmodal.projection`; they project the head's
+        gradient or its whole update, and keep the statistics), fed the global mean of the step's
+        ``count`` features in float32 (OWM) or the step's features of every process in sample
+        order (OGD/PCA-OGD); with ``leak_optimizer`` the edit hands zero gradients to the
+        encoders stepped earlier in the batch."""
         projector, opts = self.projector, self.options
         kept: dict[str, Tensor] = {}  # the head ahead of the step, and what the statistics need
 
         def edit() -> None:
-            projected = False
             if isinstance(projector, FeatureBasisProjector):
                 rows = self.dist.gather(features)
                 order = self.dist.gather(index).argsort() if index is not None else slice(None)
-                projected = projector.step(head, modality, rows[order])
-                if projected and opts.projection_target == "update":
-                    kept["before"] = torch.cat([head.weight, head.bias[:, None]], dim=1).detach().clone()
+                kept.update(projector.before_step(head, modality, rows[order]))
             elif projector is not None:
                 total = features.float().sum(dim=0)
                 mean = (self.dist.sum(total) if self.dist.active else total) / count
                 if opts.forget == "decay":
                     projector.relax(self._decay_keep())
-                if opts.projection_stats:
-                    kept.update(before_step(head.weight, self.optimizer))
                 alpha = projector.alpha_for(self.batch_index, self.batches_per_epoch)
-                projected = projector.step(head.weight, modality, mean, alpha)  # type: ignore[arg-type]
-                if projected and (opts.projection_target == "update" or opts.projection_stats):
-                    kept["before"] = head.weight.detach().clone()
+                stats = opts.projection_stats
+                kept.update(projector.before_step(head.weight, modality, mean, alpha, self.optimizer, stats))
             if opts.leak_optimizer:
                 for other in stepped:
                     for p in self.encoders[other].parameters():
                         p.grad = torch.zeros_like(p)
 
         def after() -> None:
-            if "before" not in kept:
-                return
             if isinstance(projector, FeatureBasisProjector):
-                projector.project_update(head, modality, kept["before"])
-                return
-            assert isinstance(projector, HeadProjector)
-            raw = None
-            if opts.projection_target == "update":
-                raw = head.weight.detach() - kept["before"]
-                projector.project_update(head.weight, kept["before"].clone())  # the clone is consumed
-            if opts.projection_stats:
-                self._record(projector, modality, head.weight.detach(), kept, raw)
+                projector.after_step(head, modality, kept)
+            elif projector is not None:
+                stats = projector.after_step(head.weight, modality, kept, self.optimizer, opts.projection_stats)
+                for key, value in stats.items():
+                    self._stats.setdefault(key, []).append(value.detach())
 
         needs_after = projector is not None and (opts.projection_target == "update" or opts.projection_stats)
         return edit, after if needs_after else None
@@ -457,42 +444,6 @@ class MLA(Strategy):
         per_batch = len(self.modalities) if self.options.cycle == "batch" else 1
         updates = self.options.forget_half_life * self.batches_per_epoch * per_batch
         return float(0.5 ** (1 / max(updates, 1.0)))
-
-    def _record(
-        self, projector: HeadProjector, modality: str, weight: Tensor, kept: Mapping[str, Tensor], raw: Tensor | None
-    ) -> None:
-        """Add this step's HGM statistics (``projection_stats``) to the batch's."""
-        group = self.optimizer.param_groups[0]  # type: ignore[union-attr]
-        lr = float(group["lr"])
-        if raw is None:  # the gradient was projected: the unprojected update of SGD, from its state
-            raw = sgd_update(kept, group) if isinstance(self.optimizer, torch.optim.SGD) else None
-        others = [j for j, m in enumerate(projector.modalities) if m != modality and projector.host_seen[j] > 0]
-        P = projector.P.to(weight.dtype)
-        projected = raw if self.options.projection_target == "update" else kept["gradient"]
-        stats = {"survival": survival(P, projected)} if projected is not None else {}
-        if others and raw is not None:
-            ratios = change_ratios(P, weight - kept["before"], raw, kept["gradient"], lr, projector.means[others])
-            stats.update({f"log10_{k}": v.log10() for k, v in ratios.items()})
-        for key, value in stats.items():
-            self._stats.setdefault(key, []).append(value.detach())
-
-
-def before_step(weight: Tensor, optimizer: torch.optim.Optimizer | None) -> dict[str, Tensor]:
-    """What HGM's statistics keep of the head ahead of its step: the raw gradient and, for SGD,
-    the momentum buffer."""
-    out = {"gradient": weight.grad.detach().clone()} if weight.grad is not None else {}
-    state = optimizer.state.get(weight, {}) if optimizer is not None else {}
-    if "momentum_buffer" in state:
-        out["buffer"] = state["momentum_buffer"].detach().clone()
-    return out
-
-
-def sgd_update(kept: Mapping[str, Tensor], group: Mapping[str, Any]) -> Tensor:
-    """The change plain SGD would make without projection: -lr (mu b + g + wd W)."""
-    direction = kept["gradient"] + group["weight_decay"] * kept["before"]
-    if "buffer" in kept:
-        direction = direction + group["momentum"] * kept["buffer"]
-    return -group["lr"] * direction
 
 
 def basis_projector(head: nn.Linear, modalities: list[str], options: MLAOptions) -> FeatureBasisProjector:

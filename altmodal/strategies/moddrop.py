@@ -9,12 +9,15 @@ encoder's output for the zero input, or zero features). The model thereby learns
 every subset of its modalities, which is what missing modalities at test time ask of it. Nothing
 is dropped at test time.
 
-Departures: the paper drops the inputs of separately pre-trained modality branches while fusing
-them gradually, with a dropping probability tuned per channel; here the whole model trains from
-the start with one rate for every modality (0.5 by default: on two modalities a quarter of the
-steps' samples keep both, as in the paper's setting of equal chances for each subset; our
-choice). The masks come from a generator seeded by (seed, epoch, batch): the same on every process
-and after a resume. Cost: that of joint training.
+Departures from the paper (there is no official code): the paper drops the inputs of separately
+pre-trained modality branches while fusing them gradually, with a dropping probability tuned per
+channel; here the whole model trains from the start with one rate for every modality (0.5 by
+default, our choice). A sample that would lose every modality it has keeps one, chosen uniformly
+(ours: the paper lets a sample lose all its channels), so the subsets are not equally likely: at
+rate p on two modalities a sample keeps both with probability (1 - p)^2 and each one alone with
+p (1 - p) + p^2 / 2, that is 0.25 and 0.375 each at p = 0.5. The masks come from a generator
+seeded by (seed, epoch, batch): the same on every process and after a resume. Cost: that of
+joint training.
 """
 
 from __future__ import annotations

@@ -18,7 +18,11 @@ The shared encoder: when every modality's encoder has the same architecture and 
 input shapes), one copy applied to every modality, as in the code (all MRI sequences share a
 shape); otherwise, as the authors advise for inputs of different shapes ("align the dimension
 first"), a per-modality copy of the encoder followed by one shared layer, Linear(d, d) + ReLU
-(``shaspec_shared``). Copies start from the specific encoders' weights. Departures of the code,
+(``shaspec_shared``). Copies start from the specific encoders' weights. The shared encoders run
+where every encoder runs (:meth:`~altmodal.model.Model.encode_with`): under ``--absent
+zero-features`` absent rows never reach them and get zero shared features (the code, as
+``zero-inputs``, encodes its zero inputs), and a lone training sample passes batch normalisation
+on its running statistics. Departures of the code,
 as options: it computes both auxiliary losses on absent (zero-input) modalities too
 (``shaspec_aux_absent``) and sums the alignment over the cyclic pairs (i, i+1 mod M)
 (``shaspec_pairs=cyclic``); its non-dedicated training drops random modality subsets
@@ -72,6 +76,18 @@ def same_architecture(encoders: Mapping[str, nn.Module]) -> bool:
     return all(shape == shapes[0] for shape in shapes)
 
 
+class SharedEncoder(nn.Module):
+    """A modality's shared encoder as :meth:`Model.encode_with` runs it: ``trunk(stem(x))``
+    (built for a call; its parts are ShaSpec's)."""
+
+    def __init__(self, stem: nn.Module, trunk: nn.Module, out_dim: int):
+        super().__init__()
+        self.stem, self.trunk, self.out_dim = stem, trunk, out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.trunk(self.stem(x))  # type: ignore[no-any-return]
+
+
 class ShaSpec(Strategy):
     name = "shaspec"
     options_class = ShaSpecOptions
@@ -90,13 +106,16 @@ class ShaSpec(Strategy):
         self.dim = dim
 
     def encode(self, batch: Batch, only: Sequence[str] | None = None) -> dict[str, Tensor]:
-        """modality -> (B, 2d): its shared feature r_m, then its specific feature s_m."""
+        """modality -> (B, 2d): its shared feature r_m, then its specific feature s_m; both
+        encoders run where every encoder runs (``absent``, a lone sample's normalisation)."""
         specific = super().encode(batch, only)
-        out = {}
-        for m, s in specific.items():
-            stem = self.stems["all" if "all" in self.stems else m]
-            out[m] = torch.cat([self.trunk(stem(batch.inputs[m])), s], dim=1)
-        return out
+        shared = self.encode_with(self.shared_encoders(), batch, only)
+        return {m: torch.cat([shared[m], s], dim=1) for m, s in specific.items()}
+
+    def shared_encoders(self) -> dict[str, nn.Module]:
+        """modality -> its shared encoder: its stem (or the one for all) and the shared trunk."""
+        stems = {m: self.stems["all" if "all" in self.stems else m] for m in self.modalities}
+        return {m: SharedEncoder(stem, self.trunk, self.dim).train(self.training) for m, stem in stems.items()}
 
     def feature_width(self, modality: str) -> int:
         return 2 * self.dim
