@@ -29,19 +29,17 @@ def mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def seconds(folder: Path, strategy: str) -> list[float]:
-    """Training seconds of a strategy's runs in a dataset's folder, per seed."""
+def seconds(folder: Path, label: str) -> list[float]:
+    """Training seconds of the runs of benchmark row ``label`` (``mla``, ``joint``,
+    ``mla:preset=paper``) in a dataset's folder, one per seed."""
+    name, *pairs = label.split(":")
+    preset = dict(p.split("=", 1) for p in pairs).get("preset", "altmodal" if name == "mla" else None)
     found = []
-    for path in sorted((folder / "runs").glob("*/metrics.json")):
+    for path in sorted((folder / "runs").glob(f"{name}-seed*/metrics.json")):
         metrics = json.loads(path.read_text())
-        if metrics.get("strategy") == strategy.split(":")[0] and _options_match(metrics, strategy):
-            found.append(float(metrics.get("train_seconds", float("nan"))))
+        if (metrics.get("options") or {}).get("preset") == preset:
+            found.append(float(metrics["train_seconds"]))
     return found
-
-
-def _options_match(metrics: dict, strategy: str) -> bool:
-    preset = dict(p.split("=", 1) for p in strategy.split(":")[1:]).get("preset")
-    return metrics.get("options", {}).get("preset", "altmodal") == (preset or "altmodal") or metrics["strategy"] != "mla"
 
 
 def row(root: Path, dataset: dict) -> str:
@@ -60,14 +58,19 @@ def row(root: Path, dataset: dict) -> str:
     best_missing = max(missing_rivals, key=lambda s: missing_rivals[s])
     worst_seed = mean(fused) - min(fused) if fused else float("nan")
     cost = mean(seconds(root / dataset["folder"], DEFAULT)) / mean(seconds(root / dataset["folder"], JOINT))
-    return (
-        f"| {dataset['name']} | {mean(fused):.3f} ± {np.std(fused):.3f} | {mean(references[best_ref]['fused']):.3f} "
-        f"({best_ref[8:]}) | "
-        + (f"{mean(others[best_other]['fused']):.3f} ({best_other}) | " if best_other else "– | ")
-        + (f"{mean(alone['fused']):.3f} ({alone['modality']}) | " if alone else "– | ")
-        + f"{mean(fused) - max(rivals):+.3f} | {mean(default['missing_0.5']):.3f} vs {missing_rivals[best_missing]:.3f} "
-        f"({best_missing.replace('sklearn:', '')}) | {default['laziness']:.2f} | {worst_seed:.3f} | {cost:.1f}x |"
-    )
+    cells = [
+        dataset["name"],
+        f"{mean(fused):.3f} ± {np.std(fused):.3f}",
+        f"{mean(references[best_ref]['fused']):.3f} ({best_ref[len('sklearn:') :]})",
+        f"{mean(others[best_other]['fused']):.3f} ({best_other})" if best_other else "–",
+        f"{mean(alone['fused']):.3f} ({alone['modality']})" if alone else "–",
+        f"{mean(fused) - max(rivals):+.3f}",
+        f"{mean(default['missing_0.5']):.3f} vs {missing_rivals[best_missing]:.3f} ({best_missing})",
+        f"{default['laziness']:.2f}",
+        f"{worst_seed:.3f}",
+        f"{cost:.1f}x",
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main(root: Path) -> None:
