@@ -24,6 +24,8 @@ pickle) and loaded back only if every type it names is one of :data:`TRUSTED`.
 
 from __future__ import annotations
 
+import itertools
+import json
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -264,16 +266,40 @@ class Learners(nn.Module):
         return {n: torch.stack([present[m] for m in covered(n, self.modalities)]).all(dim=0) for n in self.names}
 
     def get_extra_state(self) -> Tensor:
-        data = dumps([{n: member[n] for n in self.names} for member in self.fitted])
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        blobs = [dumps(member[n]) for member in self.fitted for n in self.names]  # one skops file each
+        return torch.frombuffer(bytearray(pack(blobs)), dtype=torch.uint8)
 
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
             raise ValueError("the saved learners are not a byte tensor; the model file is damaged")
-        fitted = loads(state.cpu().numpy().tobytes(), "the model's learners")
-        if not isinstance(fitted, list) or not all(isinstance(f, dict) and set(f) == set(self.names) for f in fitted):
-            raise ValueError(f"the saved learners are not one table of {', '.join(self.names)} per member")
-        self.fitted = fitted
+        blobs = unpack(state.cpu().numpy().tobytes(), "the model's learners")
+        if not self.names or len(blobs) % len(self.names):
+            raise ValueError(f"the saved learners are not one of each of {', '.join(self.names)} per member")
+        fitted = [loads(blob, f"the model's learner {self.names[i % len(self.names)]}") for i, blob in enumerate(blobs)]
+        step = len(self.names)
+        self.fitted = [dict(zip(self.names, fitted[k : k + step])) for k in range(0, len(fitted), step)]
+
+
+def pack(blobs: Sequence[bytes]) -> bytes:
+    """Byte strings one after the other, behind a JSON list of their lengths (8 bytes give the
+    list's own length)."""
+    header = json.dumps([len(b) for b in blobs]).encode()
+    return len(header).to_bytes(8, "little") + header + b"".join(blobs)
+
+
+def unpack(data: bytes, source: str) -> list[bytes]:
+    """What :func:`pack` joined; anything else is a ValueError naming ``source``."""
+    size = int.from_bytes(data[:8], "little")
+    try:
+        lengths = json.loads(data[8 : 8 + size])
+    except ValueError:
+        lengths = None
+    if not isinstance(lengths, list) or not all(isinstance(n, int) and n >= 0 for n in lengths):
+        raise ValueError(f"{source}: not a packed list of saved learners; the model file is damaged")
+    if 8 + size + sum(lengths) != len(data):
+        raise ValueError(f"{source}: the packed learners do not add up to the file's length; the model file is damaged")
+    ends = np.cumsum([8 + size, *lengths])
+    return [data[int(a) : int(b)] for a, b in itertools.pairwise(ends)]
 
 
 def rows_of(datasets: Sequence[Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from altmodal import load_run
 from altmodal.benchmark import BenchmarkConfig, cells, run_grid
 from altmodal.experiment import evaluate_run, train_run
-from altmodal.learners import Learners, dumps, learner_names, loads, log_proba
+from altmodal.learners import Learners, dumps, learner_names, loads, log_proba, pack
 from altmodal.reference import reference_kind, run_reference
 from tests.conftest import TINY, tiny_config
 
@@ -80,7 +80,8 @@ def test_a_planted_payload_in_the_saved_learners_is_refused_and_runs_nothing(wit
     out, _ = with_learners
     planted = tmp_path / "planted"
     shutil.copytree(out, planted)
-    payload = dumps([{"m0:linear": Payload()}])
+    names = json.loads((out / "model.json").read_text())["learners"]
+    payload = pack([dumps(Payload() if name == "m0:linear" else None) for name in names * 3])
     saved = load_file(planted / "model.safetensors")
     saved["learners._extra_state"] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
     save_file(saved, planted / "model.safetensors")
@@ -103,8 +104,10 @@ def test_learners_refuse_a_saved_state_of_another_layout():
     learners = Learners(["a:linear"], ["a"], 2)
     with pytest.raises(ValueError, match="byte tensor"):
         learners.set_extra_state(torch.zeros(3))
-    with pytest.raises(ValueError, match="one table of a:linear per member"):
+    with pytest.raises(ValueError, match="packed list of saved learners"):
         learners.set_extra_state(torch.frombuffer(bytearray(dumps([{"b:linear": None}])), dtype=torch.uint8))
+    with pytest.raises(ValueError, match="do not add up"):
+        learners.set_extra_state(torch.frombuffer(bytearray(pack([b"abc"])[:-1]), dtype=torch.uint8))
 
 
 def test_learners_none_trains_networks_only(tmp_path):
