@@ -40,8 +40,8 @@ IN_MODELS = ("linear", "boosted")
 """The kinds a cross-fitted run may train beside its networks (``--learners``)."""
 JOINED = "*"
 """The name part of a learner on every modality joined (``*:<kind>``: no modality can be called so)."""
-TREES = 3000
-"""At most this many trees in a boosted learner (iterations times classes, at least 30 iterations):
+TREES = 1500
+"""At most this many trees in a boosted learner (iterations times classes, at least 20 iterations):
 its cost and its size on disk stay bounded with many classes."""
 WIDEST_BOOSTED = 1000
 """Boosted trees see at most this many input columns: on wider inputs (thousands of term counts)
@@ -67,10 +67,13 @@ def require_sklearn() -> None:
 
 
 def learner_names(modalities: Sequence[str], kinds: Sequence[str]) -> list[str]:
-    """Every learner a cross-fitted run trains: ``<modality>:<kind>`` for each modality, then
-    ``*:<kind>`` on the joined features (with two or more modalities)."""
-    names = [f"{m}:{k}" for k in kinds for m in modalities]
-    return names + ([f"{JOINED}:{k}" for k in kinds] if len(modalities) > 1 else [])
+    """Every learner a cross-fitted run trains: ``<modality>:linear`` for each modality, then
+    ``*:<kind>`` on the joined features (with two or more modalities). Boosted trees are trained on
+    the joined features only: one boosted learner per modality would multiply the trees a run
+    stores and predicts with by the number of modalities."""
+    names = [f"{m}:{k}" for k in kinds if k != "boosted" for m in modalities]
+    joined = [f"{JOINED}:{k}" for k in kinds] if len(modalities) > 1 else []
+    return names + (joined if joined else [f"{modalities[0]}:boosted"] if "boosted" in kinds else [])
 
 
 def covered(name: str, modalities: Sequence[str]) -> list[str]:
@@ -115,13 +118,14 @@ def estimator(kind: str, label: np.ndarray, seed: int) -> Any:
             Cs=[1e-2, 1e-1, 1.0, 10.0], cv=folds, max_iter=100, tol=1e-3, scoring="neg_log_loss"
         )  # (L-BFGS stopped early: the last digits of a weight change no prediction)
     if kind == "boosted":
-        few = len(label) < 100 or folds is None
-        classes = len(np.unique(label))
+        counts = np.bincount(label)[np.unique(label)]
+        stops = bool(counts.min() >= 5)  # an inner validation share with every class in it
+        most = int(np.clip(TREES // max(len(counts), 1), 20, 300))  # a tree per class and iteration
         return HistGradientBoostingClassifier(
-            max_iter=int(np.clip(TREES // max(classes, 1), 30, 300)),  # a tree per class and iteration
-            early_stopping=not few,
+            max_iter=most if stops else min(most, 50),
+            early_stopping=stops,
             validation_fraction=0.2,
-            n_iter_no_change=20,
+            n_iter_no_change=10,
             max_leaf_nodes=15,
             min_samples_leaf=max(2, min(20, len(label) // 50)),
             l2_regularization=1.0,
