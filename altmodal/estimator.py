@@ -170,7 +170,8 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         ``sample_weight`` ((N,) non-negative numbers) and ``class_weight`` multiply each sample's
         term in every loss a strategy trains on (scaled together to a mean of 1 over the samples
         given, so only their ratios matter). Unweighted stay: the validation accuracy that selects
-        the epoch and the fusion rule, and the training curves. The classical learners a
+        the epoch, the choice of the fusion rule and the rules fitted on held-out predictions
+        (``stacked``, ``weighted``), and the training curves. The classical learners a
         cross-fitted run fits beside its networks (``options={"learners": ...}``) take no weights:
         with weights they are left out, and asking for them is refused.
 
