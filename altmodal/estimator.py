@@ -171,7 +171,8 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         term in every loss a strategy trains on (scaled together to a mean of 1 over the samples
         given, so only their ratios matter). Unweighted stay: the validation accuracy that selects
         the epoch, the choice of the fusion rule and the rules fitted on held-out predictions
-        (``stacked``, ``weighted``), and the training curves. The classical learners a
+        (``stacked``, ``weighted``; to weigh every part of the model fix the rule, e.g.
+        ``options={"test_fusion": "entropy"}``), and the training curves. The classical learners a
         cross-fitted run fits beside its networks (``options={"learners": ...}``) take no weights:
         with weights they are left out, and asking for them is refused.
 

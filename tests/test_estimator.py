@@ -239,6 +239,17 @@ def test_class_weight_and_sample_weight_reach_every_training_step(monkeypatch):
     np.testing.assert_allclose(given[0][:90], np.where(y == 1, 4.0, 1.0) / np.where(y == 1, 4.0, 1.0).mean())
 
 
+def test_a_class_weighed_zero_is_never_predicted_where_the_whole_model_is_weighted():
+    X, y = two_modalities()
+    for strategy, fusion in (("joint", {}), ("mla", {"test_fusion": "entropy"})):  # mla: no rule fitted unweighted
+        params = {**FAST, "options": {**FAST["options"], **fusion}}
+        model = MultimodalClassifier(strategy, class_weight={2: 0.0}, **params).fit(X, y)
+        assert (
+            not (model.predict(X) == 2).any()
+            and (MultimodalClassifier(strategy, **params).fit(X, y).predict(X) == 2).any()
+        )
+
+
 def test_bad_weights_are_refused_in_one_line():
     X, y = two_modalities(90)
     cases = [
