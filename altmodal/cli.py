@@ -279,8 +279,8 @@ def print_fusion(summary: Mapping[str, Any]) -> None:
     chosen = summary["fusion"]
     print(
         f"fusion rule {chosen}, chosen of {len(summary['fusion_scores'])} candidates on {summary['samples']} "
-        f"{where}: estimated accuracy {_figure(summary['fusion_estimate'])} (its score when chosen "
-        f"{_figure(summary['fusion_scores'][chosen])} flatters it)"
+        f"{where}: honest estimate {_figure(summary['fusion_estimate'])} (score when chosen "
+        f"{_figure(summary['fusion_scores'][chosen])})"
     )
 
 

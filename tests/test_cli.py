@@ -131,8 +131,8 @@ def test_train_prints_its_settings_once_one_progress_line_and_the_chosen_fusion(
     chosen = summary["fusion"]
     assert (
         f"fusion rule {chosen}, chosen of {len(summary['fusion_scores'])} candidates on {summary['samples']} "
-        f"out-of-fold predictions: estimated accuracy {summary['fusion_estimate']:.4f} (its score when chosen "
-        f"{summary['fusion_scores'][chosen]:.4f} flatters it)"
+        f"out-of-fold predictions: honest estimate {summary['fusion_estimate']:.4f} (score when chosen "
+        f"{summary['fusion_scores'][chosen]:.4f})"
     ) in captured.out
 
 
