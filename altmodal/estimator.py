@@ -492,9 +492,12 @@ def loss_weights(
         return None
     weights = np.ones(len(codes))
     if sample_weight is not None:
-        given = np.asarray(sample_weight, dtype=np.float64) if not issparse(sample_weight) else None
+        try:
+            given = np.asarray(sample_weight, dtype=np.float64) if not issparse(sample_weight) else None
+        except (TypeError, ValueError) as err:
+            raise DataError(f"sample_weight: not numbers ({err})") from err
         if given is None or given.shape != (len(codes),):
-            shape = getattr(sample_weight, "shape", None)
+            shape = getattr(given if given is not None else sample_weight, "shape", None)
             raise DataError(f"sample_weight: give one number per sample ({len(codes)}; got shape {shape})")
         bad = np.flatnonzero(~np.isfinite(given) | (given < 0))
         if len(bad):

@@ -253,6 +253,8 @@ def test_bad_weights_are_refused_in_one_line():
     cases = [
         ({}, {"sample_weight": np.ones(3)}, r"sample_weight: give one number per sample \(90; got shape \(3,\)\)"),
         ({}, {"sample_weight": -np.ones(90)}, r"sample_weight: row 0 is -1.0; weights are finite and >= 0"),
+        ({}, {"sample_weight": ["heavy"] * 90}, "sample_weight: not numbers"),
+        ({}, {"sample_weight": [[1.0]] * 90}, r"sample_weight: give one number per sample \(90; got shape \(90, 1\)\)"),
         ({}, {"sample_weight": np.zeros(90)}, "sample_weight: every weight is zero"),
         ({"class_weight": {7: 2.0}}, {}, r"class_weight: 7 is not a label of y \(0, 1, 2\)"),
         ({"class_weight": "even"}, {}, "class_weight must be 'balanced', a dict label -> weight or None"),
