@@ -79,7 +79,7 @@ class Summary(Callback):
             for line in fit_summary(strategy, splits, strategy.config):
                 self.write(line)
             if self.members > 1:
-                self.write(f"cross-fitted: {self.members} members, each on its own folds (sizes above: the first's)")
+                self.write(f"cross-fitted: {self.members} members, each on its own folds (sizes above: one member's)")
 
 
 class Progress(Callback):
