@@ -63,7 +63,8 @@ def fit_summary(strategy: Strategy, splits: Splits, config: TrainConfig) -> list
 
 class Summary(Callback):
     """Hands :func:`fit_summary`'s lines to ``write`` (e.g. ``print``) when training starts: once
-    for a cross-fitted run, with the first member's split sizes and a line on the members."""
+    for a cross-fitted run, with the split sizes of the first member it trains and a line on the
+    members."""
 
     def __init__(self, write: Callable[[str], Any]):
         self.write = write
