@@ -291,3 +291,17 @@ def test_verbose_logs_one_progress_line_per_epoch_and_the_leaderboard(caplog):
     joint = MultimodalClassifier("joint", epochs=1, options={"hidden": (16,), "dim": 8}).fit(X, y)
     with pytest.raises(ConfigError, match="leaderboard: strategy 'joint' weighs no fusion candidates"):
         joint.leaderboard()
+
+
+def test_verbose_reaches_stderr_where_no_logging_is_configured(monkeypatch, capsys):
+    from altmodal.estimator import logged
+
+    logger = logging.getLogger("altmodal")
+    monkeypatch.setattr(logging.Logger, "hasHandlers", lambda self: False)  # as in a fresh interpreter
+    before = list(logger.handlers)
+    with logged(1):
+        logging.getLogger("altmodal.estimator").info("member 1/5, epoch 1/100")
+    with logged(0):
+        logging.getLogger("altmodal.estimator").info("quiet")
+    err = capsys.readouterr().err
+    assert "member 1/5, epoch 1/100" in err and "quiet" not in err and logger.handlers == before
