@@ -196,9 +196,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     callbacks: list[Callback] = [] if args.quiet else [Summary(print), Progress(line, config.train.epochs, line.every)]
     if args.log == "tensorboard":
         callbacks.append(TensorBoardLogger(Path(out) / "tensorboard"))
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(line)
     try:
         metrics = train_run(config, out, dist=dist, overwrite=args.overwrite, callbacks=callbacks, threads=args.threads)
     finally:
+        for handler in handlers:
+            handler.removeFilter(line)
         line.close()
         shutdown()
     if dist.is_main:
@@ -259,6 +264,11 @@ class ProgressLine:
         if self.open:
             self.stream.write("\n")
             self.open = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """As a logging filter: a message logged while the line is open starts on a line of its own."""
+        self.close()
+        return True
 
 
 def print_summary(config: RunConfig, out: str, metrics: Mapping[str, Any]) -> None:

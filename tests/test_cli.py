@@ -257,3 +257,23 @@ def test_unreadable_checkpoint_and_model_files_are_named(tmp_path, capsys):
 def test_a_diverging_run_stops_with_a_clear_message(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), *FAST, "--lr", "1e12"]) == 2
     assert "training diverged in epoch" in capsys.readouterr().err
+
+
+def test_the_progress_line_is_rewritten_on_a_terminal_and_ended_before_a_message():
+    import io
+    import logging
+
+    from altmodal.cli import ProgressLine
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    line = ProgressLine(stream)
+    line("member 1/2, epoch 1/3")
+    line("member 1/2, epoch 2/3")
+    assert line.filter(logging.makeLogRecord({"msg": "a warning"})) is True
+    line.close()  # nothing more to end
+    assert stream.getvalue() == "\rmember 1/2, epoch 1/3\x1b[K\rmember 1/2, epoch 2/3\x1b[K\n"
+    assert line.every == 0 and ProgressLine(io.StringIO()).every == 10
