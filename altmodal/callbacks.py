@@ -8,6 +8,8 @@ Pass them as a list (``train_run(..., callbacks=[...])``); write your own by sub
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,10 @@ from altmodal.strategies import Strategy, TrainConfig
 class Callback:
     """Hooks of the loop; subclass and override what you need (the run folder, the TensorBoard
     logger and the command line's summary are callbacks). :class:`Trainer` takes a list."""
+
+    def on_member_start(self, member: int, members: int) -> None:
+        """Before each member of a cross-fitted run (``member`` of ``members``, from 1), one that
+        had finished too; a single model has no members."""
 
     def on_fit_start(self, strategy: Strategy, splits: Splits) -> None:
         """Before the first epoch (also when resuming), with the optimizer configured."""
@@ -56,15 +62,76 @@ def fit_summary(strategy: Strategy, splits: Splits, config: TrainConfig) -> list
 
 
 class Summary(Callback):
-    """Hands :func:`fit_summary`'s lines to ``write`` (e.g. ``print``) when training starts."""
+    """Hands :func:`fit_summary`'s lines to ``write`` (e.g. ``print``) when training starts: once
+    for a cross-fitted run, with the split sizes of the first member it trains and a line on the
+    members."""
 
     def __init__(self, write: Callable[[str], Any]):
         self.write = write
+        self.members = 1
+        self.shown = False
+
+    def on_member_start(self, member: int, members: int) -> None:
+        self.members = members
 
     def on_fit_start(self, strategy: Strategy, splits: Splits) -> None:
-        if strategy.dist.is_main:
+        if strategy.dist.is_main and not self.shown:
+            self.shown = True
             for line in fit_summary(strategy, splits, strategy.config):
                 self.write(line)
+            if self.members > 1:
+                self.write(f"cross-fitted: {self.members} members, each on its own folds (sizes above: one member's)")
+
+
+class Progress(Callback):
+    """One line on the whole run after an epoch, e.g. ``member 2/5, epoch 14/100, val accuracy
+    0.812, ETA 1m05s`` (no member for a single model), handed to ``write`` at most every
+    ``every`` seconds, and after the run's last epoch. The ETA assumes every epoch is trained
+    (early stopping ends sooner) at the pace of those trained so far."""
+
+    def __init__(
+        self, write: Callable[[str], Any], epochs: int, every: float = 0.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.write = write
+        self.epochs = epochs
+        self.every = every
+        self.clock = clock
+        self.member, self.members = 1, 1
+        self.started: float | None = None
+        self.trained = 0
+        self.last = -math.inf
+
+    def on_member_start(self, member: int, members: int) -> None:
+        self.member, self.members = member, members
+
+    def on_fit_start(self, strategy: Strategy, splits: Splits) -> None:
+        if self.started is None:
+            self.started = self.clock()
+
+    def on_epoch_end(self, strategy: Strategy, state: dict[str, Any]) -> None:
+        if not strategy.dist.is_main or self.started is None:
+            return
+        self.trained += 1
+        epoch = int(state["epoch"]) + 1
+        left = (self.members - self.member) * self.epochs + self.epochs - epoch
+        now = self.clock()
+        if now - self.last < self.every and left > 0:
+            return
+        self.last = now
+        eta = (now - self.started) / self.trained * left
+        where = f"member {self.member}/{self.members}, " if self.members > 1 else ""
+        accuracy = state["history"][-1].get("val_accuracy", math.nan)
+        self.write(f"{where}epoch {epoch}/{self.epochs}, val accuracy {accuracy:.3f}, ETA {duration(eta)}")
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as ``1h02m``, ``3m05s`` or ``12s``."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class TensorBoardLogger(Callback):

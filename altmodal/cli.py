@@ -11,18 +11,19 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 import altmodal
-from altmodal.callbacks import Summary, TensorBoardLogger
-from altmodal.config import ConfigError, add_arguments, fields_of, read_config_file
+from altmodal.callbacks import Progress, Summary, TensorBoardLogger
+from altmodal.config import ConfigError, add_arguments, did_you_mean, fields_of, read_config_file
 from altmodal.data.features import DataError
 from altmodal.data.registry import DATASETS, FEATURE_FILE_DEFAULTS, DataConfig
 from altmodal.data.splits import PROTOCOLS
@@ -191,20 +192,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return launch(args.nproc, [a for a in strip_nproc(args.argv)] + ["--out", str(out)])
     dist = init_from_env(config.train.device)
-    callbacks: list[Callback] = [] if args.quiet else [Summary(print)]
+    line = ProgressLine(sys.stderr)
+    callbacks: list[Callback] = [] if args.quiet else [Summary(print), Progress(line, config.train.epochs, line.every)]
     if args.log == "tensorboard":
         callbacks.append(TensorBoardLogger(Path(out) / "tensorboard"))
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(line)
     try:
-        metrics = train_run(
-            config,
-            out,
-            dist=dist,
-            progress=not args.quiet,
-            overwrite=args.overwrite,
-            callbacks=callbacks,
-            threads=args.threads,
-        )
+        metrics = train_run(config, out, dist=dist, overwrite=args.overwrite, callbacks=callbacks, threads=args.threads)
     finally:
+        for handler in handlers:
+            handler.removeFilter(line)
+        line.close()
         shutdown()
     if dist.is_main:
         if metrics.skipped:
@@ -244,6 +244,33 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     return subprocess.call(command)
 
 
+class ProgressLine:
+    """Where ``train`` writes its progress: on a terminal one line, rewritten after each epoch;
+    elsewhere (a log file) a line every ``every`` seconds."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.terminal = bool(getattr(stream, "isatty", lambda: False)())
+        self.every = 0.0 if self.terminal else 10.0
+        self.open = False
+
+    def __call__(self, text: str) -> None:
+        self.stream.write(f"\r{text}\x1b[K" if self.terminal else f"{text}\n")
+        self.stream.flush()
+        self.open = self.terminal
+
+    def close(self) -> None:
+        """End the rewritten line (the next output starts on a line of its own)."""
+        if self.open:
+            self.stream.write("\n")
+            self.open = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """As a logging filter: a message logged while the line is open starts on a line of its own."""
+        self.close()
+        return True
+
+
 def print_summary(config: RunConfig, out: str, metrics: Mapping[str, Any]) -> None:
     test = metrics["test"]
     print(
@@ -251,6 +278,20 @@ def print_summary(config: RunConfig, out: str, metrics: Mapping[str, Any]) -> No
         f"best epoch {metrics['best_epoch']} of {metrics['epochs']})"
     )
     print_block(test, "test")
+    print_fusion(metrics.get("strategy_summary", {}))
+
+
+def print_fusion(summary: Mapping[str, Any]) -> None:
+    """The fusion rule a run chose among its candidates, and the honest estimate of the choice."""
+    if "fusion_scores" not in summary or "fusion_estimate" not in summary:
+        return
+    where = "out-of-fold predictions" if summary.get("held_out") == "out-of-fold" else "validation samples"
+    chosen = summary["fusion"]
+    print(
+        f"fusion rule {chosen}, chosen of {len(summary['fusion_scores'])} candidates on {summary['samples']} "
+        f"{where}: honest estimate {_figure(summary['fusion_estimate'])} (score when chosen "
+        f"{_figure(summary['fusion_scores'][chosen])})"
+    )
 
 
 def print_block(block: Mapping[str, Any], split: str) -> None:
@@ -429,10 +470,24 @@ def _show(value: object) -> str:
     return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage of ``train`` runs to a hundred
+    lines), a bad choice with the closest valid one."""
+
+    CHOICE = re.compile(r"invalid choice: (['\"]?)(.*?)\1 \(choose from (.*)\)$")
+
+    def error(self, message: str) -> NoReturn:
+        bad = self.CHOICE.search(message)
+        if bad:
+            choices = [c.strip().strip("'\"") for c in bad.group(3).split(",")]
+            near = did_you_mean(bad.group(2), choices)
+            if near:
+                message = f"{message[: bad.start()]}invalid choice: {bad.group(2)!r}{near}"
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="altmodal", description="Multimodal learning that does not go lazy (MLA and its baselines)."
-    )
+    parser = Parser(prog="altmodal", description="Multimodal learning that does not go lazy (MLA and its baselines).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument(
         "--version", action="version", version=f"altmodal {altmodal.__version__} (torch {torch.__version__})"

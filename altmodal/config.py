@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import json
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -208,3 +209,11 @@ def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples as lists)."""
     return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'X'?"`` with the name of ``known`` closest to ``name`` (letter case aside),
+    or ``""`` when none is near."""
+    by_lower = {str(k).lower(): str(k) for k in sorted(known, key=str, reverse=True)}
+    near = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
+    return f"; did you mean {by_lower[near[0]]!r}?" if near else ""

@@ -37,9 +37,12 @@ runs no code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +51,13 @@ import numpy as np
 try:
     from scipy.sparse import issparse
     from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.utils.class_weight import compute_class_weight
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 except ImportError as err:  # the optional extra
     raise ImportError("altmodal.MultimodalClassifier needs scikit-learn: pip install 'altmodal[sklearn]'") from err
 
+from altmodal.callbacks import Progress
 from altmodal.config import ConfigError
 from altmodal.data.features import PRESENT_PREFIX, DataError, arrays_to_dataset, check_name
 from altmodal.data.registry import Loaded
@@ -63,6 +68,8 @@ from altmodal.experiment import check_given, resolve, train_run
 from altmodal.predictor import Predictor, load_run
 from altmodal.threads import threads_for, torch_threads
 from altmodal.trainer import kept_rng_state
+
+log = logging.getLogger(__name__)
 
 NAMED = ("strategy", "epochs", "lr", "batch_size", "seed", "device")
 """Settings the estimator takes as parameters of its own (not through ``options``)."""
@@ -84,9 +91,22 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         epochs: training epochs.
         lr: learning rate (0.01, the command line's default for feature data).
         batch_size: mini-batch size.
-        seed: the one seed of the validation split, the initialisation and the batch order.
+        seed: the one seed of the validation split, the initialisation and the batch order
+            (``random_state`` is its scikit-learn name).
         threads: torch CPU threads: ``"auto"`` (one thread for small MLP models, torch's default
-            otherwise; see :mod:`altmodal.threads`) or a number; restored after each call.
+            otherwise; see :mod:`altmodal.threads`) or a number; restored after each call
+            (``n_jobs`` is its scikit-learn name).
+        random_state: scikit-learn's name of ``seed``: an int, or None (``seed`` decides). Given
+            beside a ``seed`` other than 0 that it contradicts, ``fit`` refuses both.
+        n_jobs: scikit-learn's name of ``threads``: a number of threads, -1 for every CPU
+            (-2 all but one, ...), or None (``threads`` decides). Given beside a ``threads`` other
+            than ``"auto"`` that it contradicts, ``fit`` refuses both.
+        verbose: 0 quiet; 1 logs the run's progress (member, epoch, validation accuracy, ETA)
+            about every 10 seconds; 2 after every epoch. Through the ``altmodal`` logger (to
+            stderr at INFO when no logging is configured).
+        class_weight: ``"balanced"`` (each class weighs ``n / (classes * its count)``) or a dict
+            label -> weight (labels left out weigh 1): each sample's loss term is multiplied by
+            its class's weight, in every strategy (see :meth:`fit` for what stays unweighted).
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
         columns: for a DataFrame or 2-D array X, modality -> its columns (names or ``PREFIX*``
             for frames, indices for arrays); None: by ``MODALITY__`` prefix (frames) or one
@@ -122,6 +142,10 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         validation_fraction: float = 0.15,
         options: Mapping[str, Any] | None = None,
         folder: str | Path | None = None,
+        random_state: int | None = None,
+        n_jobs: int | None = None,
+        verbose: int = 0,
+        class_weight: str | Mapping[Any, float] | None = None,
     ):
         self.strategy = strategy
         self.epochs = epochs
@@ -134,16 +158,30 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         self.validation_fraction = validation_fraction
         self.options = options
         self.folder = folder
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+        self.class_weight = class_weight
 
     # ----- fit ---------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any) -> MultimodalClassifier:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MultimodalClassifier:
         """Train on ``X`` (see the module docstring) and labels ``y``; returns ``self``.
+
+        ``sample_weight`` ((N,) non-negative numbers) and ``class_weight`` multiply each sample's
+        term in every loss a strategy trains on (scaled together to a mean of 1 over the samples
+        given, so only their ratios matter). Unweighted stay: the validation accuracy that selects
+        the epoch, the choice of the fusion rule and the rules fitted on held-out predictions
+        (``stacked``, ``weighted``; to weigh every part of the model fix the rule, e.g.
+        ``options={"test_fusion": "entropy"}``), and the training curves. The classical learners a
+        cross-fitted run fits beside its networks (``options={"learners": ...}``) take no weights:
+        with weights they are left out, and asking for them is refused.
 
         Raises:
             ValueError: bad settings or data (ConfigError / DataError), naming the setting,
                 modality, column, row or value.
         """
-        config = resolve(self._settings(), "MultimodalClassifier")
+        weighted = sample_weight is not None or self.class_weight is not None
+        config = resolve(self._settings(weighted), "MultimodalClassifier")
         check_given(self.options or {}, config)
         arrays, columns = self._inputs(X, fitting=True)
         n = _samples(arrays)
@@ -163,8 +201,9 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         arrays["label"] = labels.astype(np.int64) if _integer(classes) else codes.astype(np.int64)
         if not _integer(classes):
             arrays["classes"] = _names(classes)
-        split = validation_split(codes, self.validation_fraction, self.seed)
-        loaded = with_test_copy(arrays, split, columns)
+        weights = loss_weights(labels, classes, codes, self.class_weight, sample_weight)
+        split = validation_split(codes, self.validation_fraction, self._seed())
+        loaded = with_test_copy(arrays, split, columns, weights)
         if self.folder is not None:
             model, metrics = self._train(config, Path(self.folder), loaded)
         else:
@@ -178,7 +217,7 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         self.model_ = model
         return self
 
-    def _settings(self) -> dict[str, Any]:
+    def _settings(self, weighted: bool = False) -> dict[str, Any]:
         if self.options is not None and not isinstance(self.options, Mapping):
             raise ConfigError(f"options must be a dict of settings (got {self.options!r})")
         options = dict(self.options or {})
@@ -189,13 +228,70 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
                 raise ConfigError(f"options: set {key!r} with the parameter {key}=, not through options")
             if key in NOT_OPTIONS:
                 raise ConfigError(f"options: {key!r} is decided by the data given to fit")
+        if weighted and tuple(options.get("learners", ("none",))) not in (("none",), ()):
+            raise ConfigError(
+                f"options: learners {options['learners']!r} are fitted without weights; leave them out "
+                "with class_weight or sample_weight"
+            )
         named = {name: getattr(self, name) for name in NAMED}
-        return {**named, **options}
+        named["seed"] = self._seed()
+        return {**named, **options, **({"learners": ("none",)} if weighted else {})}
+
+    def _seed(self) -> int:
+        """The run's seed: ``random_state`` when given, else ``seed``."""
+        state = self.random_state
+        if state is not None and (isinstance(state, bool) or not isinstance(state, (int, np.integer))):
+            raise ConfigError(f"random_state must be an int or None (got {state!r}); it seeds torch and numpy alike")
+        return int(aliased("random_state", state, "seed", self.seed, 0))
+
+    def _threads(self) -> int | str:
+        """The run's torch threads: ``n_jobs`` when given (-1 every CPU), else ``threads``."""
+        jobs = self.n_jobs
+        if jobs is None:
+            return self.threads
+        if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs == 0:
+            raise ConfigError(f"n_jobs must be a non-zero int or None (got {jobs!r}); -1 uses every CPU")
+        count = int(jobs) if jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + int(jobs))
+        return aliased("n_jobs", count, "threads", self.threads, "auto")
 
     def _train(self, config: Any, out: Path, loaded: Loaded) -> tuple[Predictor, dict[str, Any]]:
-        with kept_rng_state():  # training and building the model draw from the global generators
-            result = train_run(config, out, data=loaded, threads=self.threads)
+        every = 10.0 if self.verbose == 1 else 0.0
+        callbacks = [Progress(log.info, config.train.epochs, every)] if self.verbose else []
+        with kept_rng_state(), logged(self.verbose):  # training draws from the global generators
+            result = train_run(config, out, data=loaded, threads=self._threads(), callbacks=callbacks)
             return load_run(out, device=self.device), dict(result)
+
+    def leaderboard(self) -> Any:
+        """A pandas DataFrame of the fusion candidates the fit weighed, best first: ``candidate``,
+        ``score`` (its accuracy on the out-of-fold predictions of a cross-fitted run, or on the
+        validation split of one model), ``chosen`` (the rule the model predicts with) and, on the
+        chosen row, ``estimate``: the honest accuracy of the choice (the winner's own score
+        flatters it, having been the best of many on the same samples).
+
+        Raises:
+            ValueError: the strategy weighs no candidates (only MLA chooses its fusion).
+        """
+        check_is_fitted(self, "model_")
+        from altmodal.data.table import pandas
+
+        summary = self.metrics_.get("strategy_summary", {})
+        if "fusion_scores" not in summary:
+            strategy = self.model_.config.get("strategy")
+            raise ConfigError(
+                f"leaderboard: strategy {strategy!r} weighs no fusion candidates (mla chooses its fusion)"
+            )
+        scores = summary["fusion_scores"]
+        rows = [
+            {
+                "candidate": name,
+                "score": score,
+                "chosen": name == summary["fusion"],
+                "estimate": summary.get("fusion_estimate", np.nan) if name == summary["fusion"] else np.nan,
+            }
+            for name, score in scores.items()
+        ]
+        frame = pandas().DataFrame(rows).sort_values("score", ascending=False, kind="stable")
+        return frame.reset_index(drop=True)
 
     # ----- inputs ------------------------------------------------------------------------------
     def _inputs(self, X: Any, fitting: bool) -> tuple[dict[str, np.ndarray], dict[str, list[Any]] | None]:
@@ -257,7 +353,7 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         """
         check_is_fitted(self, "model_")
         arrays, _ = self._inputs(X, fitting=False)
-        with torch_threads(threads_for(self.threads, self.model_.strategy)):
+        with torch_threads(threads_for(self._threads(), self.model_.strategy)):
             probs = self.model_.predict_proba(arrays)
         unknown = np.flatnonzero(np.isnan(probs).any(axis=1))
         if len(unknown):
@@ -372,15 +468,81 @@ def validation_split(codes: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return split
 
 
-def with_test_copy(arrays: dict[str, np.ndarray], split: np.ndarray, columns: Any) -> Loaded:
-    """The data with the validation samples repeated as the test split (a run needs one)."""
+def with_test_copy(
+    arrays: dict[str, np.ndarray], split: np.ndarray, columns: Any, weights: np.ndarray | None = None
+) -> Loaded:
+    """The data with the validation samples repeated as the test split (a run needs one), and
+    the samples' loss ``weights``."""
     val = np.flatnonzero(split == "val")
     rows = np.concatenate([np.arange(len(split)), val])
     kept = {k: (v if k == "classes" else v[rows]) for k, v in arrays.items()}
     dataset, _ = arrays_to_dataset(kept, "X")
     names = {m: [str(c) for c in cs] for m, cs in (columns or {}).items()}
     full = np.concatenate([split, np.full(len(val), "test")])
-    return Loaded(dataclasses.replace(dataset, columns=names), full)
+    kept_weights = None if weights is None else weights[rows]
+    return Loaded(dataclasses.replace(dataset, columns=names, weights=kept_weights), full)
+
+
+def loss_weights(
+    labels: np.ndarray, classes: np.ndarray, codes: np.ndarray, class_weight: Any, sample_weight: Any
+) -> np.ndarray | None:
+    """(N,) each sample's loss weight, ``sample_weight`` times its class's ``class_weight``,
+    scaled to mean 1; None when neither is given."""
+    if class_weight is None and sample_weight is None:
+        return None
+    weights = np.ones(len(codes))
+    if sample_weight is not None:
+        try:
+            given = np.asarray(sample_weight, dtype=np.float64) if not issparse(sample_weight) else None
+        except (TypeError, ValueError) as err:
+            raise DataError(f"sample_weight: not numbers ({err})") from err
+        if given is None or given.shape != (len(codes),):
+            shape = getattr(given if given is not None else sample_weight, "shape", None)
+            raise DataError(f"sample_weight: give one number per sample ({len(codes)}; got shape {shape})")
+        bad = np.flatnonzero(~np.isfinite(given) | (given < 0))
+        if len(bad):
+            raise DataError(f"sample_weight: row {int(bad[0])} is {given[bad[0]]}; weights are finite and >= 0")
+        weights = given
+    if class_weight is not None:
+        if isinstance(class_weight, Mapping):
+            known = classes.tolist()
+            unknown = [k for k in class_weight if k not in set(known)]
+            if unknown:
+                raise DataError(f"class_weight: {unknown[0]!r} is not a label of y ({', '.join(map(repr, known))})")
+        elif class_weight != "balanced":
+            raise ConfigError(f"class_weight must be 'balanced', a dict label -> weight or None (got {class_weight!r})")
+        weights = weights * compute_class_weight(class_weight, classes=classes, y=labels)[codes]
+    if not weights.sum() > 0:
+        raise DataError("sample_weight: every weight is zero; give some sample a positive weight")
+    return weights / weights.mean()
+
+
+def aliased(name: str, value: Any, old: str, old_value: Any, old_default: Any) -> Any:
+    """A parameter known by its scikit-learn ``name`` and an ``old`` one: ``value`` when given (not
+    None), else ``old_value``; both given and different is refused."""
+    if value is None:
+        return old_value
+    if old_value != old_default and old_value != value:
+        raise ConfigError(f"{name}={value!r} and {old}={old_value!r} disagree; give one of them")
+    return value
+
+
+@contextlib.contextmanager
+def logged(verbose: int) -> Iterator[None]:
+    """With ``verbose``, the ``altmodal`` logger's INFO lines reach stderr when no logging is
+    configured (as scikit-learn's verbose estimators print)."""
+    logger = logging.getLogger("altmodal")
+    if not verbose or logger.hasHandlers():
+        yield
+        return
+    handler, level = logging.StreamHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _samples(arrays: Mapping[str, np.ndarray]) -> int:

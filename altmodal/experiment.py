@@ -287,6 +287,8 @@ def _train_cross_fitted(
     learners = run_learners(config, splits, encoders or {})
     summaries: list[Any] = []  # each member's, as its metrics.json holds it (a reloaded model forgets its scores)
     for k in range(1, config.data.folds + 1):
+        for callback in callbacks:
+            callback.on_member_start(k, config.data.folds)
         member = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k))
         own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
         path = run.file(FOLDS) / str(k)

@@ -3,7 +3,6 @@ a dataset's recommendations) resolve into one."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from altmodal.config import ConfigError, build, coerce, fields_of, flag, flatten, to_dict
+from altmodal.config import ConfigError, build, coerce, did_you_mean, fields_of, flag, flatten, to_dict
 from altmodal.data.registry import DataConfig, dataset_defaults
 from altmodal.data.table import is_table
 from altmodal.encoders import EncoderConfig
@@ -114,8 +113,7 @@ def resolve(values: Mapping[str, Any], source: str = "settings") -> RunConfig:
 
 def unknown_setting(source: str, key: str, known: Iterable[str]) -> ConfigError:
     """The error for a setting ``key`` that is none of ``known``, with the closest name if one is near."""
-    near = difflib.get_close_matches(str(key), sorted(known), n=1)
-    return ConfigError(f"{source}: unknown setting {key!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
+    return ConfigError(f"{source}: unknown setting {key!r}{did_you_mean(key, known)}")
 
 
 def check_given(given: Mapping[str, Any], config: RunConfig) -> None:

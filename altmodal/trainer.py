@@ -284,11 +284,14 @@ class Trainer:
         loader = cfg.loader if cfg.loader != "auto" else ("thread" if self.device.type == "cuda" else "loop")
         stream = prefetch(batches, self.device, loader, ahead=cfg.prefetch, workers=cfg.workers)
         steps = _batch_progress(stream, len(batches), f"epoch {epoch + 1}") if self.progress else stream
+        weights = None  # (N,) the samples' loss weights, if the data has them
+        if dataset.weights is not None:
+            weights = torch.as_tensor(dataset.weights, dtype=torch.float32, device=self.device)
         with contextlib.closing(stream):  # stops the background producer if the step raises
             waiting = time.perf_counter()
             for self.batch_index, batch in enumerate(steps):
                 self.data_seconds += time.perf_counter() - waiting
-                with strategy.autocast():
+                with strategy.autocast(), strategy.weighing(weights, batch.index):
                     out = strategy.training_step(batch)
                 sums.add(out, min(cfg.batch_size, n - self.batch_index * cfg.batch_size))
                 waiting = time.perf_counter()

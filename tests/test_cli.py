@@ -83,7 +83,81 @@ def test_unknown_strategy_lists_the_valid_ones(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", "--strategy", "lazy"])
     assert exc.value.code == 2
-    assert "invalid choice: 'lazy'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid choice: 'lazy' (choose from 'mla', 'joint'," in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "--strategy", "mlaa"],
+            "altmodal train: error: argument --strategy: invalid choice: 'mlaa'; did "
+            "you mean 'mla'? (see altmodal train --help)",
+        ),
+        (["train", "--fusion", "sun"], "argument --fusion: invalid choice: 'sun'; did you mean 'sum'?"),
+        (["trian"], "altmodal: error: argument command: invalid choice: 'trian'; did you mean 'train'?"),
+        (["train", "--epochs"], "altmodal train: error: argument --epochs: expected one argument"),
+    ],
+)
+def test_a_bad_flag_is_answered_in_one_line_without_the_usage(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_a_missing_label_column_names_the_closest(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text("audio__0,audio__1,video__0,Label\n" + "0.1,0.2,0.3,a\n" * 4)
+    assert main(["train", "--dataset", str(table), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "t.csv: no label column 'label'; did you mean 'Label'? (name it with --label)" in err
+    table.write_text("audio__0,audio__1,video__0,video__1,species\n" + "0.1,0.2,0.3,0.4,a\n" * 4)
+    assert main(["train", "--dataset", str(table), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no label column 'label' (columns: species, audio__0, audio__1" in err and len(err.splitlines()) == 1
+
+
+def test_train_prints_its_settings_once_one_progress_line_and_the_chosen_fusion(tmp_path, capsys):
+    argv = [a for a in FAST if a != "--quiet"] + ["--folds", "2", "--learners", "none"]
+    assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("strategy mla (") == 1 and "cross-fitted: 2 members" in captured.out
+    progress = [line for line in captured.err.splitlines() if line.startswith("member ")]
+    assert progress[0].startswith("member 1/2, epoch 1/2, val accuracy ")  # then one every 10 s, and the last
+    assert progress[-1].startswith("member 2/2, epoch 2/2, val accuracy ") and progress[-1].endswith(", ETA 0s")
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())["strategy_summary"]
+    chosen = summary["fusion"]
+    assert (
+        f"fusion rule {chosen}, chosen of {len(summary['fusion_scores'])} candidates on {summary['samples']} "
+        f"out-of-fold predictions: honest estimate {summary['fusion_estimate']:.4f} (score when chosen "
+        f"{summary['fusion_scores'][chosen]:.4f})"
+    ) in captured.out
+
+
+def test_progress_is_one_line_for_the_whole_run_with_an_eta():
+    from types import SimpleNamespace
+
+    from altmodal.callbacks import Progress, duration
+
+    lines, now = [], [0.0]
+    progress = Progress(lines.append, epochs=10, every=5.0, clock=lambda: now[0])
+    strategy = SimpleNamespace(dist=SimpleNamespace(is_main=True))
+    for member in (1, 2):
+        progress.on_member_start(member, 2)
+        progress.on_fit_start(strategy, None)
+        for epoch in range(10):
+            now[0] += 1.0
+            progress.on_epoch_end(strategy, {"epoch": epoch, "history": [{"val_accuracy": 0.5}]})
+    assert lines == [
+        "member 1/2, epoch 1/10, val accuracy 0.500, ETA 19s",  # 1 s an epoch, 19 epochs to go
+        "member 1/2, epoch 6/10, val accuracy 0.500, ETA 14s",
+        "member 2/2, epoch 1/10, val accuracy 0.500, ETA 9s",
+        "member 2/2, epoch 6/10, val accuracy 0.500, ETA 4s",
+        "member 2/2, epoch 10/10, val accuracy 0.500, ETA 0s",  # the last epoch is always shown
+    ]
+    assert [duration(s) for s in (7.4, 185, 3725)] == ["7s", "3m05s", "1h02m"]
 
 
 def test_config_file_fills_and_flags_win(tmp_path):
@@ -183,3 +257,23 @@ def test_unreadable_checkpoint_and_model_files_are_named(tmp_path, capsys):
 def test_a_diverging_run_stops_with_a_clear_message(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), *FAST, "--lr", "1e12"]) == 2
     assert "training diverged in epoch" in capsys.readouterr().err
+
+
+def test_the_progress_line_is_rewritten_on_a_terminal_and_ended_before_a_message():
+    import io
+    import logging
+
+    from altmodal.cli import ProgressLine
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    line = ProgressLine(stream)
+    line("member 1/2, epoch 1/3")
+    line("member 1/2, epoch 2/3")
+    assert line.filter(logging.makeLogRecord({"msg": "a warning"})) is True
+    line.close()  # nothing more to end
+    assert stream.getvalue() == "\rmember 1/2, epoch 1/3\x1b[K\rmember 1/2, epoch 2/3\x1b[K\n"
+    assert line.every == 0 and ProgressLine(io.StringIO()).every == 10

@@ -24,7 +24,17 @@ from altmodal.data.features import DataError  # noqa: E402
 FAST = {"epochs": 8, "lr": 0.05, "options": {"hidden": (16,), "dim": 8, "folds": 1}}
 
 
-@parametrize_with_checks([MultimodalClassifier(epochs=2, options={"folds": 1})])
+WEIGHT_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": "a network trained by mini-batch SGD, whose epoch is chosen on a "
+    "validation split drawn from the samples: a weight of 2 is not a sample given twice",
+    "check_class_weight_classifiers": "the epoch and the fusion rule are chosen on the unweighted validation "
+    "accuracy: two epochs with classes weighed 1000 : 0.0001 do not turn 87% of the answers to the first class",
+}
+
+
+@parametrize_with_checks(
+    [MultimodalClassifier(epochs=2, options={"folds": 1})], expected_failed_checks=lambda _: WEIGHT_CHECKS
+)
 def test_scikit_learn_estimator_checks(estimator, check, caplog):
     # One model: the default's five cross-fitted ones would take five times as long, and their
     # averaged probabilities of reordered samples agree only to float32 rounding (1.2e-7 relative,
@@ -180,3 +190,118 @@ def test_the_default_cross_fitted_model_is_order_invariant():
     proba = model.predict_proba(X)
     shuffled = model.predict_proba({m: v[order] for m, v in X.items()})
     assert np.allclose(shuffled, proba[order], rtol=1e-5, atol=1e-7)
+
+
+def test_random_state_and_n_jobs_are_seed_and_threads_by_scikit_learns_names():
+    import os
+
+    assert MultimodalClassifier(random_state=3)._seed() == 3 == MultimodalClassifier(seed=3)._seed()
+    assert MultimodalClassifier(random_state=3, seed=3)._seed() == 3 and MultimodalClassifier()._seed() == 0
+    with pytest.raises(ConfigError, match="random_state=3 and seed=4 disagree; give one of them"):
+        MultimodalClassifier(random_state=3, seed=4)._seed()
+    with pytest.raises(ConfigError, match="random_state must be an int or None"):
+        MultimodalClassifier(random_state=np.random.RandomState(0))._seed()
+    assert MultimodalClassifier(n_jobs=2)._threads() == 2 and MultimodalClassifier(threads=2)._threads() == 2
+    assert MultimodalClassifier(n_jobs=-1)._threads() == os.cpu_count()
+    assert MultimodalClassifier()._threads() == "auto"
+    with pytest.raises(ConfigError, match="n_jobs=2 and threads=3 disagree"):
+        MultimodalClassifier(n_jobs=2, threads=3)._threads()
+    with pytest.raises(ConfigError, match="n_jobs must be a non-zero int or None"):
+        MultimodalClassifier(n_jobs=0)._threads()
+    X, y = two_modalities(90)
+    model = MultimodalClassifier(random_state=5, n_jobs=1, **FAST).fit(X, y)
+    assert model.metrics_["seed"] == 5 and clone(model).get_params()["random_state"] == 5
+    same = MultimodalClassifier(seed=5, threads=1, **FAST).fit(X, y)
+    np.testing.assert_array_equal(model.predict_proba(X), same.predict_proba(X))
+
+
+def test_class_weight_and_sample_weight_reach_every_training_step(monkeypatch):
+    from altmodal.strategies import Strategy
+
+    X, y = two_modalities(90)
+    y[:60] = 0  # class 0 dominates
+    given = []
+    original = Strategy.weighing
+
+    def spy(self, weights, index):
+        given.append(None if weights is None else weights.cpu().numpy())
+        return original(self, weights, index)
+
+    monkeypatch.setattr(Strategy, "weighing", spy)
+    sample_weight = np.where(np.arange(90) % 2, 1.0, 3.0)
+    MultimodalClassifier(class_weight="balanced", **FAST).fit(X, y, sample_weight=sample_weight)
+    counts = np.bincount(y)
+    expected = sample_weight * (90 / (3 * counts))[y]
+    np.testing.assert_allclose(given[0][:90], expected / expected.mean(), rtol=1e-6)
+    assert all(np.array_equal(w, given[0]) for w in given)
+    given.clear()
+    MultimodalClassifier(class_weight={1: 4.0}, **FAST).fit(X, y)
+    np.testing.assert_allclose(given[0][:90], np.where(y == 1, 4.0, 1.0) / np.where(y == 1, 4.0, 1.0).mean())
+
+
+def test_a_class_weighed_zero_is_never_predicted_where_the_whole_model_is_weighted():
+    X, y = two_modalities()
+    for strategy, fusion in (("joint", {}), ("mla", {"test_fusion": "entropy"})):  # mla: no rule fitted unweighted
+        params = {**FAST, "options": {**FAST["options"], **fusion}}
+        model = MultimodalClassifier(strategy, class_weight={2: 0.0}, **params).fit(X, y)
+        unweighted = MultimodalClassifier(strategy, **params).fit(X, y)
+        assert not (model.predict(X) == 2).any() and (unweighted.predict(X) == 2).any()
+
+
+def test_bad_weights_are_refused_in_one_line():
+    X, y = two_modalities(90)
+    cases = [
+        ({}, {"sample_weight": np.ones(3)}, r"sample_weight: give one number per sample \(90; got shape \(3,\)\)"),
+        ({}, {"sample_weight": -np.ones(90)}, r"sample_weight: row 0 is -1.0; weights are finite and >= 0"),
+        ({}, {"sample_weight": ["heavy"] * 90}, "sample_weight: not numbers"),
+        ({}, {"sample_weight": [[1.0]] * 90}, r"sample_weight: give one number per sample \(90; got shape \(90, 1\)\)"),
+        ({}, {"sample_weight": np.zeros(90)}, "sample_weight: every weight is zero"),
+        ({"class_weight": {7: 2.0}}, {}, r"class_weight: 7 is not a label of y \(0, 1, 2\)"),
+        ({"class_weight": "even"}, {}, "class_weight must be 'balanced', a dict label -> weight or None"),
+        ({"class_weight": "balanced", "options": {"learners": ("linear",)}}, {}, "learners .* without weights"),
+    ]
+    for params, fit, message in cases:
+        with pytest.raises(ValueError, match=message):
+            MultimodalClassifier(**{**FAST, **params}).fit(X, y, **fit)
+    # the default cross-fitted run leaves its (unweighted) classical learners out when weighted
+    assert MultimodalClassifier()._settings(weighted=True)["learners"] == ("none",)
+    assert "learners" not in MultimodalClassifier()._settings()
+
+
+def test_verbose_logs_one_progress_line_per_epoch_and_the_leaderboard(caplog):
+    X, y = two_modalities(90)
+    options = {"hidden": (16,), "dim": 8, "folds": 2, "learners": ("none",)}
+    with caplog.at_level(logging.INFO, logger="altmodal"):
+        model = MultimodalClassifier(epochs=2, verbose=2, options=options).fit(X, y)
+    lines = [r.getMessage() for r in caplog.records if r.name == "altmodal.estimator"]
+    assert [line.split(", val")[0] for line in lines] == [
+        "member 1/2, epoch 1/2",
+        "member 1/2, epoch 2/2",
+        "member 2/2, epoch 1/2",
+        "member 2/2, epoch 2/2",
+    ]
+    assert all(" ETA " in line for line in lines) and lines[-1].endswith("ETA 0s")
+    board = model.leaderboard()
+    summary = model.metrics_["strategy_summary"]
+    assert list(board.columns) == ["candidate", "score", "chosen", "estimate"]
+    assert set(board["candidate"]) == set(summary["fusion_scores"]) and board["score"].is_monotonic_decreasing
+    chosen = board[board["chosen"]]
+    assert list(chosen["candidate"]) == [summary["fusion"]]
+    assert chosen["estimate"].item() == summary["fusion_estimate"] and board["estimate"].isna().sum() == len(board) - 1
+    joint = MultimodalClassifier("joint", epochs=1, options={"hidden": (16,), "dim": 8}).fit(X, y)
+    with pytest.raises(ConfigError, match="leaderboard: strategy 'joint' weighs no fusion candidates"):
+        joint.leaderboard()
+
+
+def test_verbose_reaches_stderr_where_no_logging_is_configured(monkeypatch, capsys):
+    from altmodal.estimator import logged
+
+    logger = logging.getLogger("altmodal")
+    monkeypatch.setattr(logging.Logger, "hasHandlers", lambda self: False)  # as in a fresh interpreter
+    before = list(logger.handlers)
+    with logged(1):
+        logging.getLogger("altmodal.estimator").info("member 1/5, epoch 1/100")
+    with logged(0):
+        logging.getLogger("altmodal.estimator").info("quiet")
+    err = capsys.readouterr().err
+    assert "member 1/5, epoch 1/100" in err and "quiet" not in err and logger.handlers == before

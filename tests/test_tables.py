@@ -94,7 +94,7 @@ def test_a_split_column_is_the_split(tmp_path):
             [],
             "column 'audio__1' (modality 'audio') is not numeric: row 0 holds 'x'",
         ),
-        (lambda t: t, ["--label", "target"], "no label column 'target' (columns: audio__0"),
+        (lambda t: t, ["--label", "target"], "no label column 'target' (columns: y, audio__0"),
         (lambda t: t.assign(age=1.0), [], "column 'age' has no modality prefix (MODALITY__FEATURE)"),
         (
             lambda t: t,

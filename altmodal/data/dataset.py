@@ -57,6 +57,9 @@ class MultimodalDataset:
     columns: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """modality -> the table columns (CSV, Parquet, DataFrame) its features came from, in order;
     empty for other data."""
+    weights: np.ndarray | None = None
+    """(N,) float per-sample loss weights over ALL samples (the estimator's ``sample_weight`` and
+    ``class_weight``); None: every sample weighs 1."""
 
     @property
     def modalities(self) -> list[str]:

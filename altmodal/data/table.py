@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from altmodal.config import did_you_mean
 from altmodal.data.features import PRESENT_PREFIX, DataError, name_problem
 from altmodal.files import kind_of
 
@@ -209,6 +210,11 @@ def _from_prefixes(header: Sequence[str], source: str, skip: Sequence[str | None
     return out
 
 
+def outside(header: Sequence[str]) -> list[str]:
+    """The columns no ``MODALITY__`` prefix puts in a modality (where a label column hides)."""
+    return [c for c in header if SEPARATOR not in str(c)]
+
+
 def _listing(header: Sequence[str], most: int = 8) -> str:
     shown = ", ".join(map(str, header[:most]))
     return shown + (f", ... ({len(header)} in all)" if len(header) > most else "") if header else "none"
@@ -245,7 +251,11 @@ def table_arrays(
     if not len(frame):
         raise DataError(f"{source}: no rows (columns: {_listing(header)}); a table needs one row per sample")
     if label is not None and label_required and label not in header:
-        raise DataError(f"{source}: no label column {label!r} (columns: {_listing(header)}); name it with --label")
+        first = outside(header)  # where a label column hides: listed first
+        shown = _listing([*first, *(c for c in header if c not in first)])
+        near = did_you_mean(label, header)
+        ending = f"{near} (name it with --label)" if near else f" (columns: {shown}); name it with --label"
+        raise DataError(f"{source}: no label column {label!r}{ending}")
     label = label if label is not None and label in header else None
     columns = modality_columns(header, spec, source, label, split)
     taken = {c for cs in columns.values() for c in cs}

@@ -72,6 +72,8 @@ def fingerprint(loaded: Loaded) -> str:
         digest.update(b"integer labels")
     for m, columns in dataset.columns.items():
         digest.update(f"{m}: {list(columns)}".encode())
+    if dataset.weights is not None:  # other weights, another run (only added when set: older digests stay)
+        digest.update(np.ascontiguousarray(dataset.weights, dtype=np.float64).tobytes())
     return digest.hexdigest()[:12]
 
 

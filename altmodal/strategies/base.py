@@ -21,7 +21,8 @@ The loop that calls them is :class:`altmodal.trainer.Trainer`; while it trains a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -97,6 +98,9 @@ class Strategy(Model):
         """The loop training this strategy (None outside training)."""
         self.epoch_extras: dict[str, float] = {}
         """Numbers an epoch hook reports for the current epoch's history row."""
+        self._weights: tuple[Tensor, Tensor] | None = None
+        """While the loop trains on weighted data: the (N,) weights of the dataset's samples and
+        the (B,) positions of the batch's samples (see :meth:`weighing`)."""
 
     # ----- the method ---------------------------------------------------------------------------
     def training_step(self, batch: Batch) -> StepOutput:
@@ -180,10 +184,47 @@ class Strategy(Model):
             return batch.count(modality)
         return int(self.dist.sum(torch.tensor(batch.count(modality), device=self.device)))
 
+    @contextlib.contextmanager
+    def weighing(self, weights: Tensor | None, index: Tensor) -> Iterator[None]:
+        """Within it, every loss of :meth:`mean_loss` (and so :meth:`cross_entropy`) weighs each
+        sample of the batch whose samples sit at ``index`` by its entry of ``weights`` ((N,) over
+        the dataset's samples; None: unweighted). The loop weighs each training step so."""
+        self._weights = None if weights is None else (weights, index)
+        try:
+            yield
+        finally:
+            self._weights = None
+
+    @property
+    def weighs(self) -> bool:
+        """Whether the current step weighs its samples (inside :meth:`weighing`, on weighted data)."""
+        return self._weights is not None
+
+    def weighted(self, per_sample: Tensor, index: Tensor | None = None) -> Tensor:
+        """``per_sample`` times the weights of the samples at ``index`` (default: the batch's),
+        inside :meth:`weighing`; ``per_sample`` itself outside it or on unweighted data.
+
+        Raises:
+            ValueError: ``per_sample`` has another number of rows than the batch (the step's loss
+                is not one per sample of the batch; pass the ``index`` of its rows).
+        """
+        if self._weights is None:
+            return per_sample
+        weights, batch_index = self._weights
+        index = batch_index if index is None else index
+        if per_sample.shape[0] != index.shape[0]:
+            raise ValueError(
+                f"{self.name}: a loss over {per_sample.shape[0]} rows in a batch of {index.shape[0]} cannot take "
+                "sample weights"
+            )
+        return per_sample * weights[index].to(per_sample.dtype)
+
     def mean_loss(self, per_sample: Tensor, rows: Tensor | None = None) -> Tensor:
         """Sum of ``per_sample`` over ``rows`` divided by the GLOBAL count of those rows, so
         that gradients summed over processes equal the single-process mean. In one process,
-        over all rows (``rows`` None), it is the plain mean: the same numbers, fewer operations."""
+        over all rows (``rows`` None), it is the plain mean: the same numbers, fewer operations.
+        Inside :meth:`weighing` each sample's term is weighed first (the count stays a count)."""
+        per_sample = self.weighted(per_sample)
         if rows is None and not self.dist.active:
             return per_sample.sum() / max(per_sample.shape[0], 1)
         if rows is None:

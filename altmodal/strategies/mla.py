@@ -353,7 +353,8 @@ class MLA(Strategy):
             features = self.encode(sub, [m])[m]  # (n, d): every row of sub has m
             head = self.head(m)
             logits = head(features)
-            loss = F.cross_entropy(logits, sub.label, reduction="sum") / counts[m]
+            summed = F.cross_entropy(logits, sub.label, reduction="none" if self.weighs else "sum")
+            loss = self.weighted(summed, sub.index).sum() / counts[m]
             params = [*self.encoders[m].parameters(), *head.parameters()]
             if self.options.leak_optimizer:
                 params += [p for other in stepped for p in self.encoders[other].parameters()]
