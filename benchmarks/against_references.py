@@ -1,13 +1,14 @@
-"""The default against what a user tries first, goal by goal, from a finished suite folder.
+"""The default against what a user tries first, goal by goal, from a suite's folder.
 
-Reads ``suite.json`` and the runs of ``altmodal benchmark --suite ...`` whose strategies include
-``mla`` (the default), ``joint``, ``mla:preset=paper`` and the reference rows ``sklearn:*``, and
-prints one markdown row per dataset: the default's fused test accuracy, the best reference row,
-the best other strategy of the suite, the best modality alone, the margin over the best of them,
-accuracy at test-time missing rate 0.5 (the default against the best of the paper's MLA and the
-reference rows), the least-trained modality's accuracy inside the default over alone, the seed
-furthest below the default's mean, and the default's training time over one joint run's (means
-over seeds, in the same suite run).
+Reads each dataset folder's ``report.json`` (written as soon as that dataset's grid is done, so a
+suite still running is read as far as it got) and its runs' ``metrics.json``, for a suite whose
+strategies include ``mla`` (the default), ``joint`` and the reference rows ``sklearn:*``, and
+prints one markdown row per dataset: the default's fused test accuracy (mean ± sd over seeds),
+the best reference row, the best other strategy of the suite, the best modality alone, the margin
+over the best of them, accuracy at test-time missing rate 0.5 (the default against the best
+reference row and ``mla:preset=paper`` where the suite ran it), the least-trained modality's
+accuracy inside the default over alone, the seed furthest below the default's mean, and the
+default's training time over one joint run's (means over seeds, in the same suite run).
 
     python benchmarks/against_references.py runs/benchmark-real
 """
@@ -25,10 +26,6 @@ JOINT = "joint"
 PAPER = "mla:preset=paper"
 
 
-def mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
 def seconds(folder: Path, label: str) -> list[float]:
     """Training seconds of the runs of benchmark row ``label`` (``mla``, ``joint``,
     ``mla:preset=paper``) in a dataset's folder, one per seed."""
@@ -42,48 +39,55 @@ def seconds(folder: Path, label: str) -> list[float]:
     return found
 
 
-def row(root: Path, dataset: dict) -> str:
-    rows = dataset["strategies"]
-    default = rows[DEFAULT]
-    fused = default["fused"]
-    references = {s: r for s, r in rows.items() if s.startswith("sklearn:")}
-    others = {s: r for s, r in rows.items() if s != DEFAULT and not s.startswith("sklearn:")}
-    best_ref = max(references, key=lambda s: mean(references[s]["fused"]))
-    best_other = max(others, key=lambda s: mean(others[s]["fused"])) if others else None
-    alone = dataset.get("alone", {})
-    rivals = [mean(references[best_ref]["fused"])]
-    rivals += [mean(others[best_other]["fused"])] if best_other else []
-    rivals += [mean(alone["fused"])] if alone else []
-    missing_rivals = {s: mean(r["missing_0.5"]) for s, r in rows.items() if s.startswith("sklearn:") or s == PAPER}
-    best_missing = max(missing_rivals, key=lambda s: missing_rivals[s])
-    worst_seed = mean(fused) - min(fused) if fused else float("nan")
-    cost = mean(seconds(root / dataset["folder"], DEFAULT)) / mean(seconds(root / dataset["folder"], JOINT))
-    cells = [
-        dataset["name"],
-        f"{mean(fused):.3f} ± {np.std(fused):.3f}",
-        f"{mean(references[best_ref]['fused']):.3f} ({best_ref[len('sklearn:') :]})",
-        f"{mean(others[best_other]['fused']):.3f} ({best_other})" if best_other else "–",
-        f"{mean(alone['fused']):.3f} ({alone['modality']})" if alone else "–",
-        f"{mean(fused) - max(rivals):+.3f}",
-        f"{mean(default['missing_0.5']):.3f} vs {missing_rivals[best_missing]:.3f} ({best_missing})",
-        f"{default['laziness']:.2f}",
-        f"{worst_seed:.3f}",
+def cells(table: dict, column: str) -> dict[str, list[float]]:
+    """label -> the column's values per seed."""
+    return {row["label"]: row["cells"].get(column, []) for row in table["rows"] if row["cells"].get(column)}
+
+
+def mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def row(folder: Path) -> str:
+    report = json.loads((folder / "report.json").read_text())
+    tables, modalities = report["tables"], report["modalities"]
+    fused = cells(tables["main"], "fused accuracy")
+    default = fused[DEFAULT]
+    references = {s: v for s, v in fused.items() if s.startswith("sklearn:")}
+    others = {s: v for s, v in fused.items() if s != DEFAULT and not s.startswith("sklearn:")}
+    alone = {m: mean(tables["main"]["rows"][-1]["cells"].get(f"{m} (unimodal)", [])) for m in modalities}
+    best_ref = max(references, key=lambda s: mean(references[s]))
+    best_other = max(others, key=lambda s: mean(others[s])) if others else None
+    best_alone = max(alone, key=lambda m: alone[m])
+    rivals = [mean(references[best_ref]), alone[best_alone]] + ([mean(others[best_other])] if best_other else [])
+    missing = cells(tables["missing_test"], "0.5")
+    rivals_missing = {s: mean(v) for s, v in missing.items() if s.startswith("sklearn:") or s == PAPER}
+    best_missing = max(rivals_missing, key=lambda s: rivals_missing[s])
+    lazy = next(row["cells"] for row in tables["laziness"]["rows"] if row["label"] == DEFAULT)
+    cost = mean(seconds(folder, DEFAULT)) / mean(seconds(folder, JOINT))
+    out = [
+        folder.name,
+        f"{mean(default):.3f} ± {np.std(default):.3f}",
+        f"{mean(references[best_ref]):.3f} ({best_ref[len('sklearn:') :]})",
+        f"{mean(others[best_other]):.3f} ({best_other})" if best_other else "–",
+        f"{alone[best_alone]:.3f} ({best_alone})",
+        f"{mean(default) - max(rivals):+.3f}",
+        f"{mean(missing[DEFAULT]):.3f} vs {rivals_missing[best_missing]:.3f} ({best_missing})",
+        f"{min(mean(v) for v in lazy.values()):.2f}",
+        f"{mean(default) - min(default):.3f}",
         f"{cost:.1f}x",
     ]
-    return "| " + " | ".join(cells) + " |"
+    return "| " + " | ".join(out) + " |"
 
 
 def main(root: Path) -> None:
-    summary = json.loads((root / "suite.json").read_text())
     print(
         "| dataset | default | best reference row | best other strategy | best modality alone | default - best "
-        "| missing 0.5: default vs best of paper and references | laziness (min) | worst seed below mean "
-        "| cost / joint |"
+        "| missing 0.5: default vs best reference | laziness (min) | worst seed below mean | cost / joint |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for dataset in summary["datasets"]:
-        if "skipped" not in dataset:
-            print(row(root, dataset))
+    for folder in sorted(p.parent for p in root.glob("*/report.json")):
+        print(row(folder))
 
 
 if __name__ == "__main__":
