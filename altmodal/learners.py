@@ -7,7 +7,8 @@ predicts (N, C) log-probabilities. Three kinds (:data:`KINDS`):
 
 - ``linear``: multinomial logistic regression, its L2 strength chosen by 3-fold inner CV;
 - ``boosted``: histogram gradient boosting, its number of trees chosen by early stopping on an
-  inner validation share; absent inputs are NaN, which the trees route natively;
+  inner validation share; absent inputs are NaN, which the trees route natively; on inputs wider
+  than :data:`WIDEST_BOOSTED` columns, the most class-informative of them;
 - ``svm``: an RBF support-vector machine, C chosen by 3-fold inner CV (a reference on the joined
   features only: its scores are not probabilities).
 
@@ -15,7 +16,7 @@ Inputs are the model's own inputs: standardised features, so the linear and kern
 an absent modality with 0, the training mean (mean imputation).
 
 They meet the networks in two places only. In a cross-fitted run (:mod:`altmodal.bagging`) each
-member's rows train one learner per modality and kind and one on the joined features; their
+member's rows train a linear learner per modality and one of each kind on the joined features; their
 predictions on the fold the member never saw join the networks' as candidates and as columns of
 the stacked fusion. In the benchmark, a learner on the joined features is a reference row
 (:mod:`altmodal.reference`). A fitted learner is saved in the skops format (arrays and JSON, no
@@ -36,8 +37,6 @@ import torch
 from torch import Tensor, nn
 
 KINDS = ("linear", "boosted", "svm")
-IN_MODELS = ("linear", "boosted")
-"""The kinds a cross-fitted run may train beside its networks (``--learners``)."""
 JOINED = "*"
 """The name part of a learner on every modality joined (``*:<kind>``: no modality can be called so)."""
 TREES = 1500
@@ -322,4 +321,4 @@ def _host(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-__all__ = ["IN_MODELS", "KINDS", "Learners", "dumps", "fit", "joined_inputs", "learner_names", "loads", "log_proba"]
+__all__ = ["KINDS", "Learners", "dumps", "fit", "joined_inputs", "learner_names", "loads", "log_proba"]
