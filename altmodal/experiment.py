@@ -298,11 +298,14 @@ def _train_cross_fitted(
         holdout = member_splits.holdout
         assert holdout is not None
         with torch_threads(threads_for(threads, strategy)):
-            held_out.append((strategy, strategy.collect(holdout, all_subsets=False)))
+            outputs = strategy.collect(holdout, all_subsets=False)
+            held_out.append((strategy, outputs))
             if learners is not None:  # the learners of a member: fitted on its rows, asked on its fold
                 learners.fit_member(*rows_of([member_splits.train, member_splits.val]), member_seed(member))
                 inputs, present, _ = rows_of([holdout])
-                answers.append(learners.member_log_probs(k - 1, inputs, present))
+                answer = learners.member_log_probs(k - 1, inputs, present)  # in the fold's row order ...
+                at = torch.from_numpy(np.searchsorted(holdout.rows, outputs.index.numpy()))
+                answers.append({n: v[at] for n, v in answer.items()})  # ... put in the outputs' (gathered) order
         members.append(strategy)
         summaries.append(result.get("strategy_summary", {}))
         history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]

@@ -89,6 +89,8 @@ def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
         a = load_file(tmp_path / "one" / name / "model.safetensors")
         b = load_file(tmp_path / name / "model.safetensors")
         for key in a:
+            if key == "learners._extra_state":  # skops files: their zip entries carry the time they were written
+                continue
             if key == "projector.others":  # a basis is unique up to rotation: compare its projector
                 a[key], b[key] = a[key] @ a[key].transpose(1, 2), b[key] @ b[key].transpose(1, 2)
             assert (a[key].double() - b[key].double()).abs().max() < 1e-4, (name, key)
