@@ -58,6 +58,8 @@ def test_a_cross_fitted_run_chooses_on_out_of_fold_predictions_and_reloads(bagge
     assert val["accuracy"] == summary["fusion_estimate"]
     assert val["selection_score"] == summary["fusion_scores"][summary["fusion"]]
     assert all((out / "folds" / str(k) / "metrics.json").is_file() for k in (1, 2, 3))
+    member = json.loads((out / "folds" / "1" / "metrics.json").read_text())
+    assert member["test"]["present"] == {} and set(metrics["test"]["present"]) == {"m0+m1", "m0", "m1"}
     assert len(metrics["best_epoch"]) == 3 and json.loads((out / "model.json").read_text())["folds"] == 3
     saved = load_file(out / "model.safetensors")
     assert "fusion.rule" in saved and any(k.startswith("members.2.encoders.") for k in saved)
