@@ -26,18 +26,9 @@ from torch import Tensor, nn
 from altmodal.data.batch import Batch
 from altmodal.data.dataset import MultimodalDataset
 from altmodal.fusion_choice import ChosenFusion
-from altmodal.learners import JOINED, Learners, learner_names
+from altmodal.learners import JOINED, Learners
 from altmodal.metrics import Outputs
 from altmodal.model import DataSpec, Model
-
-
-def bag_learners(kinds: Mapping[str, str], shapes: Mapping[str, Sequence[int]], wanted: Sequence[str]) -> list[str]:
-    """The learners a cross-fitted run trains beside its networks (:func:`~altmodal.learners.learner_names`):
-    those of ``wanted`` (``--learners``), where every modality is a vector of features for an MLP."""
-    wanted = [k for k in wanted if k != "none"]
-    if not wanted or any(k != "mlp" for k in kinds.values()) or any(len(s) != 1 for s in shapes.values()):
-        return []
-    return learner_names(list(kinds), wanted)
 
 
 def saved_learners(card: Mapping[str, Any], spec: DataSpec) -> Learners | None:

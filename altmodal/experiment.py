@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from altmodal.bagging import Bag, bag_learners, saved_learners
+from altmodal.bagging import Bag, saved_learners
 from altmodal.config import ConfigError
 from altmodal.data.dataset import Splits
 from altmodal.data.registry import DATASETS, load_splits
@@ -25,7 +25,7 @@ from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import encoder_kinds, weights_by_modality
 from altmodal.files import file_digest
-from altmodal.learners import Learners, rows_of
+from altmodal.learners import Learners, learner_names, rows_of
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.model import DataSpec, Model
 from altmodal.predictions import prediction_rows
@@ -336,9 +336,11 @@ def run_learners(config: RunConfig, splits: Splits, custom: Mapping[str, torch.n
     """The (unfitted) classical learners of a cross-fitted run (``--learners``), or None."""
     train = splits.train
     kinds = {**encoder_kinds(train.kinds, train.modalities, config.encoder), **{m: "custom" for m in custom}}
-    shapes = {m: train.input_shape(m) for m in train.modalities}
-    names = bag_learners(kinds, shapes, config.data.learners) if config.data.folds > 1 else []
-    return Learners(names, train.modalities, train.num_classes) if names else None
+    wanted = [k for k in config.data.learners if k != "none"]
+    features = all(kinds[m] == "mlp" and len(train.input_shape(m)) == 1 for m in train.modalities)
+    if config.data.folds == 1 or not wanted or not features:  # learners read vectors of features only
+        return None
+    return Learners(learner_names(train.modalities, wanted), train.modalities, train.num_classes)
 
 
 DATA_FILE = "data.json"

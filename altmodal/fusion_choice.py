@@ -149,10 +149,10 @@ def apply_rule(
         return own.to(entropy.dtype)
     assert fitted is not None or rule not in ("stacked", "weighted"), f"the {rule} rule needs its fitted weights"
     if rule == "weighted" or (fallback == "weighted" and fitted is not None):
+        assert fitted is not None
         mask = torch.stack([present[m] for m in names], dim=1)
         logprobs = torch.stack([torch.log_softmax(logits[m].float(), dim=1) for m in names], dim=1)
-        weights = fitted.weights if fitted is not None else torch.ones(len(names))
-        entropy = weigh(logprobs, weights.to(logprobs.device), mask).to(entropy.dtype)  # the fallback
+        entropy = weigh(logprobs, fitted.weights.to(logprobs.device), mask).to(entropy.dtype)  # the fallback
         if rule == "weighted":
             return entropy
     if rule.startswith("alone:"):

@@ -70,9 +70,9 @@ def learner_names(modalities: Sequence[str], kinds: Sequence[str]) -> list[str]:
     ``*:<kind>`` on the joined features (with two or more modalities). Boosted trees are trained on
     the joined features only: one boosted learner per modality would multiply the trees a run
     stores and predicts with by the number of modalities."""
-    names = [f"{m}:{k}" for k in kinds if k != "boosted" for m in modalities]
-    joined = [f"{JOINED}:{k}" for k in kinds] if len(modalities) > 1 else []
-    return names + (joined if joined else [f"{modalities[0]}:boosted"] if "boosted" in kinds else [])
+    if len(modalities) == 1:
+        return [f"{modalities[0]}:{k}" for k in kinds]
+    return [f"{m}:linear" for m in modalities if "linear" in kinds] + [f"{JOINED}:{k}" for k in kinds]
 
 
 def covered(name: str, modalities: Sequence[str]) -> list[str]:
@@ -236,33 +236,31 @@ class Learners(nn.Module):
         """Fit every learner on one member's rows (a learner only on the rows that have each
         modality it reads) and keep them as the next member's."""
         label = np.asarray(label, dtype=np.int64)
-        fitted = {}
+        reads, fitted = self.inputs_of(inputs, present), {}
         for i, name in enumerate(self.names):
-            kind, reads = name.rpartition(":")[2], covered(name, self.modalities)
-            rows = np.all([np.asarray(present[m], dtype=bool) for m in reads], axis=0)
-            x = joined_inputs({m: inputs[m] for m in reads}, {m: present[m] for m in reads}, reads, kind)
-            fitted[name] = fit(kind, x[rows], label[rows], seed + 7919 * i)
+            rows = np.all([np.asarray(present[m], dtype=bool) for m in covered(name, self.modalities)], axis=0)
+            fitted[name] = fit(name.rpartition(":")[2], reads[name][rows], label[rows], seed + 7919 * i)
         self.fitted.append(fitted)
+
+    def inputs_of(self, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """name -> (N, D) what each learner reads (:func:`joined_inputs` of its modalities)."""
+        host = {m: _host(inputs[m]) for m in self.modalities}
+        masks = {m: _host(present[m]) for m in self.modalities}
+        return {n: joined_inputs(host, masks, covered(n, self.modalities), n.rpartition(":")[2]) for n in self.names}
 
     def member_log_probs(self, k: int, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, Tensor]:
         """name -> (N, C) member ``k``'s learners' log-probabilities (any row: where a learner's
         modality is absent, its answer is not read)."""
-        out = {}
-        for name, model in self.fitted[k].items():
-            reads = covered(name, self.modalities)
-            x = joined_inputs(
-                {m: _host(inputs[m]) for m in reads},
-                {m: _host(present[m]) for m in reads},
-                reads,
-                name.rpartition(":")[2],
-            )
-            out[name] = torch.from_numpy(log_proba(model, x, self.num_classes))
-        return out
+        return self._answers(self.fitted[k], self.inputs_of(inputs, present))
 
     def log_probs(self, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, Tensor]:
         """name -> (N, C) the mean over members of their learners' log-probabilities."""
-        parts = [self.member_log_probs(k, inputs, present) for k in range(len(self.fitted))]
+        reads = self.inputs_of(inputs, present)  # once for all members
+        parts = [self._answers(member, reads) for member in self.fitted]
         return {n: torch.stack([p[n] for p in parts]).mean(dim=0) for n in self.names}
+
+    def _answers(self, member: Mapping[str, Any], reads: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+        return {n: torch.from_numpy(log_proba(member[n], reads[n], self.num_classes)) for n in self.names}
 
     def present(self, present: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """name -> (N,) whether the learner has every modality it reads."""
