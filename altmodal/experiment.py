@@ -303,7 +303,8 @@ def _train_cross_fitted(
             outputs = strategy.collect(holdout, all_subsets=False)
             held_out.append((strategy, outputs))
             if learners is not None:  # the learners of a member: fitted on its rows, asked on its fold
-                learners.fit_member(*rows_of([member_splits.train, member_splits.val]), member_seed(member))
+                share = np.repeat([False, True], [len(member_splits.train), len(member_splits.val)])
+                learners.fit_member(*rows_of([member_splits.train, member_splits.val]), member_seed(member), share)
                 inputs, present, _ = rows_of([holdout])
                 answer = learners.member_log_probs(k - 1, inputs, present)  # in the fold's row order ...
                 at = torch.from_numpy(np.searchsorted(holdout.rows, outputs.index.numpy()))

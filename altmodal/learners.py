@@ -5,13 +5,14 @@ scikit-learn estimator fitted on the rows of one modality or of all of them join
 the rows it is fitted on (inner cross-validation, or the boosting's own early stopping), and it
 predicts (N, C) log-probabilities. Three kinds (:data:`KINDS`):
 
-- ``linear``: multinomial logistic regression, its L2 strength chosen by 3-fold inner CV;
-- ``boosted``: histogram gradient boosting, its number of trees chosen by early stopping on an
-  inner validation share; absent inputs are NaN, which the trees route natively; on inputs wider
-  than :data:`WIDEST_BOOSTED` columns, the most class-informative of them;
+- ``linear``: multinomial logistic regression, its L2 strength chosen on the validation share;
+- ``boosted``: gradient-boosted trees (LightGBM, :class:`Trees`), their number chosen by early
+  stopping on the validation share; absent inputs are NaN, which the trees route natively;
 - ``svm``: an RBF support-vector machine, C chosen by 3-fold inner CV (a reference on the joined
   features only: its scores are not probabilities).
 
+The validation share is a cross-fitted member's own (the rows its networks stop on); a learner
+fitted without one (a reference row) tunes on 3 inner folds (the trees: on an inner fifth).
 Inputs are the model's own inputs: standardised features, so the linear and kernel learners fill
 an absent modality with 0, the training mean (mean imputation).
 
@@ -19,8 +20,9 @@ They meet the networks in two places only. In a cross-fitted run (:mod:`altmodal
 member's rows train a linear learner per modality and one of each kind on the joined features; their
 predictions on the fold the member never saw join the networks' as candidates and as columns of
 the stacked fusion. In the benchmark, a learner on the joined features is a reference row
-(:mod:`altmodal.reference`). A fitted learner is saved in the skops format (arrays and JSON, no
-pickle) and loaded back only if every type it names is one of :data:`TRUSTED`.
+(:mod:`altmodal.reference`). Nothing is pickled: boosted trees are saved as LightGBM's text model,
+the others in the skops format (arrays and JSON), loaded back only if every type it names is one
+of :data:`TRUSTED`.
 """
 
 from __future__ import annotations
@@ -42,17 +44,9 @@ JOINED = "*"
 TREES = 1500
 """At most this many trees in a boosted learner (iterations times classes, at least 20 iterations):
 its cost and its size on disk stay bounded with many classes."""
-WIDEST_BOOSTED = 1000
-"""Boosted trees see at most this many input columns: on wider inputs (thousands of term counts)
-the columns whose class means differ most on the learner's own rows (the ANOVA F statistic), which
-bounds their cost."""
-TRUSTED = (
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.model_selection._split.StratifiedKFold",
-)
-"""The types a saved learner may name besides those skops trusts by default (scikit-learn's
-estimators, numpy arrays): a boosted learner's trees and a linear learner's inner folds. Any other
-type refuses to load."""
+TRUSTED = ("sklearn.model_selection._split.StratifiedKFold",)
+"""The types a saved linear or kernel learner may name besides those skops trusts by default
+(scikit-learn's estimators, numpy arrays): the inner folds. Any other type refuses to load."""
 
 
 def require_sklearn() -> None:
@@ -94,6 +88,13 @@ def joined_inputs(
     return np.concatenate(blocks, axis=1)
 
 
+def _share(held: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows fitted on and the rows ``held`` to tune on, or None when ``held`` leaves either empty."""
+    if held is None or not held.any() or held.all():
+        return None
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
 def _inner_folds(label: np.ndarray, seed: int) -> Any:
     from sklearn.model_selection import StratifiedKFold
 
@@ -101,15 +102,17 @@ def _inner_folds(label: np.ndarray, seed: int) -> Any:
     return StratifiedKFold(max(2, min(3, smallest)), shuffle=True, random_state=seed) if smallest >= 2 else None
 
 
-def estimator(kind: str, label: np.ndarray, seed: int) -> Any:
-    """An unfitted estimator of ``kind``, its tuning inside (inner CV on the rows it is fitted on)."""
+def estimator(kind: str, label: np.ndarray, seed: int, held: np.ndarray | None = None) -> Any:
+    """An unfitted estimator of ``kind``, its tuning inside: on the rows ``held`` ((N,) bool, a
+    validation share of the rows it is fitted on) where given, else by inner CV (or, for trees, on
+    an inner fifth)."""
     require_sklearn()
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
 
-    folds = _inner_folds(label, seed)
+    share = _share(held)
+    folds = _inner_folds(label, seed) if share is None else [share]  # fitted on the rest, scored on the share
     if kind == "linear":
         if folds is None:
             return LogisticRegression(C=1.0, max_iter=300)
@@ -117,49 +120,96 @@ def estimator(kind: str, label: np.ndarray, seed: int) -> Any:
             Cs=[1e-2, 1e-1, 1.0, 10.0], cv=folds, max_iter=100, tol=1e-3, scoring="neg_log_loss"
         )  # (L-BFGS stopped early: the last digits of a weight change no prediction)
     if kind == "boosted":
-        counts = np.bincount(label)[np.unique(label)]
-        stops = bool(counts.min() >= 5)  # an inner validation share with every class in it
-        most = int(np.clip(TREES // max(len(counts), 1), 20, 300))  # a tree per class and iteration
-        return HistGradientBoostingClassifier(
-            max_iter=most if stops else min(most, 50),
-            early_stopping=stops,
-            validation_fraction=0.2,
-            n_iter_no_change=10,
-            max_leaf_nodes=15,
-            min_samples_leaf=max(2, min(20, len(label) // 50)),
-            l2_regularization=1.0,
-            random_state=seed,
-        )
+        return Trees(seed, held)
     if kind == "svm":
         svm = SVC(kernel="rbf", gamma="scale")
         return svm if folds is None else GridSearchCV(svm, {"C": [0.1, 1.0, 10.0, 100.0]}, cv=folds)
     raise ValueError(f"unknown learner {kind!r}; learners: {', '.join(KINDS)}")
 
 
-def fit(kind: str, x: np.ndarray, label: np.ndarray, seed: int) -> Any:
-    """``kind`` fitted on (N, D) ``x`` and (N,) ``label``, quietly (convergence warnings of a
-    tuning grid's extreme strengths say nothing about the chosen one)."""
+def fit(
+    kind: str, x: np.ndarray, label: np.ndarray, seed: int, model: Any = None, held: np.ndarray | None = None
+) -> Any:
+    """``kind`` (or the unfitted ``model``) fitted on (N, D) ``x`` and (N,) ``label`` on the run's
+    thread count, quietly (convergence warnings of a tuning grid's extreme strengths say nothing
+    about the chosen one)."""
     from threadpoolctl import threadpool_limits
 
-    model = estimator(kind, label, seed)
-    with warnings.catch_warnings(), threadpool_limits(torch.get_num_threads()):  # the run's thread count
+    model = estimator(kind, label, seed, held) if model is None else model
+    with warnings.catch_warnings(), threadpool_limits(torch.get_num_threads()):
         warnings.simplefilter("ignore")
-        columns = screened(x, label) if kind == "boosted" and x.shape[1] > WIDEST_BOOSTED else None
-        model.fit(x if columns is None else x[:, columns], label)
-    if columns is not None:
-        model.columns_ = columns  # read by log_proba; saved with the model
+        model.fit(x, label)
     return model
 
 
-def screened(x: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """The :data:`WIDEST_BOOSTED` columns of ``x`` with the largest ANOVA F statistic against
-    ``label`` (constant columns last), in their order."""
-    from sklearn.feature_selection import f_classif
+class Trees:
+    """Gradient-boosted trees (LightGBM; softmax over the classes seen, leaves of 15, L2 1): at
+    most :data:`TREES` trees, their number chosen by early stopping on the rows ``held`` where
+    given, else on a stratified fifth of the rows when every class has 5 of them (else 50
+    iterations at most). NaN is a missing value, routed
+    natively. Kept as LightGBM's text model: :meth:`text` and :meth:`from_text` save and load it."""
 
-    if len(np.unique(label)) < 2:
-        return np.arange(WIDEST_BOOSTED)
-    f = np.nan_to_num(f_classif(np.nan_to_num(x), label)[0], nan=-1.0, posinf=np.finfo(np.float64).max)
-    return np.sort(np.argsort(-f, kind="stable")[:WIDEST_BOOSTED])
+    def __init__(self, seed: int = 0, held: np.ndarray | None = None):
+        self.seed = seed
+        self.held = held
+
+    def fit(self, x: np.ndarray, label: np.ndarray) -> Trees:
+        import lightgbm
+        from sklearn.model_selection import train_test_split
+
+        self.classes_ = np.unique(label)
+        y = np.searchsorted(self.classes_, label)
+        counts = np.bincount(y)
+        most = int(np.clip(TREES // len(counts), 20, 300))  # a tree per class and iteration
+        params = {
+            "objective": "multiclass",
+            "num_class": len(counts),
+            "num_leaves": 15,
+            "learning_rate": 0.1,
+            "min_data_in_leaf": max(2, min(20, len(y) // 50)),
+            "lambda_l2": 1.0,
+            "num_threads": torch.get_num_threads(),
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbose": -1,
+        }
+        share = _share(self.held)
+        if share is None and counts.min() >= 5:  # a stopping share with every class in it
+            share = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=self.seed)
+        if share is not None:
+            fits, stops = share
+            rows = lightgbm.Dataset(x[fits], y[fits])
+            scored = lightgbm.Dataset(x[stops], y[stops], reference=rows)
+            stop = lightgbm.early_stopping(10, verbose=False)
+            self.booster_ = lightgbm.train(params, rows, most, valid_sets=[scored], callbacks=[stop])
+        else:
+            self.booster_ = lightgbm.train(params, lightgbm.Dataset(x, y), min(most, 50))
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        best = self.booster_.best_iteration
+        return np.asarray(self.booster_.predict(x, num_iteration=best if best > 0 else None))
+
+    def text(self) -> bytes:
+        """The classes and LightGBM's text model of the trees kept (up to the best iteration)."""
+        return json.dumps({"classes": self.classes_.tolist(), "trees": self.booster_.model_to_string()}).encode()
+
+    @classmethod
+    def from_text(cls, data: bytes, source: str) -> Trees:
+        """What :meth:`text` wrote; anything else is a ValueError naming ``source``."""
+        import lightgbm
+
+        try:
+            saved = json.loads(data)
+            trees = cls()
+            trees.classes_ = np.asarray(saved["classes"], dtype=np.int64)
+            trees.booster_ = lightgbm.Booster(model_str=saved["trees"])
+        except (ValueError, KeyError, TypeError, lightgbm.basic.LightGBMError) as err:
+            raise ValueError(f"{source}: the saved trees cannot be read ({type(err).__name__}: {err})") from err
+        if trees.booster_.num_model_per_iteration() != len(trees.classes_):
+            raise ValueError(f"{source}: the saved trees do not answer for their {len(trees.classes_)} classes")
+        return trees
 
 
 def log_proba(model: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -190,7 +240,7 @@ def _is_svm(model: Any) -> bool:
 
 
 def dumps(models: Any) -> bytes:
-    """Fitted learners (any nesting of lists and dicts) in the skops format."""
+    """Fitted linear or kernel learners (any nesting of lists and dicts) in the skops format."""
     require_sklearn()
     import skops.io as sio
 
@@ -232,14 +282,23 @@ class Learners(nn.Module):
         self.fitted: list[dict[str, Any]] = []
         """Per member: name -> fitted estimator."""
 
-    def fit_member(self, inputs: Mapping[str, Any], present: Mapping[str, Any], label: np.ndarray, seed: int) -> None:
+    def fit_member(
+        self,
+        inputs: Mapping[str, Any],
+        present: Mapping[str, Any],
+        label: np.ndarray,
+        seed: int,
+        held: np.ndarray | None = None,
+    ) -> None:
         """Fit every learner on one member's rows (a learner only on the rows that have each
-        modality it reads) and keep them as the next member's."""
+        modality it reads), tuned on the rows ``held`` (its validation share) where given, and
+        keep them as the next member's."""
         label = np.asarray(label, dtype=np.int64)
         reads, fitted = self.inputs_of(inputs, present), {}
         for i, name in enumerate(self.names):
             rows = np.all([np.asarray(present[m], dtype=bool) for m in covered(name, self.modalities)], axis=0)
-            fitted[name] = fit(name.rpartition(":")[2], reads[name][rows], label[rows], seed + 7919 * i)
+            share = None if held is None else np.asarray(held, dtype=bool)[rows]
+            fitted[name] = fit(name.rpartition(":")[2], reads[name][rows], label[rows], seed + 7919 * i, held=share)
         self.fitted.append(fitted)
 
     def inputs_of(self, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -267,7 +326,7 @@ class Learners(nn.Module):
         return {n: torch.stack([present[m] for m in covered(n, self.modalities)]).all(dim=0) for n in self.names}
 
     def get_extra_state(self) -> Tensor:
-        blobs = [dumps(member[n]) for member in self.fitted for n in self.names]  # one skops file each
+        blobs = [_saved(member[n]) for member in self.fitted for n in self.names]  # one file each
         return torch.frombuffer(bytearray(pack(blobs)), dtype=torch.uint8)
 
     def set_extra_state(self, state: Any) -> None:
@@ -276,9 +335,18 @@ class Learners(nn.Module):
         blobs = unpack(state.cpu().numpy().tobytes(), "the model's learners")
         if not self.names or len(blobs) % len(self.names):
             raise ValueError(f"the saved learners are not one of each of {', '.join(self.names)} per member")
-        fitted = [loads(blob, f"the model's learner {self.names[i % len(self.names)]}") for i, blob in enumerate(blobs)]
+        fitted = [_loaded(blob, self.names[i % len(self.names)]) for i, blob in enumerate(blobs)]
         step = len(self.names)
         self.fitted = [dict(zip(self.names, fitted[k : k + step])) for k in range(0, len(fitted), step)]
+
+
+def _saved(model: Any) -> bytes:
+    return model.text() if isinstance(model, Trees) else dumps(model)
+
+
+def _loaded(data: bytes, name: str) -> Any:
+    source = f"the model's learner {name}"
+    return Trees.from_text(data, source) if name.endswith(":boosted") else loads(data, source)
 
 
 def pack(blobs: Sequence[bytes]) -> bytes:
@@ -319,4 +387,4 @@ def _host(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-__all__ = ["KINDS", "Learners", "dumps", "fit", "joined_inputs", "learner_names", "loads", "log_proba"]
+__all__ = ["KINDS", "Learners", "Trees", "dumps", "fit", "joined_inputs", "learner_names", "loads", "log_proba"]

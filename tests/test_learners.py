@@ -21,21 +21,40 @@ def test_learners_are_linear_per_modality_and_boosted_on_the_joined_features():
     assert learner_names(["a"], ["linear", "boosted"]) == ["a:linear", "a:boosted"]  # one modality: no join
 
 
-def test_boosted_trees_on_wide_inputs_see_the_most_informative_columns_and_route_missing_values():
-    from altmodal.learners import WIDEST_BOOSTED, fit
+def test_boosted_trees_route_missing_values_natively_and_reload_from_their_text_to_the_same_answers():
+    from altmodal.learners import Trees, fit
 
     rng = np.random.default_rng(0)
     label = np.repeat([0, 1, 2], 40)
-    x = rng.normal(size=(120, WIDEST_BOOSTED + 500)).astype(np.float32)
+    x = rng.normal(size=(120, 1500)).astype(np.float32)
     x[:, 7] += 3 * label  # the one informative column
-    x[:, 11] = 0.0  # a constant one
     model = fit("boosted", x, label, seed=0)
-    assert len(model.columns_) == WIDEST_BOOSTED and 7 in model.columns_ and 11 not in model.columns_
     holes = x.copy()
     holes[:10] = np.nan  # a whole absent modality: native missing values
     out = log_proba(model, holes, num_classes=3)
     assert out.shape == (120, 3) and np.isfinite(out).all()
     assert (out[10:].argmax(1) == label[10:]).mean() > 0.9
+    again = Trees.from_text(model.text(), "saved")
+    assert np.array_equal(log_proba(again, holes, 3), out)
+    assert b"__reduce__" not in model.text() and model.text().startswith(b'{"classes": [0, 1, 2]')
+    with pytest.raises(ValueError, match="saved: the saved trees cannot be read"):
+        Trees.from_text(b'{"classes": [0, 1, 2], "trees": "not a model"}', "saved")
+    with pytest.raises(ValueError, match="do not answer for their 2 classes"):
+        Trees.from_text(model.text().replace(b'"classes": [0, 1, 2]', b'"classes": [0, 1]'), "saved")
+
+
+def test_the_boosted_reference_row_sees_the_most_informative_columns_of_wide_inputs():
+    from altmodal.reference import WIDEST_BOOSTED, _fit_on
+
+    rng = np.random.default_rng(0)
+    label = np.repeat([0, 1, 2], 40)
+    x = rng.normal(size=(120, WIDEST_BOOSTED + 500)).astype(np.float32)
+    x[:, 7] += 3 * label
+    x[:, 11] = 0.0  # a constant column
+    present = {"a": np.ones(120, dtype=bool)}
+    model = _fit_on("boosted", ["a"], {"a": x}, present, label, seed=0)
+    assert len(model.columns_) == WIDEST_BOOSTED and 7 in model.columns_ and 11 not in model.columns_
+    assert (log_proba(model, x, 3).argmax(1) == label).mean() > 0.9
 
 
 def test_log_proba_covers_every_class_even_one_the_learner_never_saw():
@@ -61,7 +80,7 @@ def test_a_cross_fitted_run_weighs_its_learners_out_of_fold_and_reloads_them(wit
     scores = metrics["strategy_summary"]["fusion_scores"]
     assert {"alone:m0:linear", "alone:*:boosted", "stacked", "weighted"} <= set(scores)
     saved = load_file(out / "model.safetensors")
-    assert saved["learners._extra_state"].dtype == torch.uint8  # skops bytes: arrays and JSON, no pickle
+    assert saved["learners._extra_state"].dtype == torch.uint8  # skops and LightGBM's text: no pickle
     assert evaluate_run(out)["test"]["fused"]["accuracy"] == pytest.approx(metrics["test"]["fused"]["accuracy"])
     model = load_run(out)
     assert len(model.strategy.learners.fitted) == 3  # one set per member
@@ -74,14 +93,16 @@ def test_a_planted_payload_in_the_saved_learners_is_refused_and_runs_nothing(wit
     planted = tmp_path / "planted"
     shutil.copytree(out, planted)
     names = json.loads((out / "model.json").read_text())["learners"]
-    payload = pack([dumps(Payload() if name == "m0:linear" else None) for name in names * 3])
-    saved = load_file(planted / "model.safetensors")
-    saved["learners._extra_state"] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    save_file(saved, planted / "model.safetensors")
-    Payload.ran = False
-    with pytest.raises(ValueError, match=r"not allowed \(tests\.test_learners\.Payload\)"):
-        load_run(planted)
-    assert not Payload.ran
+    saved = load_file(out / "model.safetensors")
+    refusals = {"m0:linear": r"not allowed \(tests\.test_learners\.Payload\)", "*:boosted": "cannot be read"}
+    for target, refusal in refusals.items():
+        payload = pack([dumps(Payload() if name == target else None) for name in names * 3])
+        saved["learners._extra_state"] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        save_file(saved, planted / "model.safetensors")
+        Payload.ran = False
+        with pytest.raises(ValueError, match=refusal):
+            load_run(planted)
+        assert not Payload.ran
     with pytest.raises(ValueError, match="cannot be read"):
         loads(b"not a zip file", "planted.skops")
 
