@@ -36,6 +36,7 @@ from altmodal.config import ConfigError, first_line, option, require
 from altmodal.experiment import RunConfig, evaluate_run, layer, resolve, train_run
 from altmodal.reference import ROWS, reference_kind, run_reference
 from altmodal.runs import Run, entries
+from altmodal.threads import Threads
 from altmodal.workers import watch_parent
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,9 @@ class BenchmarkConfig:
     ablation: Literal["core", "full", "none"] = option(
         "none", "MLA ablation runs (core: the paper's claims, full: also each projection choice; --full: core)"
     )
-    jobs: int = option(0, "runs in parallel (0: one per CPU core, or one per GPU when training on CUDA)")
+    jobs: int = option(
+        0, "runs in parallel (0: as many as fit in the CPU cores at --threads each, or one per GPU on CUDA)"
+    )
 
     def __post_init__(self) -> None:
         require(len(self.seeds) > 0, "seeds", self.seeds, "at least one seed")
@@ -192,28 +195,31 @@ def run_cell(
     config_dict: dict[str, Any],
     path: str,
     rates: Sequence[float],
-    threads: int,
+    budget: int,
     device: str = "auto",
     reference: str = "",
+    threads: Threads = "auto",
 ) -> dict[str, Any]:
     """Train (or skip) one run on ``device`` and its test-time missing-modality evaluations
-    (cached); with ``reference``, that reference row instead (:mod:`altmodal.reference`)."""
+    (cached); with ``reference``, that reference row instead (:mod:`altmodal.reference`). The
+    run's threads follow ``threads`` as ``train --threads`` does (:mod:`altmodal.threads`), within
+    ``budget``, this job's share of the cores: what ``auto`` leaves to torch, and a reference row's."""
     import torch
 
     from altmodal.config import flatten
     from altmodal.distributed import Dist, resolve_device
 
-    torch.set_num_threads(max(threads, 1))
+    torch.set_num_threads(max(budget, 1))
     config = resolve(flatten(config_dict), path)
     if reference:
         return run_reference(config, reference, path, rates)
-    metrics = dict(train_run(config, path, dist=Dist(device=resolve_device(device))))
+    metrics = dict(train_run(config, path, dist=Dist(device=resolve_device(device)), threads=threads))
     run = Run(path)
     cached = read_missing(run)
     for rate in rates:
         key = f"{rate:g}"
         if key not in cached:
-            result = evaluate_run(path, missing_rate=rate, device=device)
+            result = evaluate_run(path, missing_rate=rate, device=device, threads=threads)
             cached[key] = {**result["test"]["fused"], "missing": result["missing"]}
     if rates:
         run.write_json("missing.json", cached)
@@ -290,18 +296,20 @@ def run_grid(
     jobs: int = 0,
     progress: bool = True,
     keep_going: bool = False,
+    threads: Threads = "auto",
 ) -> dict[Cell, dict[str, Any]]:
-    """Run every cell (skipping finished ones) with ``jobs`` processes; results per cell. With
-    ``keep_going`` a run that fails (e.g. diverges) gives ``{"error": message}`` and the others
-    go on; otherwise its error ends the grid.
+    """Run every cell (skipping finished ones) with ``jobs`` processes; results per cell. Each
+    run's torch threads follow ``threads`` as ``train --threads`` does; never more threads in all
+    than CPU cores (:func:`cpu_jobs`). With ``keep_going`` a run that fails (e.g. diverges)
+    gives ``{"error": message}`` and the others go on; otherwise its error ends the grid.
 
     Raises:
         ConfigError: another process runs a benchmark in ``root``, or ``root`` holds files of
-            another kind.
+            another kind, or ``threads`` times ``jobs`` is more than the cores.
     """
     check_benchmark_folder(root)
     with Run(root).lock():
-        return _run_grid(grid, base, root, missing_rates, jobs, progress, keep_going)
+        return _run_grid(grid, base, root, missing_rates, jobs, progress, keep_going, threads)
 
 
 def _run_grid(
@@ -312,6 +320,7 @@ def _run_grid(
     jobs: int,
     progress: bool,
     keep_going: bool = False,
+    threads: Threads = "auto",
 ) -> dict[Cell, dict[str, Any]]:
     configs = {cell: cell.config(base) for cell in grid}
     paths = {cell: run_path(root, cell, configs[cell]) for cell in grid}
@@ -320,9 +329,9 @@ def _run_grid(
         unique.setdefault(paths[cell], cell)
     cores = os.cpu_count() or 1
     device = next(iter(configs.values())).train.device if configs else "cpu"
-    jobs, devices = job_devices(device, jobs, cores, _cuda_count())
+    jobs, devices = job_devices(device, jobs, cores, _cuda_count(), threads)
     jobs = min(jobs, len(unique)) or 1
-    threads = max(cores // jobs, 1)
+    budget = threads if isinstance(threads, int) else max(cores // jobs, 1)
     results: dict[Path, dict[str, Any]] = {}
     bar = _bar(len(unique), progress)
     tasks = [
@@ -330,9 +339,10 @@ def _run_grid(
             configs[c].to_dict(),
             str(p),
             missing_rates if c.group == "main" else (),
-            threads,
+            budget,
             devices[i % len(devices)],
             c.reference,
+            threads,
         )
         for i, (p, c) in enumerate(unique.items())
     ]
@@ -372,14 +382,31 @@ def _outcome(result: Callable[[], dict[str, Any]], keep_going: bool) -> dict[str
         return {"error": first_line(err)}
 
 
-def job_devices(device: str, jobs: int, cores: int, gpus: int) -> tuple[int, list[str]]:
-    """Runs in parallel and the devices they take turns on: by default one per CPU core on the
-    CPU, one per GPU with ``cuda``/``auto`` (runs spread over the GPUs), one on a named GPU."""
+def cpu_jobs(jobs: int, threads: Threads, cores: int) -> int:
+    """Runs in parallel on the CPU: ``jobs``, or (0) as many as fit in the ``cores`` when each
+    takes ``threads`` torch threads (one each for ``auto``).
+
+    Raises:
+        ConfigError: ``jobs`` runs of ``threads`` threads each would need more than ``cores``.
+    """
+    each = threads if isinstance(threads, int) else 1
+    if jobs and each > 1 and jobs * each > cores:
+        raise ConfigError(
+            f"--threads {each} with --jobs {jobs} is {jobs * each} torch threads on {cores} CPU cores "
+            f"(more only slows every run); give --jobs {max(cores // each, 1)} or fewer threads"
+        )
+    return jobs or max(cores // each, 1)
+
+
+def job_devices(device: str, jobs: int, cores: int, gpus: int, threads: Threads = "auto") -> tuple[int, list[str]]:
+    """Runs in parallel and the devices they take turns on: by default as many as fit in the CPU
+    cores (:func:`cpu_jobs`) on the CPU, one per GPU with ``cuda``/``auto`` (runs spread over the
+    GPUs), one on a named GPU."""
     if device in ("auto", "cuda") and gpus > 0:
         return jobs or gpus, [f"cuda:{i}" for i in range(gpus)]
     if device.startswith("cuda"):
         return jobs or 1, [device]
-    return jobs or cores, ["cpu"]
+    return cpu_jobs(jobs, threads, cores), ["cpu"]
 
 
 def _cuda_count() -> int:

@@ -375,8 +375,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-FLAGS_ONLY = ("suite", "suite_datasets", "media_root")
-"""Benchmark settings a config file may not set (the suite's, and where its data lives)."""
+FLAGS_ONLY = ("suite", "suite_datasets", "media_root", "threads")
+"""Benchmark settings a config file may not set (the suite's, where its data lives, the threads)."""
 
 
 def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -415,7 +415,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     modalities = modalities_of(base)
     grid = cells(bench, modalities)
     out = Path(args.out or f"runs/benchmark-{Path(dataset).stem}")
-    results = run_grid(grid, base, out, missing_rates=bench.missing_rates, jobs=bench.jobs, progress=not args.quiet)
+    results = run_grid(
+        grid,
+        base,
+        out,
+        missing_rates=bench.missing_rates,
+        jobs=bench.jobs,
+        progress=not args.quiet,
+        threads=args.threads,
+    )
     command = "altmodal " + shlex.join(args.argv)
     report = write_report(results, grid, base, modalities, out, command)
     print(markdown(report["tables"]["main"], "strategy", mark_best=True))
@@ -442,6 +450,7 @@ def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[st
         media_root=Path(getattr(args, "media_root", MEDIA_ROOT)),
         jobs=bench.jobs,
         progress=not args.quiet,
+        threads=args.threads,
         only=modality_list(getattr(args, "suite_datasets", None), "--suite-datasets", "dataset"),
     )
     print(render(summary).split("\n## ")[0])
@@ -553,6 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     tell_preset_defaults(bench)
     add_arguments(bench, BenchmarkConfig, "grid")
     bench.add_argument("--out", help="report and runs folder (default: runs/benchmark-<dataset> or -<suite>)")
+    bench.add_argument(
+        "--threads",
+        type=parse_threads,
+        default="auto",
+        help="torch CPU threads of each run, as train --threads: a number, or auto: 1 for a model of MLP encoders "
+        "under 1M parameters, the run's share of the CPU cores for others; --jobs 0 runs as many at once as fit in "
+        "the cores (default: auto)",
+    )
     bench.add_argument(
         "--suite",
         default=argparse.SUPPRESS,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -45,12 +46,29 @@ def subset_name(modalities: Sequence[str]) -> str:
     return "+".join(modalities)
 
 
+EVERY_SUBSET_UP_TO = 4
+"""With at most this many modalities (15 subsets) a run is evaluated on every subset of them."""
+OTHER_SUBSETS = 8
+"""With more, on all of them, each leave-one-out, each alone and this many others."""
+
+
 def subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of ``modalities``, largest first, in modality order."""
-    out: list[tuple[str, ...]] = []
-    for k in range(len(modalities), 0, -1):
-        out.extend(itertools.combinations(modalities, k))
-    return out
+    """The non-empty subsets of ``modalities`` a run is evaluated on, largest first, each in
+    modality order: every one with up to :data:`EVERY_SUBSET_UP_TO` modalities; with more (2^M - 1
+    would grow without bound: 4,095 with 12), all of them, each leave-one-out, each alone and
+    :data:`OTHER_SUBSETS` others drawn at random once for these modalities (the same for every
+    run of them, so that runs compare)."""
+    order = list(modalities)
+    if len(order) <= EVERY_SUBSET_UP_TO:
+        chosen = {s for k in range(1, len(order) + 1) for s in itertools.combinations(order, k)}
+    else:
+        chosen = {tuple(order), *itertools.combinations(order, len(order) - 1), *((m,) for m in order)}
+        draw = random.Random("+".join(order))
+        wanted = len(chosen) + OTHER_SUBSETS
+        while len(chosen) < wanted:
+            size = draw.randint(2, len(order) - 2)
+            chosen.add(tuple(sorted(draw.sample(order, size), key=order.index)))
+    return sorted(chosen, key=lambda s: (-len(s), [order.index(m) for m in s]))
 
 
 def predicted(logits: Tensor) -> Tensor:

@@ -148,8 +148,9 @@ class Model(nn.Module):
     # ----- prediction ---------------------------------------------------------------------------
     @torch.no_grad()
     def collect(self, dataset: MultimodalDataset, all_subsets: bool = True) -> Outputs:
-        """Predict a whole split (gathered over processes): fused, unimodal and, for every
-        non-empty subset of modalities, the fused logits with only that subset present."""
+        """Predict a whole split (gathered over processes): fused, unimodal and, for each subset
+        of modalities of :func:`~altmodal.metrics.subsets` (every one with up to four
+        modalities), the fused logits with only that subset present."""
         self.eval()
         parts: dict[str, list[Tensor]] = {}
 

@@ -33,6 +33,7 @@ from altmodal.reference import PREFIX
 from altmodal.report import write_report
 from altmodal.runs import atomic_write, write_json
 from altmodal.tables import Results, fmt, values
+from altmodal.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def run_suite(
     jobs: int = 0,
     progress: bool = True,
     only: Sequence[str] | None = None,
+    threads: Threads = "auto",
 ) -> dict[str, Any]:
     """Run every dataset of the suite ``name`` (finished runs are skipped), or those named in
     ``only`` in that order, and write the summary."""
@@ -161,7 +163,9 @@ def run_suite(
         folder = out / _slug(entry.name)
         modalities = modalities_of(base)
         grid = cells(bench, modalities)
-        results = run_grid(grid, base, folder, missing_rates=bench.missing_rates, jobs=bench.jobs, progress=progress)
+        results = run_grid(
+            grid, base, folder, missing_rates=bench.missing_rates, jobs=bench.jobs, progress=progress, threads=threads
+        )
         write_report(results, grid, base, modalities, folder, f"altmodal benchmark --suite {name}")
         datasets.append(
             {"name": entry.name, "folder": folder.name, **summarize(results, labels(grid, "main"), modalities)}

@@ -115,3 +115,16 @@ def test_the_fused_loss_reaches_an_encoder_through_absent_rows_only_with_zero_in
     joint.training_step(batch)
     moved = any(not torch.equal(a, p) for a, p in zip(before, joint.encoders["m1"].parameters()))
     assert moved == (absent == "zero-inputs")  # the paper's code: zero-filled inputs pass the encoder
+
+
+def test_a_run_evaluates_every_subset_of_few_modalities_and_a_bounded_stated_set_of_many():
+    from altmodal.metrics import OTHER_SUBSETS, subsets
+
+    assert len(subsets(["a", "b", "c", "d"])) == 15
+    views = [f"v{i}" for i in range(12)]
+    chosen = subsets(views)
+    assert len(chosen) == 1 + 12 + 12 + OTHER_SUBSETS  # all, each leave-one-out, each alone, a sample
+    assert len(set(chosen)) == len(chosen) and chosen[0] == tuple(views)
+    assert {(m,) for m in views} <= set(chosen) and {tuple(v for v in views if v != m) for m in views} <= set(chosen)
+    assert [len(s) for s in chosen] == sorted((len(s) for s in chosen), reverse=True)
+    assert subsets(views) == chosen  # the same sample for every run of these modalities

@@ -297,3 +297,25 @@ def test_predict_on_a_prepared_media_cache(tmp_path, capsys):
     by_index = {r["index"]: r["prediction"] for r in rows}
     assert all(by_index[r["index"]] == r["prediction"] for r in read_rows(run / "predictions_test.csv"))
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_benchmark_runs_take_the_thread_rule_of_train_and_never_more_threads_than_cores(monkeypatch, tmp_path):
+    import altmodal.benchmark as benchmark
+
+    assert job_devices("cpu", 0, 8, 0, 2) == (4, ["cpu"])  # as many 2-thread runs as fit in 8 cores
+    assert job_devices("cpu", 0, 2, 0, "auto") == (2, ["cpu"])
+    with pytest.raises(ConfigError, match="--threads 2 with --jobs 2 is 4 torch threads on 2 CPU cores"):
+        job_devices("cpu", 2, 2, 0, 2)
+    seen = {}
+
+    def train(config, path, dist, threads):
+        seen.update(asked=threads, torch=torch.get_num_threads())
+        return {}
+
+    monkeypatch.setattr(benchmark, "train_run", train)
+    before = torch.get_num_threads()
+    try:
+        benchmark.run_cell(tiny_config().to_dict(), str(tmp_path / "run"), (), budget=2, threads="auto")
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"asked": "auto", "torch": 2}  # train's rule, within the job's share of the cores
