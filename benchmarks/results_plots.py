@@ -104,26 +104,25 @@ def accuracy_points(dataset: str, report: Mapping[str, Any]) -> list[Point]:
     return points + ([max(solo, key=lambda p: p.mean)] if solo else [])
 
 
+def table_points(dataset: str, report: Mapping[str, Any], name: str) -> list[Point]:
+    """Each row's values in each column of the report's table ``name`` (none without the table)."""
+    table = report["tables"].get(name, {"columns": [], "rows": []})
+    return [
+        Point(dataset, row["label"], col, tuple(row["cells"][col]))
+        for row in table["rows"]
+        for col in table["columns"]
+        if row["cells"].get(col)
+    ]
+
+
 def missing_points(dataset: str, report: Mapping[str, Any]) -> list[Point]:
     """Each strategy's fused test accuracy at each test-time missing rate (0 = complete)."""
-    table = report["tables"].get("missing_test", {"columns": [], "rows": []})
-    return [
-        Point(dataset, row["label"], rate, tuple(row["cells"][rate]))
-        for row in table["rows"]
-        for rate in table["columns"]
-        if row["cells"].get(rate)
-    ]
+    return table_points(dataset, report, "missing_test")
 
 
 def laziness_points(dataset: str, report: Mapping[str, Any]) -> list[Point]:
     """Each strategy's ratio per modality: accuracy inside the model over accuracy alone."""
-    table = report["tables"].get("laziness", {"columns": [], "rows": []})
-    return [
-        Point(dataset, row["label"], m, tuple(row["cells"][m]))
-        for row in table["rows"]
-        for m in table["columns"]
-        if row["cells"].get(m)
-    ]
+    return table_points(dataset, report, "laziness")
 
 
 def strategies(points: Iterable[Point]) -> list[str]:
@@ -190,9 +189,13 @@ def panels(plt: Any, count: int, width: float = 2.5, height: float = 2.3) -> tup
     return fig, list(axes.flat[:count])
 
 
-def legend(fig: Any, style: Mapping[str, Mapping[str, Any]], plt: Any) -> None:
+def save(plt: Any, fig: Any, style: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """The figure with a legend of the strategies above it, as a PNG."""
     handles = [plt.Line2D([], [], linestyle="none", label=name, **s) for name, s in style.items()]
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 7), frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.savefig(path, dpi=90, pil_kwargs={"optimize": True})
+    plt.close(fig)
 
 
 def draw_accuracy(points: Sequence[Point], path: Path) -> None:
@@ -211,10 +214,7 @@ def draw_accuracy(points: Sequence[Point], path: Path) -> None:
         ax.tick_params(labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("fused test accuracy")
-    legend(fig, style, plt)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    fig.savefig(path, dpi=90, pil_kwargs={"optimize": True})
-    plt.close(fig)
+    save(plt, fig, style, path)
 
 
 def draw_missing(points: Sequence[Point], path: Path) -> None:
@@ -233,10 +233,7 @@ def draw_missing(points: Sequence[Point], path: Path) -> None:
     axes[0].set_ylabel("fused test accuracy")
     for ax in axes[-5:]:
         ax.set_xlabel("test-time missing rate", fontsize=9)
-    legend(fig, style, plt)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    fig.savefig(path, dpi=90, pil_kwargs={"optimize": True})
-    plt.close(fig)
+    save(plt, fig, style, path)
 
 
 def draw_laziness(points: Sequence[Point], path: Path) -> None:
@@ -245,22 +242,20 @@ def draw_laziness(points: Sequence[Point], path: Path) -> None:
     style = styles(names)
     fig, ax = plt.subplots(figsize=(12, 4.2))
     step = 0.7 / max(len(names), 1)
+
+    def place(p: Point) -> float:  # the dataset's slot, the strategies side by side in it
+        return datasets.index(p.dataset) - 0.35 + step * (names.index(p.strategy) + 0.5)
+
     for p in points:
-        x = datasets.index(p.dataset) - 0.35 + step * (names.index(p.strategy) + 0.5)
-        s = style[p.strategy]
-        ax.plot(x, p.mean, linestyle="none", alpha=0.8, **{**s, "markersize": 6})
-    for (_, name), p in lowest(points).items():
+        ax.plot(place(p), p.mean, linestyle="none", alpha=0.8, **{**style[p.strategy], "markersize": 6})
+    for p in lowest(points).values():
         if p.mean < LAZY:
-            x = datasets.index(p.dataset) - 0.35 + step * (names.index(name) + 0.5)
-            ax.annotate(p.x, (x, p.mean), textcoords="offset points", xytext=(4, -3), fontsize=7)
+            ax.annotate(p.x, (place(p), p.mean), textcoords="offset points", xytext=(4, -3), fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(datasets)), datasets, fontsize=9)
     ax.set_ylabel("accuracy inside the model / alone")
     ax.grid(axis="y", alpha=0.3)
-    legend(fig, style, plt)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    fig.savefig(path, dpi=90, pil_kwargs={"optimize": True})
-    plt.close(fig)
+    save(plt, fig, style, path)
 
 
 def main(argv: Sequence[str]) -> None:
