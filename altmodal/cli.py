@@ -431,12 +431,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-MEDIA_ROOT = "../shared/data"
-"""Where ``benchmark --suite`` looks for raw media (AV-digits) unless --media-root says."""
-
-
 def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[str, Any]) -> int:
-    from altmodal.suite import render, run_suite
+    from altmodal.suite import data_folder, render, run_suite
 
     if "dataset" in settings:
         raise ConfigError("--suite chooses the datasets: leave out --dataset")
@@ -447,7 +443,7 @@ def run_suite_command(args: argparse.Namespace, bench: Any, settings: Mapping[st
         strategies=bench.strategies,
         seeds=bench.seeds if "seeds" in vars(args) else None,
         settings=settings,
-        media_root=Path(getattr(args, "media_root", MEDIA_ROOT)),
+        data=data_folder(getattr(args, "media_root", None)),
         jobs=bench.jobs,
         progress=not args.quiet,
         threads=args.threads,
@@ -587,8 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--media-root",
         default=argparse.SUPPRESS,
-        help="the shared data folder of a suite: AV-digits' raw FSDD + MNIST and the real suite's multiview/ files "
-        "(default: ../shared/data; an entry whose data is absent is skipped)",
+        help="the data folder of a suite: the real suite's multiview/<name>.npz (written by `altmodal prepare "
+        "multiview`) and AV-digits' raw fsdd/ and mnist/ (default: $ALTMODAL_DATA; a missing multiview file stops "
+        "the suite, AV-digits without its folders is skipped)",
     )
     bench.add_argument(
         "--full",

@@ -1,4 +1,5 @@
-"""``altmodal prepare``: decode a raw media corpus once into a memory-mapped cache.
+"""``altmodal prepare``: decode a raw media corpus once into a memory-mapped cache (or convert
+the real suite's multi-view collection: :mod:`altmodal.data.multiview`).
 
 ``prepare DATASET --root RAW --out CACHE`` asks the corpus module (:mod:`altmodal.data.corpora`)
 for its plan, then decodes every sample's modalities (filterbanks, frames, token ids) into the
@@ -37,6 +38,9 @@ from altmodal.data.media import MediaError, MissingExtra
 from altmodal.data.registry import parse_options
 
 log = logging.getLogger(__name__)
+
+MULTIVIEW = "multiview"
+"""``prepare``'s name for converting the real suite's multi-view collection (not a media corpus)."""
 
 
 @dataclass
@@ -232,6 +236,10 @@ def format_summary(summary: Summary, shown: int = 10) -> list[str]:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """The ``prepare`` command's handler (prints the summary)."""
+    if args.dataset == MULTIVIEW:
+        return cmd_prepare_multiview(args)
+    if args.overwrite:
+        raise DataError(f"--overwrite is for {MULTIVIEW}; a media cache resumes: choose another --out to start anew")
     try:
         summary = prepare(
             args.dataset,
@@ -252,6 +260,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_multiview(args: argparse.Namespace) -> int:
+    """``prepare multiview``: the collection's ``.mat`` files in --root into --out/multiview/."""
+    from altmodal.data.multiview import format_converted, prepare_collection
+
+    given = [flag for flag, value in (("--option", args.option), ("--strict", args.strict)) if value]
+    if given:
+        raise DataError(f"{given[0]} is for the media datasets; `prepare {MULTIVIEW}` takes --root, --out, --overwrite")
+    for line in format_converted(prepare_collection(args.root, args.out, overwrite=args.overwrite), args.out):
+        print(line)
+    return 0
+
+
 def add_prepare_command(subparsers: Any) -> None:
     """Add ``prepare`` to the ``altmodal`` command's subparsers."""
     epilog = "\n".join(
@@ -260,15 +280,32 @@ def add_prepare_command(subparsers: Any) -> None:
     )
     parser = subparsers.add_parser(
         "prepare",
-        help="decode a raw media dataset once into a cache for training (resumable)",
+        help="decode a raw media dataset once into a cache for training (resumable), or convert the real "
+        "suite's multi-view collection",
         description="Decode a raw media dataset (layouts: altmodal.data.corpora.<name>) into CACHE; then train "
-        "with `altmodal train --dataset DATASET --data-dir CACHE`.",
+        f"with `altmodal train --dataset DATASET --data-dir CACHE`. `prepare {MULTIVIEW} --root MAT_FOLDER --out "
+        "DATA_FOLDER` converts the public multi-view collection's .mat files (altmodal.data.multiview) into "
+        "DATA_FOLDER/multiview/<name>.npz, the files `altmodal benchmark --suite real` reads from its data folder "
+        "(--media-root or ALTMODAL_DATA).",
         epilog="dataset options (--option KEY=VALUE):\n" + epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("dataset", choices=list(CORPORA), help="the media dataset")
-    parser.add_argument("--root", required=True, help="the raw data folder (layout: see the dataset's module)")
-    parser.add_argument("--out", required=True, help="the cache folder to write (or finish)")
+    parser.add_argument(
+        "dataset", choices=[*CORPORA, MULTIVIEW], help=f"the media dataset, or {MULTIVIEW} (the real suite's files)"
+    )
+    parser.add_argument(
+        "--root",
+        required=True,
+        help=f"the raw data folder (layout: see the dataset's module; {MULTIVIEW}: the folder of .mat files)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help=f"the cache folder to write (or finish); {MULTIVIEW}: the data folder, written into OUT/multiview/",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"{MULTIVIEW}: replace output files that exist (default: refuse)"
+    )
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="a dataset option (repeat for more)"
     )

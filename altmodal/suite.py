@@ -13,21 +13,27 @@ and counts wins, ties and losses per strategy.
 fewer epochs, for iteration. ``real`` is the suite of real data: eleven multi-view datasets from
 different fields (news and web text, citation graphs, movies, proteins, digits, leaves: 169 to
 4,000 samples, 2 to 100 classes, 2 to 12 views), mfeat and AV-digits. The multi-view files and
-AV-digits' raw FSDD + MNIST are read from the shared data folder (``--media-root``, by default
-``../shared/data``); AV-digits is prepared once into ``OUT/cache/avdigits``; an entry whose data
-is absent is left out with a note.
+AV-digits' raw FSDD + MNIST are read from a data folder: ``--media-root``, else the environment
+variable ``ALTMODAL_DATA`` (:func:`data_folder`). Every multi-view file a run needs must be there
+(``DATA/multiview/<name>.npz``, written by ``altmodal prepare multiview`` from the public
+collection: :mod:`altmodal.data.multiview`), else the suite stops before training, naming the
+file; AV-digits is prepared once into ``OUT/cache/avdigits`` when its raw folders are there, and
+is otherwise left out with a note.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from altmodal.benchmark import BenchmarkConfig, cells, labels, modalities_of, run_grid, slug
+from altmodal.data.features import DataError
+from altmodal.data.multiview import COLLECTION, SUBFOLDER
 from altmodal.metrics import mean_std
 from altmodal.reference import PREFIX
 from altmodal.report import write_report
@@ -45,9 +51,56 @@ class Entry:
     name: str
     settings: Mapping[str, Any]
     media: str | None = None
-    """A media corpus that ``altmodal prepare`` must cache first (from ``--media-root``)."""
+    """A media corpus that ``altmodal prepare`` must cache first (from the data folder)."""
     file: str | None = None
-    """A feature file inside the shared data folder (``--media-root``), the entry's dataset."""
+    """A feature file inside the data folder, the entry's dataset."""
+    raw: tuple[str, ...] = ()
+    """The media corpus's raw folders inside the data folder (the entry is left out without them)."""
+
+
+DATA_ENV = "ALTMODAL_DATA"
+"""The environment variable naming the suites' data folder when ``--media-root`` is not given."""
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """Where a suite reads its files, and which setting named the folder (for messages)."""
+
+    path: Path | None = None
+    source: str = ""
+
+    def __str__(self) -> str:
+        if self.path is None:
+            return f"no data folder: set --media-root or {DATA_ENV}"
+        return f"the data folder {self.path}, from {self.source}"
+
+
+def data_folder(flag: str | None, environ: Mapping[str, str] = os.environ) -> DataFolder:
+    """The suites' data folder: the ``--media-root`` flag, else ``$ALTMODAL_DATA``, else none."""
+    if flag is not None:
+        return DataFolder(Path(flag), "--media-root")
+    if environ.get(DATA_ENV):
+        return DataFolder(Path(environ[DATA_ENV]), DATA_ENV)
+    return DataFolder()
+
+
+def check_files(entries: Sequence[Entry], data: DataFolder) -> None:
+    """Raise a one-line DataError naming the first feature file of ``entries`` that ``data``
+    lacks, how many more are missing and how to write them."""
+    files = [e.file for e in entries if e.file is not None]
+    absent = [f for f in files if data.path is None or not (data.path / f).is_file()]
+    if not absent:
+        return
+    more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+    if data.path is None:
+        raise DataError(
+            f"the suite reads {absent[0]}{more} from a data folder: set {DATA_ENV}=DIR or pass --media-root DIR, "
+            f"after `altmodal prepare {SUBFOLDER} --root MAT_FOLDER --out DIR`"
+        )
+    raise DataError(
+        f"{data.path / absent[0]}{more}: not found ({data}); write them with `altmodal prepare {SUBFOLDER} "
+        f"--root MAT_FOLDER --out {data.path}`, or leave them out with --suite-datasets"
+    )
 
 
 def _mfeat(*views: str) -> dict[str, Any]:
@@ -67,25 +120,14 @@ AV_DIGITS = Entry(
         "resnet_width": 16,
     },
     media="avdigits",
+    raw=("fsdd/recordings", "mnist/digits"),
 )
 
-MULTIVIEW = (
-    "bbcsport",
-    "bbc4view",
-    "3sources",
-    "proteinfold",
-    "cora",
-    "citeseer",
-    "movies",
-    "webkb",
-    "mnist4",
-    "acm",
-    "100leaves",
-)
-"""The real multi-view datasets of the shared data folder (``multiview/<name>.npz``)."""
+MULTIVIEW = tuple(COLLECTION)
+"""The real multi-view datasets of the data folder (``multiview/<name>.npz``)."""
 
 REAL: tuple[Entry, ...] = (
-    *(Entry(name, {}, file=f"multiview/{name}.npz") for name in MULTIVIEW),
+    *(Entry(name, {}, file=f"{SUBFOLDER}/{name}.npz") for name in MULTIVIEW),
     Entry("mfeat fou,mor", _mfeat("fou", "mor")),
     AV_DIGITS,
 )
@@ -125,18 +167,24 @@ def run_suite(
     strategies: Sequence[str],
     seeds: Sequence[int] | None = None,
     settings: Mapping[str, Any] | None = None,
-    media_root: Path | None = None,
+    data: DataFolder | None = None,
     jobs: int = 0,
     progress: bool = True,
     only: Sequence[str] | None = None,
     threads: Threads = "auto",
 ) -> dict[str, Any]:
     """Run every dataset of the suite ``name`` (finished runs are skipped), or those named in
-    ``only`` in that order, and write the summary."""
+    ``only`` in that order, and write the summary (feature files and raw media from ``data``).
+
+    Raises:
+        DataError: a feature file of the entries to run is not in ``data`` (before any training).
+    """
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; suites: {', '.join(SUITES)}")
     suite = SUITES[name]
     entries = choose(suite.entries, only, name) if only else suite.entries
+    data = data or DataFolder()
+    check_files(entries, data)
     bench = BenchmarkConfig(
         strategies=tuple(strategies),
         seeds=tuple(seeds or suite.seeds),
@@ -148,16 +196,12 @@ def run_suite(
     datasets: list[dict[str, Any]] = []
     for entry in entries:
         base = {**entry.settings, **(suite.overrides if entry.media is None else {}), **(settings or {})}
-        if entry.file is not None:
-            path = (media_root or Path(".")) / entry.file
-            if not path.is_file():
-                datasets.append({"name": entry.name, "skipped": f"no {entry.file} in the shared data folder"})
-                continue
-            base["dataset"] = str(path)
+        if entry.file is not None and data.path is not None:
+            base["dataset"] = str(data.path / entry.file)
         if entry.media is not None:
-            cache = _prepared(entry.media, media_root, out / "cache" / entry.media)
+            cache = _prepared(entry.media, entry.raw, data.path, out / "cache" / entry.media)
             if cache is None:
-                datasets.append({"name": entry.name, "skipped": f"no raw {entry.media} folder (--media-root)"})
+                datasets.append({"name": entry.name, "skipped": f"no raw {entry.media} folders ({data})"})
                 continue
             base["data_dir"] = str(cache)
         folder = out / _slug(entry.name)
@@ -194,10 +238,12 @@ def choose(entries: Sequence[Entry], names: Sequence[str], suite: str) -> tuple[
     return tuple(chosen.values())
 
 
-def _prepared(corpus: str, root: Path | None, cache: Path) -> Path | None:
+def _prepared(corpus: str, raw: Sequence[str], root: Path | None, cache: Path) -> Path | None:
+    """The media cache of ``corpus``, prepared from ``root`` if need be (None: no cache and not
+    all of its ``raw`` folders in ``root``)."""
     if (cache / "meta.json").is_file():
         return cache
-    if root is None or not root.is_dir():
+    if root is None or not all((root / folder).is_dir() for folder in raw or (".",)):
         return None
     from altmodal.prepare import prepare
 

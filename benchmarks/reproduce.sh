@@ -41,6 +41,13 @@ altmodal benchmark --suite real \
   --strategies "mla,mla:preset=fast,mla:preset=paper,joint,ume,ogm_ge,qmf,mmpareto,dgl,gblend,inforeg,aug,reconboost,midas" \
   --jobs 2 --out runs/suite-real
 
+# The default against scikit-learn's reference rows, and the Results page's figures drawn from it
+# (the real suite's files: ALTMODAL_DATA or --media-root, see docs/data.md).
+altmodal benchmark --suite real --strategies "mla,joint,sklearn:linear,sklearn:svm,sklearn:boosted" \
+  --jobs 2 --out runs/benchmark-real
+python benchmarks/against_references.py runs/benchmark-real
+python benchmarks/results_plots.py runs/benchmark-real docs/img
+
 # Training with severely missing modalities, SMIL's protocol, on AV-digits (~2 h).
 python benchmarks/smil_protocol.py
 

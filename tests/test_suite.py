@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,32 @@ def test_a_suite_runs_the_datasets_named_in_their_order(ran, capsys):
     assert "suite 'tiny' has no dataset 'tiny-c'; its datasets: tiny-a, tiny-b, media" in capsys.readouterr().err
     assert main([*args, "--suite-datasets", " , "]) == 2  # not all of them
     assert "--suite-datasets names no dataset; give one or more, comma-separated" in capsys.readouterr().err
+
+
+def test_the_data_folder_is_the_flag_else_the_environment_variable():
+    env = {suite.DATA_ENV: "/from/env"}
+    assert suite.data_folder("/from/flag", env) == suite.DataFolder(Path("/from/flag"), "--media-root")
+    assert suite.data_folder(None, env) == suite.DataFolder(Path("/from/env"), "ALTMODAL_DATA")
+    assert suite.data_folder(None, {suite.DATA_ENV: ""}).path is None and suite.data_folder(None, {}).path is None
+
+
+def test_a_missing_feature_file_stops_the_suite_naming_it_and_the_setting(tmp_path, monkeypatch, capsys):
+    (tmp_path / "env" / "multiview").mkdir(parents=True)
+    (tmp_path / "env" / "multiview" / "cora.npz").write_bytes(b"")
+    suite.check_files([suite.Entry("cora", {}, file="multiview/cora.npz")], suite.data_folder(str(tmp_path / "env")))
+    args = ["benchmark", "--suite", "real", "--suite-datasets", "cora,acm", "--out", str(tmp_path / "out"), "--quiet"]
+    monkeypatch.setenv(suite.DATA_ENV, str(tmp_path / "env"))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    env = tmp_path / "env"
+    assert f"{env / 'multiview' / 'acm.npz'}: not found (the data folder {env}, from ALTMODAL_DATA)" in err
+    assert f"`altmodal prepare multiview --root MAT_FOLDER --out {tmp_path / 'env'}`" in err
+    assert main([*args, "--media-root", str(tmp_path / "flag")]) == 2  # the flag wins
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'flag' / 'multiview' / 'cora.npz'} and 1 more: not found" in err and "from --media-root" in err
+    monkeypatch.delenv(suite.DATA_ENV)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the suite reads multiview/cora.npz and 1 more from a data folder: set ALTMODAL_DATA=DIR or pass" in err
+    assert not (tmp_path / "out").exists()  # stopped before anything ran
