@@ -287,6 +287,7 @@ def _train_cross_fitted(
     answers = []
     history: list[dict[str, Any]] = []
     learners = run_learners(config, splits, encoders or {})
+    learner_seconds = 0.0
     summaries: list[Any] = []  # each member's, as its metrics.json holds it (a reloaded model forgets its scores)
     for k in range(1, config.data.folds + 1):
         for callback in callbacks:
@@ -303,12 +304,14 @@ def _train_cross_fitted(
             outputs = strategy.collect(holdout, all_subsets=False)
             held_out.append((strategy, outputs))
             if learners is not None:  # the learners of a member: fitted on its rows, asked on its fold
+                learning = time.perf_counter()
                 share = np.repeat([False, True], [len(member_splits.train), len(member_splits.val)])
                 learners.fit_member(*rows_of([member_splits.train, member_splits.val]), member_seed(member), share)
                 inputs, present, _ = rows_of([holdout])
                 answer = learners.member_log_probs(k - 1, inputs, present)  # in the fold's row order ...
                 at = torch.from_numpy(np.searchsorted(holdout.rows, outputs.index.numpy()))
                 answers.append({n: v[at] for n, v in answer.items()})  # ... put in the outputs' (gathered) order
+                learner_seconds += time.perf_counter() - learning
         members.append(strategy)
         summaries.append(result.get("strategy_summary", {}))
         history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
@@ -322,6 +325,7 @@ def _train_cross_fitted(
         test_outputs = bag.collect(splits.test)
         metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)
     metrics["train_seconds"] = seconds
+    metrics["learner_seconds"] = learner_seconds  # of which fitting and asking the learners
     metrics["best_epoch"] = [m.best_epoch for m in members]
     if "members" in metrics.get("strategy_summary", {}):
         metrics["strategy_summary"]["members"] = summaries

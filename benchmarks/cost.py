@@ -1,0 +1,129 @@
+"""What the default costs: its training time over one joint run's, per dataset, in one process.
+
+For each dataset, one process trains one joint run (``--strategy joint``) and the default
+(``altmodal train``'s cross-fitted MLA with its learners), each on the same split and seed with
+``--threads auto`` (one thread for small MLPs), and prints both wall-clock times, the ratio, and
+where the default's time went (networks, learners, the rest: fusion choice, evaluation, writing).
+The two runs of a dataset follow each other, so a change in the machine's load touches both; the
+ratio is the figure to compare across machines.
+
+    python benchmarks/cost.py                                    # mfeat and the real suite's files
+    python benchmarks/cost.py --datasets mfeat,bbcsport --seeds 0,1
+    python benchmarks/cost.py --data DIR                         # DIR/multiview/<name>.npz
+
+The real suite's files are read from ``--data`` (default ``$ALTMODAL_DATA``; see ``altmodal
+prepare multiview``); a dataset whose file is absent is named and left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from altmodal import resolve, train_run
+from altmodal.suite import DATA_ENV, MULTIVIEW
+
+MFEAT = {"dataset": "mfeat", "modalities": ("fou", "mor")}
+"""The built-in data's two-view setting of the README's main job."""
+
+
+def settings_of(name: str, data: Path | None) -> dict[str, Any] | None:
+    """The run settings of dataset ``name`` (None when its file is not in ``data``)."""
+    if name == "mfeat":
+        return dict(MFEAT)
+    path = data / "multiview" / f"{name}.npz" if data is not None else None
+    return {"dataset": str(path)} if path is not None and path.is_file() else None
+
+
+def timed(settings: dict[str, Any], out: Path) -> tuple[float, dict[str, Any]]:
+    """Wall-clock seconds of one run trained in ``out`` and its metrics."""
+    started = time.perf_counter()
+    metrics = train_run(resolve(settings), out, threads="auto")
+    return time.perf_counter() - started, dict(metrics)
+
+
+def parts(out: Path, total: float) -> dict[str, float]:
+    """Where a cross-fitted run's time went: its members' networks (their history's epoch
+    seconds and evaluation), its learners and the rest, from the files it wrote."""
+    learners = json.loads((out / "metrics.json").read_text()).get("learner_seconds", float("nan"))
+    networks = sum(
+        json.loads((member / "metrics.json").read_text()).get("train_seconds", 0.0)
+        for member in sorted((out / "folds").iterdir())
+    )
+    return {"networks": networks, "learners": learners, "rest": total - networks - learners}
+
+
+def measure(name: str, settings: dict[str, Any], seed: int, scratch: Path) -> dict[str, Any]:
+    joint_seconds, joint = timed({**settings, "strategy": "joint", "seed": seed}, scratch / f"{name}-joint-{seed}")
+    out = scratch / f"{name}-default-{seed}"
+    default_seconds, default = timed({**settings, "seed": seed}, out)
+    return {
+        "dataset": name,
+        "seed": seed,
+        "joint": joint_seconds,
+        "default": default_seconds,
+        "ratio": default_seconds / joint_seconds,
+        **parts(out, default_seconds),
+        "joint_accuracy": joint["test"]["fused"]["accuracy"],
+        "default_accuracy": default["test"]["fused"]["accuracy"],
+    }
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: per dataset, the medians over seeds."""
+    lines = [
+        "| dataset | joint (s) | default (s) | default / joint | networks (s) | learners (s) | rest (s) "
+        "| accuracy joint / default |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == name]
+
+        def median(key: str, mine: list[dict[str, Any]] = mine) -> float:
+            return statistics.median(r[key] for r in mine)
+
+        lines.append(
+            f"| {name} | {median('joint'):.1f} | {median('default'):.1f} | {median('ratio'):.1f}x "
+            f"| {median('networks'):.1f} | {median('learners'):.1f} | {median('rest'):.1f} "
+            f"| {median('joint_accuracy'):.3f} / {median('default_accuracy'):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(["mfeat", *MULTIVIEW]), help="comma-separated names")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (medians over them)")
+    parser.add_argument("--data", default=os.environ.get(DATA_ENV), help=f"the data folder (default: ${DATA_ENV})")
+    args = parser.parse_args(argv)
+    data = Path(args.data) if args.data else None
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.datasets.split(","):
+            settings = settings_of(name, data)
+            if settings is None:
+                print(f"{name}: no multiview/{name}.npz in the data folder ({data}); left out", file=sys.stderr)
+                continue
+            for seed in (int(s) for s in args.seeds.split(",")):
+                rows.append(measure(name, settings, seed, Path(scratch)))
+                row = rows[-1]
+                print(
+                    f"{name} seed {seed}: joint {row['joint']:.1f} s, default {row['default']:.1f} s "
+                    f"({row['ratio']:.1f}x)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
