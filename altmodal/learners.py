@@ -143,7 +143,7 @@ def fit(
 
 
 class Trees:
-    """Gradient-boosted trees (LightGBM; softmax over the classes seen, leaves of 15, L2 1): at
+    """Gradient-boosted trees (LightGBM; softmax over the classes seen, leaves of 15, 63 bins, L2 1): at
     most :data:`TREES` trees, their number chosen by early stopping on the rows ``held`` where
     given, else on a stratified fifth of the rows when every class has 5 of them (else 50
     iterations at most). NaN is a missing value, routed
@@ -165,6 +165,7 @@ class Trees:
             "objective": "multiclass",
             "num_class": len(counts),
             "num_leaves": 15,
+            "max_bin": 63,  # (255 fitted 1.5-2.5x slower on dense views, at the same held-out log-loss)
             "learning_rate": 0.1,
             "min_data_in_leaf": max(2, min(20, len(y) // 50)),
             "lambda_l2": 1.0,
@@ -179,12 +180,12 @@ class Trees:
             share = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=self.seed)
         if share is not None:
             fits, stops = share
-            rows = lightgbm.Dataset(x[fits], y[fits])
+            rows = lightgbm.Dataset(x[fits], y[fits], params=params)
             scored = lightgbm.Dataset(x[stops], y[stops], reference=rows)
             stop = lightgbm.early_stopping(10, verbose=False)
             self.booster_ = lightgbm.train(params, rows, most, valid_sets=[scored], callbacks=[stop])
         else:
-            self.booster_ = lightgbm.train(params, lightgbm.Dataset(x, y), min(most, 50))
+            self.booster_ = lightgbm.train(params, lightgbm.Dataset(x, y, params=params), min(most, 50))
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
