@@ -44,9 +44,14 @@ JOINED = "*"
 TREES = 1500
 """At most this many trees in a boosted learner (iterations times classes, at least 20 iterations):
 its cost and its size on disk stay bounded with many classes."""
-TRUSTED = ("sklearn.model_selection._split.StratifiedKFold",)
-"""The types a saved linear or kernel learner may name besides those skops trusts by default
-(scikit-learn's estimators, numpy arrays): the inner folds. Any other type refuses to load."""
+TRUSTED = (
+    "sklearn.model_selection._split.StratifiedKFold",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+)
+"""The types a saved skops learner may name besides those skops trusts by default (scikit-learn's
+estimators, numpy arrays): the inner folds, and the trees of the boosted learners that runs saved
+before they were LightGBM's (scikit-learn's histogram boosting, still loaded). Any other type
+refuses to load."""
 
 
 def require_sklearn() -> None:
@@ -347,7 +352,8 @@ def _saved(model: Any) -> bytes:
 
 def _loaded(data: bytes, name: str) -> Any:
     source = f"the model's learner {name}"
-    return Trees.from_text(data, source) if name.endswith(":boosted") else loads(data, source)
+    text = name.endswith(":boosted") and not data.startswith(b"PK")  # (a skops file is a zip)
+    return Trees.from_text(data, source) if text else loads(data, source)
 
 
 def pack(blobs: Sequence[bytes]) -> bytes:
