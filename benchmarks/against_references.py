@@ -30,11 +30,14 @@ def seconds(folder: Path, label: str) -> list[float]:
     """Training seconds of the runs of benchmark row ``label`` (``mla``, ``joint``,
     ``mla:preset=paper``) in a dataset's folder, one per seed."""
     name, *pairs = label.split(":")
-    preset = dict(p.split("=", 1) for p in pairs).get("preset", "altmodal" if name == "mla" else None)
+    given = dict(p.split("=", 1) for p in pairs)
+    preset = given.get("preset", "altmodal" if name == "mla" else None)
+    folds = int(given.get("folds", 5 if preset == "altmodal" else 1))
     found = []
     for path in sorted((folder / "runs").glob(f"{name}-seed*/metrics.json")):
         metrics = json.loads(path.read_text())
-        if (metrics.get("options") or {}).get("preset") == preset:
+        config = json.loads((path.parent / "config.json").read_text())
+        if (metrics.get("options") or {}).get("preset") == preset and config["data"].get("folds", 1) == folds:
             found.append(float(metrics["train_seconds"]))
     return found
 
@@ -54,7 +57,9 @@ def row(folder: Path) -> str:
     fused = cells(tables["main"], "fused accuracy")
     default = fused[DEFAULT]
     references = {s: v for s, v in fused.items() if s.startswith("sklearn:")}
-    others = {s: v for s, v in fused.items() if s != DEFAULT and not s.startswith("sklearn:")}
+    others = {  # (the default with other settings, e.g. mla:folds=3, is not another strategy)
+        s: v for s, v in fused.items() if s != DEFAULT and not s.startswith("sklearn:") and "folds=" not in s
+    }
     alone = {m: mean(tables["main"]["rows"][-1]["cells"].get(f"{m} (unimodal)", [])) for m in modalities}
     best_ref = max(references, key=lambda s: mean(references[s]))
     best_other = max(others, key=lambda s: mean(others[s])) if others else None
