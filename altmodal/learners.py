@@ -148,11 +148,11 @@ def fit(
 
 
 class Trees:
-    """Gradient-boosted trees (LightGBM; softmax over the classes seen, leaves of 15, 63 bins, L2 1): at
-    most :data:`TREES` trees, their number chosen by early stopping on the rows ``held`` where
-    given, else on a stratified fifth of the rows when every class has 5 of them (else 50
-    iterations at most). NaN is a missing value, routed
-    natively. Kept as LightGBM's text model: :meth:`text` and :meth:`from_text` save and load it."""
+    """Gradient-boosted trees (LightGBM; softmax over the classes seen, leaves of 15, 63 bins,
+    L2 1): at most :data:`TREES` trees, their number chosen by early stopping on the rows ``held``
+    where given, else on a stratified fifth of the rows when every class has 5 of them (else 50
+    iterations at most). NaN is a missing value, routed natively. Kept as LightGBM's text model:
+    :meth:`text` and :meth:`from_text` save and load it."""
 
     def __init__(self, seed: int = 0, held: np.ndarray | None = None):
         self.seed = seed
