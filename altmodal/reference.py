@@ -25,7 +25,7 @@ import numpy as np
 
 from altmodal.data.registry import load_splits
 from altmodal.data.splits import missing_mask, missing_summary
-from altmodal.learners import KINDS, TREES, fit, joined_inputs, log_proba, rows_of
+from altmodal.learners import KINDS, fit, joined_inputs, log_proba, rows_of, tree_limits
 from altmodal.metrics import macro_f1
 from altmodal.runs import Run
 from altmodal.settings import RunConfig
@@ -122,19 +122,17 @@ def _fit_on(
 
 def hist_boosting(label: np.ndarray, seed: int) -> Any:
     """scikit-learn's histogram gradient boosting, its number of trees chosen by early stopping on
-    an inner fifth of the rows when every class has 5 of them (at most :data:`TREES` trees)."""
+    an inner fifth of the rows when every class has 5 of them (:func:`~altmodal.learners.tree_limits`)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    counts = np.bincount(label)[np.unique(label)]
-    stops = bool(counts.min() >= 5)
-    most = int(np.clip(TREES // max(len(counts), 1), 20, 300))
+    most, leaf, stops = tree_limits(label)
     return HistGradientBoostingClassifier(
         max_iter=most if stops else min(most, 50),
         early_stopping=stops,
         validation_fraction=0.2,
         n_iter_no_change=10,
         max_leaf_nodes=15,
-        min_samples_leaf=max(2, min(20, len(label) // 50)),
+        min_samples_leaf=leaf,
         l2_regularization=1.0,
         random_state=seed,
     )
