@@ -11,15 +11,15 @@ ratio is the figure to compare across machines.
     python benchmarks/cost.py --datasets mfeat,bbcsport --seeds 0,1
     python benchmarks/cost.py --data DIR                         # DIR/multiview/<name>.npz
 
-The real suite's files are read from ``--data`` (default ``$ALTMODAL_DATA``; see ``altmodal
-prepare multiview``); a dataset whose file is absent is named and left out.
+The real suite's files are read from the suites' data folder (``--data``, else ``$ALTMODAL_DATA``:
+:func:`altmodal.suite.data_folder`; see ``altmodal prepare multiview``); a dataset whose file is
+absent is named and left out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from altmodal import resolve, train_run
-from altmodal.suite import DATA_ENV, MULTIVIEW
+from altmodal.data.multiview import SUBFOLDER
+from altmodal.suite import DATA_ENV, MULTIVIEW, data_folder
 
 MFEAT = {"dataset": "mfeat", "modalities": ("fou", "mor")}
 """The built-in data's two-view setting of the README's main job."""
@@ -39,7 +40,7 @@ def settings_of(name: str, data: Path | None) -> dict[str, Any] | None:
     """The run settings of dataset ``name`` (None when its file is not in ``data``)."""
     if name == "mfeat":
         return dict(MFEAT)
-    path = data / "multiview" / f"{name}.npz" if data is not None else None
+    path = data / SUBFOLDER / f"{name}.npz" if data is not None else None
     return {"dataset": str(path)} if path is not None and path.is_file() else None
 
 
@@ -102,15 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default=",".join(["mfeat", *MULTIVIEW]), help="comma-separated names")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (medians over them)")
-    parser.add_argument("--data", default=os.environ.get(DATA_ENV), help=f"the data folder (default: ${DATA_ENV})")
+    parser.add_argument("--data", help=f"the data folder (default: ${DATA_ENV})")
     args = parser.parse_args(argv)
-    data = Path(args.data) if args.data else None
+    data = data_folder(args.data).path
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.datasets.split(","):
             settings = settings_of(name, data)
             if settings is None:
-                print(f"{name}: no multiview/{name}.npz in the data folder ({data}); left out", file=sys.stderr)
+                print(f"{name}: no {SUBFOLDER}/{name}.npz in the data folder ({data}); left out", file=sys.stderr)
                 continue
             for seed in (int(s) for s in args.seeds.split(",")):
                 rows.append(measure(name, settings, seed, Path(scratch)))
