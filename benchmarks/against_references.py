@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from results_plots import ALONE_ROW, column  # (the report tables' reader of the figures' script beside it)
 
 DEFAULT = "mla"
 JOINT = "joint"
@@ -42,11 +43,6 @@ def seconds(folder: Path, label: str) -> list[float]:
     return found
 
 
-def cells(table: dict, column: str) -> dict[str, list[float]]:
-    """label -> the column's values per seed."""
-    return {row["label"]: row["cells"].get(column, []) for row in table["rows"] if row["cells"].get(column)}
-
-
 def mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
@@ -54,18 +50,18 @@ def mean(values: list[float]) -> float:
 def row(folder: Path) -> str:
     report = json.loads((folder / "report.json").read_text())
     tables, modalities = report["tables"], report["modalities"]
-    fused = cells(tables["main"], "fused accuracy")
+    fused = column(tables["main"], "fused accuracy")
     default = fused[DEFAULT]
     references = {s: v for s, v in fused.items() if s.startswith("sklearn:")}
     others = {  # (the default with other settings, e.g. mla:folds=3, is not another strategy)
         s: v for s, v in fused.items() if s != DEFAULT and not s.startswith("sklearn:") and "folds=" not in s
     }
-    alone = {m: mean(tables["main"]["rows"][-1]["cells"].get(f"{m} (unimodal)", [])) for m in modalities}
+    alone = {m: mean(column(tables["main"], f"{m} (unimodal)").get(ALONE_ROW, [])) for m in modalities}
     best_ref = max(references, key=lambda s: mean(references[s]))
     best_other = max(others, key=lambda s: mean(others[s])) if others else None
     best_alone = max(alone, key=lambda m: alone[m])
     rivals = [mean(references[best_ref]), alone[best_alone]] + ([mean(others[best_other])] if best_other else [])
-    missing = cells(tables["missing_test"], "0.5")
+    missing = column(tables["missing_test"], "0.5")
     rivals_missing = {s: mean(v) for s, v in missing.items() if s.startswith("sklearn:") or s == PAPER}
     best_missing = max(rivals_missing, key=lambda s: rivals_missing[s])
     lazy = next(row["cells"] for row in tables["laziness"]["rows"] if row["label"] == DEFAULT)
