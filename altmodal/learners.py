@@ -173,7 +173,7 @@ class Trees:
 
         self.classes_ = np.unique(label)
         y = np.searchsorted(self.classes_, label)
-        most, leaf, stops = tree_limits(label)
+        most, leaf, can_stop = tree_limits(label)
         params = {
             "objective": "multiclass",
             "num_class": len(self.classes_),
@@ -189,7 +189,7 @@ class Trees:
             "verbose": -1,
         }
         share = _share(self.held)
-        if share is None and stops:  # a stopping share with every class in it
+        if share is None and can_stop:  # a stopping share with every class in it
             share = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=self.seed)
         if share is not None:
             fits, stops = share
