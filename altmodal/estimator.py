@@ -314,7 +314,8 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
 
     def _frame(self, X: Any, fitting: bool) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:
         if fitting:
-            spec = as_column_map(column_map(self.columns)) if self.columns is not None else None
+            named = column_map(self.columns)
+            spec = as_column_map(named) if named is not None else None
             if spec is None and not any(SEPARATOR in str(c) for c in X.columns):
                 spec = {"x": [str(c) for c in X.columns]}  # no MODALITY__ names: one modality, as for arrays
             self.input_kind_ = "frame"

@@ -25,7 +25,7 @@ from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import encoder_kinds, weights_by_modality
 from altmodal.files import file_digest
-from altmodal.learners import Learners, learner_names, rows_of
+from altmodal.learners import Learners, affordable, learner_names, rows_of
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.model import DataSpec, Model
 from altmodal.predictions import prediction_rows
@@ -345,7 +345,13 @@ def run_learners(config: RunConfig, splits: Splits, custom: Mapping[str, torch.n
     features = all(kinds[m] == "mlp" and len(train.input_shape(m)) == 1 for m in train.modalities)
     if config.data.folds == 1 or not wanted or not features:  # learners read vectors of features only
         return None
-    return Learners(learner_names(train.modalities, wanted), train.modalities, train.num_classes)
+    rows = len(train) + len(splits.val)  # (a member fits on fewer)
+    width = sum(train.input_shape(m)[0] for m in train.modalities)
+    dear = [k for k in wanted if not affordable(k, rows, width)]
+    if dear:
+        log.info("learners: %s left out (%d rows x %d columns: its kernel costs too much)", dear[0], rows, width)
+    names = learner_names(train.modalities, [k for k in wanted if k not in dear])
+    return Learners(names, train.modalities, train.num_classes) if names else None
 
 
 DATA_FILE = "data.json"

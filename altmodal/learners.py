@@ -8,11 +8,13 @@ predicts (N, C) log-probabilities. Three kinds (:data:`KINDS`):
 - ``linear``: multinomial logistic regression, its L2 strength chosen on the validation share;
 - ``boosted``: gradient-boosted trees (LightGBM, :class:`Trees`), their number chosen by early
   stopping on the validation share; absent inputs are NaN, which the trees route natively;
-- ``svm``: an RBF support-vector machine, C chosen by 3-fold inner CV (a reference on the joined
-  features only: its scores are not probabilities).
+- ``svm``: an RBF support-vector machine (:class:`Kernel`), C chosen on the validation share,
+  whose scores a logistic regression fitted on that share turns into probabilities; on the
+  joined features only, and only where its kernel is affordable (:func:`affordable`).
 
 The validation share is a cross-fitted member's own (the rows its networks stop on); a learner
-fitted without one (a reference row) tunes on 3 inner folds (the trees: on an inner fifth).
+fitted without one (a reference row) tunes on 3 inner folds (the trees: on an inner fifth; the
+reference SVM keeps its raw scores, which rank the classes as well).
 Inputs are the model's own inputs: standardised features, so the linear and kernel learners fill
 an absent modality with 0, the training mean (mean imputation).
 
@@ -21,8 +23,8 @@ member's rows train a linear learner per modality and one of each kind on the jo
 predictions on the fold the member never saw join the networks' as candidates and as columns of
 the stacked fusion. In the benchmark, a learner on the joined features is a reference row
 (:mod:`altmodal.reference`). Nothing is pickled: boosted trees are saved as LightGBM's text model,
-the others in the skops format (arrays and JSON), loaded back only if every type it names is one
-of :data:`TRUSTED`.
+the others in the skops format (arrays and JSON; the SVM as its support vectors and its
+calibration), loaded back only if every type it names is one of :data:`TRUSTED`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ JOINED = "*"
 TREES = 1500
 """At most this many trees in a boosted learner (iterations times classes, at least 20 iterations):
 its cost and its size on disk stay bounded with many classes."""
+KERNEL_BUDGET = 1e9
+"""The SVM learner is trained where its rows squared times its input width is at most this (about
+half a second per fit on one core): an RBF kernel's cost grows with both, and on a few thousand
+rows of thousands of term counts it would dominate the run (citeseer, 2,484 x 7,015: 25 s per
+fit, 20 fits per run)."""
+CS = (0.1, 1.0, 10.0, 100.0)
+"""The SVMs' strengths tried, on the validation share or by inner CV."""
 TRUSTED = (
     "sklearn.model_selection._split.StratifiedKFold",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -66,9 +75,9 @@ def require_sklearn() -> None:
 
 def learner_names(modalities: Sequence[str], kinds: Sequence[str]) -> list[str]:
     """Every learner a cross-fitted run trains: ``<modality>:linear`` for each modality, then
-    ``*:<kind>`` on the joined features (with two or more modalities). Boosted trees are trained on
-    the joined features only: one boosted learner per modality would multiply the trees a run
-    stores and predicts with by the number of modalities."""
+    ``*:<kind>`` on the joined features (with two or more modalities). Boosted trees and the SVM
+    are trained on the joined features only: one per modality would multiply the trees and support
+    vectors a run stores and predicts with by the number of modalities."""
     if len(modalities) == 1:
         return [f"{modalities[0]}:{k}" for k in kinds]
     return [f"{m}:linear" for m in modalities if "linear" in kinds] + [f"{JOINED}:{k}" for k in kinds]
@@ -93,6 +102,12 @@ def joined_inputs(
     return np.concatenate(blocks, axis=1)
 
 
+def affordable(kind: str, rows: int, width: int) -> bool:
+    """Whether a learner of ``kind`` on ``rows`` x ``width`` inputs is trained (the SVM: within
+    :data:`KERNEL_BUDGET`)."""
+    return kind != "svm" or rows * rows * width <= KERNEL_BUDGET
+
+
 def tree_limits(label: np.ndarray) -> tuple[int, int, bool]:
     """What bounds a boosted learner on rows of ``label``: its most iterations (a tree per class
     and iteration: :data:`TREES` in all, 20 to 300 iterations), its fewest samples per leaf, and
@@ -107,6 +122,17 @@ def _share(held: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
     if held is None or not held.any() or held.all():
         return None
     return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def _tuning(held: np.ndarray | None, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows fitted on and the rows tuned on: those ``held``, else a stratified fifth when every
+    class has 5 rows, else None."""
+    from sklearn.model_selection import train_test_split
+
+    share = _share(held)
+    if share is None and tree_limits(y)[2]:
+        share = tuple(train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed))
+    return share
 
 
 def _inner_folds(label: np.ndarray, seed: int) -> Any:
@@ -136,8 +162,10 @@ def estimator(kind: str, label: np.ndarray, seed: int, held: np.ndarray | None =
     if kind == "boosted":
         return Trees(seed, held)
     if kind == "svm":
+        if share is not None:
+            return Kernel(seed, held)
         svm = SVC(kernel="rbf", gamma="scale")
-        return svm if folds is None else GridSearchCV(svm, {"C": [0.1, 1.0, 10.0, 100.0]}, cv=folds)
+        return svm if folds is None else GridSearchCV(svm, {"C": list(CS)}, cv=folds)
     raise ValueError(f"unknown learner {kind!r}; learners: {', '.join(KINDS)}")
 
 
@@ -169,11 +197,10 @@ class Trees:
 
     def fit(self, x: np.ndarray, label: np.ndarray) -> Trees:
         import lightgbm
-        from sklearn.model_selection import train_test_split
 
         self.classes_ = np.unique(label)
         y = np.searchsorted(self.classes_, label)
-        most, leaf, can_stop = tree_limits(label)
+        most, leaf, _ = tree_limits(label)
         params = {
             "objective": "multiclass",
             "num_class": len(self.classes_),
@@ -188,9 +215,7 @@ class Trees:
             "force_row_wise": True,
             "verbose": -1,
         }
-        share = _share(self.held)
-        if share is None and can_stop:  # a stopping share with every class in it
-            share = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=self.seed)
+        share = _tuning(self.held, y, self.seed)  # a stopping share with every class in it
         if share is not None:
             fits, stops = share
             rows = lightgbm.Dataset(x[fits], y[fits], params=params)
@@ -226,6 +251,63 @@ class Trees:
         return trees
 
 
+class Kernel:
+    """An RBF support-vector machine with probabilities: one SVM per strength of :data:`CS`
+    (``gamma="scale"``) fitted on the rows not ``held``, the one most accurate on the rows held
+    kept, and its one-vs-rest scores on those rows fitted to the labels by a multinomial logistic
+    regression (Platt's scaling, for every class at once), which turns any row's scores into
+    probabilities. Without ``held`` rows, a stratified fifth is held (and with too few rows for
+    one, C is 1 and the SVM's scores are its calibration's only input, fitted on its own rows)."""
+
+    def __init__(self, seed: int = 0, held: np.ndarray | None = None):
+        self.seed = seed
+        self.held = held
+
+    def fit(self, x: np.ndarray, label: np.ndarray) -> Kernel:
+        from sklearn.svm import SVC
+
+        share = _tuning(self.held, label, self.seed)
+        fits, tunes = share if share is not None else (np.arange(len(label)), np.arange(len(label)))
+        best = -1.0
+        for c in CS if share is not None else (1.0,):
+            svm = SVC(C=c, kernel="rbf", gamma="scale").fit(x[fits], label[fits])
+            hit = float((svm.predict(x[tunes]) == label[tunes]).mean())
+            if hit > best:  # (a tie keeps the smaller C)
+                best, self.svm = hit, svm
+        self.calibration = _calibrated(self.svm, x[tunes], label[tunes])
+        self.classes_ = self.calibration.classes_
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.calibration.predict_proba(_scores(self.svm, x)))
+
+    def parts(self) -> dict[str, Any]:
+        """The SVM and its calibration, as saved."""
+        return {"svm": self.svm, "calibration": self.calibration}
+
+    @classmethod
+    def from_parts(cls, parts: Mapping[str, Any], source: str) -> Kernel:
+        """What :meth:`parts` gave; anything else is a ValueError naming ``source``."""
+        if not isinstance(parts, Mapping) or sorted(parts) != ["calibration", "svm"]:
+            raise ValueError(f"{source}: not an SVM and its calibration")
+        kernel = cls()
+        kernel.svm, kernel.calibration = parts["svm"], parts["calibration"]
+        kernel.classes_ = kernel.calibration.classes_
+        return kernel
+
+
+def _scores(svm: Any, x: np.ndarray) -> np.ndarray:
+    """(N, classes) an SVM's one-vs-rest scores (two classes: the one score, negated for the first)."""
+    scores = svm.decision_function(x)
+    return np.stack([-scores, scores], axis=1) / 2 if scores.ndim == 1 else scores
+
+
+def _calibrated(svm: Any, x: np.ndarray, label: np.ndarray) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=1.0, max_iter=300).fit(_scores(svm, x), label)
+
+
 def log_proba(model: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
     """(N, C) log-probabilities of a fitted learner over all C classes (a class it never saw
     gets a tiny probability). An SVM's one-vs-rest scores stand in for log-probabilities."""
@@ -241,10 +323,7 @@ def log_proba(model: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
             proba = np.clip(model.predict_proba(x), 1e-9, 1.0)
         out[:, classes] = np.log(proba / proba.sum(axis=1, keepdims=True))
         return out
-    scores = model.decision_function(x)
-    if scores.ndim == 1:  # two classes: one score for the second
-        scores = np.stack([-scores, scores], axis=1) / 2
-    out[:, classes] = scores
+    out[:, classes] = _scores(model, x)
     return out
 
 
@@ -355,13 +434,17 @@ class Learners(nn.Module):
 
 
 def _saved(model: Any) -> bytes:
-    return model.text() if isinstance(model, Trees) else dumps(model)
+    if isinstance(model, Trees):
+        return model.text()
+    return dumps(model.parts() if isinstance(model, Kernel) else model)
 
 
 def _loaded(data: bytes, name: str) -> Any:
     source = f"the model's learner {name}"
-    text = name.endswith(":boosted") and not data.startswith(b"PK")  # (a skops file is a zip)
-    return Trees.from_text(data, source) if text else loads(data, source)
+    if name.endswith(":boosted") and not data.startswith(b"PK"):  # (a skops file is a zip)
+        return Trees.from_text(data, source)
+    model = loads(data, source)
+    return Kernel.from_parts(model, source) if isinstance(model, Mapping) else model
 
 
 def pack(blobs: Sequence[bytes]) -> bytes:
@@ -402,4 +485,16 @@ def _host(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-__all__ = ["KINDS", "Learners", "Trees", "dumps", "fit", "joined_inputs", "learner_names", "loads", "log_proba"]
+__all__ = [
+    "KINDS",
+    "Kernel",
+    "Learners",
+    "Trees",
+    "affordable",
+    "dumps",
+    "fit",
+    "joined_inputs",
+    "learner_names",
+    "loads",
+    "log_proba",
+]

@@ -19,6 +19,45 @@ from tests.conftest import TINY, tiny_config
 def test_learners_are_linear_per_modality_and_boosted_on_the_joined_features():
     assert learner_names(["a", "b"], ["linear", "boosted"]) == ["a:linear", "b:linear", "*:linear", "*:boosted"]
     assert learner_names(["a"], ["linear", "boosted"]) == ["a:linear", "a:boosted"]  # one modality: no join
+    assert learner_names(["a", "b"], ["linear", "svm"])[-1] == "*:svm"
+
+
+def test_the_svm_learner_chooses_its_strength_on_the_held_rows_and_answers_calibrated_probabilities():
+    from altmodal.learners import CS, Kernel, _loaded, _saved, fit
+
+    rng = np.random.default_rng(0)
+    label = np.repeat([0, 1, 2], 50)
+    x = rng.normal(size=(150, 5)).astype(np.float32)
+    x[:, 0] += 2 * label
+    held = np.zeros(150, dtype=bool)
+    held[::4] = True
+    model = fit("svm", x, label, seed=0, held=held)
+    assert isinstance(model, Kernel) and model.svm.C in CS
+    assert len(model.svm.support_) and model.svm.support_.max() < (~held).sum()  # fitted on the rest
+    out = log_proba(model, x, 3)
+    assert np.allclose(np.exp(out).sum(1), 1, atol=1e-4) and (out.argmax(1) == label).mean() > 0.8
+    again = _loaded(_saved(model), "*:svm")  # skops: the SVM and its calibration, no pickle
+    assert np.array_equal(log_proba(again, x, 3), out)
+    two = fit("svm", x[label < 2], label[label < 2], seed=0, held=held[label < 2])  # two classes: one score
+    assert np.allclose(np.exp(log_proba(two, x, 2)).sum(1), 1, atol=1e-4)
+    with pytest.raises(ValueError, match="saved: not an SVM and its calibration"):
+        Kernel.from_parts({"svm": model.svm}, "saved")
+
+
+def test_the_svm_learner_is_left_out_where_its_kernel_costs_too_much(monkeypatch, caplog):
+    from altmodal import learners
+    from altmodal.data.registry import load, load_splits
+    from altmodal.experiment import run_learners
+
+    assert learners.affordable("svm", 1000, 1000) and not learners.affordable("svm", 10_000, 1000)
+    assert learners.affordable("linear", 10**6, 10**6)
+    config = tiny_config(folds=2)
+    splits = load_splits(config.data, 0, load(config.data))
+    assert run_learners(config, splits, {}).names[-1] == "*:svm"
+    monkeypatch.setattr(learners, "KERNEL_BUDGET", 1.0)
+    with caplog.at_level("INFO"):
+        assert "*:svm" not in run_learners(config, splits, {}).names
+    assert "svm left out" in caplog.text and "rows x" in caplog.text
 
 
 def test_boosted_trees_route_missing_values_natively_and_reload_from_their_text_to_the_same_answers():
@@ -70,15 +109,15 @@ def test_log_proba_covers_every_class_even_one_the_learner_never_saw():
 @pytest.fixture(scope="module")
 def with_learners(tmp_path_factory):
     out = tmp_path_factory.mktemp("learners") / "run"
-    return out, train_run(tiny_config(folds=3, epochs=2, learners=("linear", "boosted")), out)
+    return out, train_run(tiny_config(folds=3, epochs=2), out)  # the default learners
 
 
 def test_a_cross_fitted_run_weighs_its_learners_out_of_fold_and_reloads_them(with_learners):
     out, metrics = with_learners
     card = json.loads((out / "model.json").read_text())
-    assert card["learners"] == ["m0:linear", "m1:linear", "*:linear", "*:boosted"]
+    assert card["learners"] == ["m0:linear", "m1:linear", "*:linear", "*:boosted", "*:svm"]
     scores = metrics["strategy_summary"]["fusion_scores"]
-    assert {"alone:m0:linear", "alone:*:boosted", "stacked", "weighted"} <= set(scores)
+    assert {"alone:m0:linear", "alone:*:boosted", "alone:*:svm", "stacked", "weighted"} <= set(scores)
     saved = load_file(out / "model.safetensors")
     assert saved["learners._extra_state"].dtype == torch.uint8  # skops and LightGBM's text: no pickle
     assert evaluate_run(out)["test"]["fused"]["accuracy"] == pytest.approx(metrics["test"]["fused"]["accuracy"])
@@ -95,7 +134,7 @@ def test_a_planted_payload_in_the_saved_learners_is_refused_and_runs_nothing(wit
     names = json.loads((out / "model.json").read_text())["learners"]
     saved = load_file(out / "model.safetensors")
     refusal = r"not allowed \(tests\.test_learners\.Payload\)"
-    for target in ("m0:linear", "*:boosted"):  # (a boosted learner saved before LightGBM is a skops file)
+    for target in ("m0:linear", "*:boosted", "*:svm"):  # (a boosted learner saved before LightGBM is a skops file)
         payload = pack([dumps(Payload() if name == target else None) for name in names * 3])
         saved["learners._extra_state"] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
         save_file(saved, planted / "model.safetensors")

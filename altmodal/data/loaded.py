@@ -43,10 +43,11 @@ class DataConfig:
         "is then scored on the samples that chose the epoch)",
     )
     learners: tuple[str, ...] = option(
-        ("linear", "boosted"),
+        ("linear", "boosted", "svm"),
         "classical learners a cross-fitted run of feature data trains beside its networks, on each member's rows: "
-        "one per modality and kind and one on the joined features, their out-of-fold predictions candidates of "
-        "the fusion (linear: logistic regression, boosted: gradient-boosted trees; none: networks only)",
+        "a linear one per modality and one of each kind on the joined features, their out-of-fold predictions "
+        "candidates of the fusion (linear: logistic regression, boosted: gradient-boosted trees, svm: an RBF "
+        "support-vector machine, where its kernel is affordable; none: networks only)",
     )
     val_fraction: float = option(0.15, "validation share of each class when the data has no split")
     test_fraction: float = option(0.25, "test share of each class when the data has no split")
@@ -89,7 +90,7 @@ class DataConfig:
             require(0 <= value < 1, name, value, "in [0, 1)")
         require(0 < self.complete_share <= 1, "complete_share", self.complete_share, "in (0, 1]")
         require(self.folds >= 1, "folds", self.folds, "at least 1")
-        known = ("linear", "boosted", "none")
+        known = ("linear", "boosted", "svm", "none")
         require(all(k in known for k in self.learners), "learners", self.learners, f"among {', '.join(known)}")
         require(0 <= self.fold <= self.folds and (self.fold == 0 or self.folds > 1), "fold", self.fold, "in 0..folds")
 
