@@ -93,7 +93,10 @@ def test_every_strategy_completes_an_epoch_in_two_processes(tmp_path):
                 continue
             if key == "projector.others":  # a basis is unique up to rotation: compare its projector
                 a[key], b[key] = a[key] @ a[key].transpose(1, 2), b[key] @ b[key].transpose(1, 2)
-            assert (a[key].double() - b[key].double()).abs().max() < 1e-4, (name, key)
+            # a fusion's fitted parameters are L-BFGS's, stopped when the loss changes by < 1e-6: the
+            # networks' round-off (1e-8 here) moves where it stops by up to a few 1e-4
+            tolerance = 2e-3 if key.startswith("fusion.") else 1e-4
+            assert (a[key].double() - b[key].double()).abs().max() < tolerance, (name, key)
     alphas = [(tmp_path / run / "history.csv").read_text() for run in ("one/relearn-diagnosed", "relearn-diagnosed")]
     column = alphas[0].splitlines()[0].split(",").index("relearn_alpha_m0")
     one, two = ([line.split(",")[column] for line in text.splitlines()] for text in alphas)
