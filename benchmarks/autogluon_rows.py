@@ -19,7 +19,7 @@ that suite run's ``<dataset>/main.csv``: the default (``mla``) and the best ``sk
 
 AutoGluon is not an altmodal dependency; give it an environment of its own:
 
-    python -m venv venv-ag && venv-ag/bin/pip install autogluon.tabular torch -e .
+    python -m venv venv-ag && venv-ag/bin/pip install autogluon.tabular torch==2.13.0 -e .
     OMP_NUM_THREADS=1 venv-ag/bin/python benchmarks/autogluon_rows.py --media-root DATA \\
         --out ag.json --against runs/benchmark-real
 """
