@@ -124,17 +124,6 @@ def _share(held: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def _tuning(held: np.ndarray | None, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The rows fitted on and the rows tuned on: those ``held``, else a stratified fifth when every
-    class has 5 rows, else None."""
-    from sklearn.model_selection import train_test_split
-
-    share = _share(held)
-    if share is None and tree_limits(y)[2]:
-        share = tuple(train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed))
-    return share
-
-
 def _inner_folds(label: np.ndarray, seed: int) -> Any:
     from sklearn.model_selection import StratifiedKFold
 
@@ -163,7 +152,7 @@ def estimator(kind: str, label: np.ndarray, seed: int, held: np.ndarray | None =
         return Trees(seed, held)
     if kind == "svm":
         if share is not None:
-            return Kernel(seed, held)
+            return Kernel(held)
         svm = SVC(kernel="rbf", gamma="scale")
         return svm if folds is None else GridSearchCV(svm, {"C": list(CS)}, cv=folds)
     raise ValueError(f"unknown learner {kind!r}; learners: {', '.join(KINDS)}")
@@ -197,10 +186,11 @@ class Trees:
 
     def fit(self, x: np.ndarray, label: np.ndarray) -> Trees:
         import lightgbm
+        from sklearn.model_selection import train_test_split
 
         self.classes_ = np.unique(label)
         y = np.searchsorted(self.classes_, label)
-        most, leaf, _ = tree_limits(label)
+        most, leaf, can_stop = tree_limits(label)
         params = {
             "objective": "multiclass",
             "num_class": len(self.classes_),
@@ -215,7 +205,9 @@ class Trees:
             "force_row_wise": True,
             "verbose": -1,
         }
-        share = _tuning(self.held, y, self.seed)  # a stopping share with every class in it
+        share = _share(self.held)
+        if share is None and can_stop:  # a stopping share with every class in it
+            share = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=self.seed)
         if share is not None:
             fits, stops = share
             rows = lightgbm.Dataset(x[fits], y[fits], params=params)
@@ -256,20 +248,21 @@ class Kernel:
     (``gamma="scale"``) fitted on the rows not ``held``, the one most accurate on the rows held
     kept, and its one-vs-rest scores on those rows fitted to the labels by a multinomial logistic
     regression (Platt's scaling, for every class at once), which turns any row's scores into
-    probabilities. Without ``held`` rows, a stratified fifth is held (and with too few rows for
-    one, C is 1 and the SVM's scores are its calibration's only input, fitted on its own rows)."""
+    probabilities. It needs rows on both sides of ``held`` (:func:`estimator` gives it a validation
+    share; without one, the SVM is scikit-learn's, tuned by inner CV)."""
 
-    def __init__(self, seed: int = 0, held: np.ndarray | None = None):
-        self.seed = seed
+    def __init__(self, held: np.ndarray | None = None):
         self.held = held
 
     def fit(self, x: np.ndarray, label: np.ndarray) -> Kernel:
         from sklearn.svm import SVC
 
-        share = _tuning(self.held, label, self.seed)
-        fits, tunes = share if share is not None else (np.arange(len(label)), np.arange(len(label)))
+        share = _share(self.held)
+        if share is None:
+            raise ValueError("the SVM learner tunes on held rows: give it a validation share of some of its rows")
+        fits, tunes = share
         best = -1.0
-        for c in CS if share is not None else (1.0,):
+        for c in CS:
             svm = SVC(C=c, kernel="rbf", gamma="scale").fit(x[fits], label[fits])
             hit = float((svm.predict(x[tunes]) == label[tunes]).mean())
             if hit > best:  # (a tie keeps the smaller C)

@@ -42,6 +42,8 @@ def test_the_svm_learner_chooses_its_strength_on_the_held_rows_and_answers_calib
     assert np.allclose(np.exp(log_proba(two, x, 2)).sum(1), 1, atol=1e-4)
     with pytest.raises(ValueError, match="saved: not an SVM and its calibration"):
         Kernel.from_parts({"svm": model.svm}, "saved")
+    with pytest.raises(ValueError, match="tunes on held rows"):
+        Kernel(np.zeros(150, dtype=bool)).fit(x, label)  # nothing held: no strength to choose
 
 
 def test_the_svm_learner_is_left_out_where_its_kernel_costs_too_much(monkeypatch, caplog):
