@@ -195,9 +195,7 @@ def run_suite(
     )
     datasets: list[dict[str, Any]] = []
     for entry in entries:
-        base = {**entry.settings, **(suite.overrides if entry.media is None else {}), **(settings or {})}
-        if entry.file is not None and data.path is not None:
-            base["dataset"] = str(data.path / entry.file)
+        base = {**entry_settings(entry, data), **(suite.overrides if entry.media is None else {}), **(settings or {})}
         if entry.media is not None:
             cache = _prepared(entry.media, entry.raw, data.path, out / "cache" / entry.media)
             if cache is None:
@@ -225,6 +223,13 @@ def run_suite(
     text = render(summary)
     atomic_write(out / "suite.md", lambda fh: fh.write(text.encode()))
     return summary
+
+
+def entry_settings(entry: Entry, data: DataFolder) -> dict[str, Any]:
+    """The run settings of ``entry`` (its dataset: the feature file in ``data``, for an entry of one)."""
+    if entry.file is None or data.path is None:
+        return dict(entry.settings)
+    return {**entry.settings, "dataset": str(data.path / entry.file)}
 
 
 def choose(entries: Sequence[Entry], names: Sequence[str], suite: str) -> tuple[Entry, ...]:

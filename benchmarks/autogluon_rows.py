@@ -15,7 +15,7 @@ faster than the number of columns: on one core about 35 s for 3sources' 10,259 c
 
 Prints a markdown table (test accuracy mean ± sd over seeds, seconds per fit), writes the per-seed
 results to ``--out`` after each fit, and with ``--against SUITE_FOLDER`` a second table against
-that suite run's ``<dataset>/main.csv``: the default (``mla``) and the best ``sklearn:*`` row.
+that suite run's ``<dataset>/report.json``: the default (``mla``) and the best ``sklearn:*`` row.
 
 AutoGluon is not an altmodal dependency; give it an environment of its own:
 
@@ -27,7 +27,6 @@ AutoGluon is not an altmodal dependency; give it an environment of its own:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -37,11 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_plots import column  # (the report tables' reader of the figures' script beside it)
 
 from altmodal.benchmark import Cell
 from altmodal.data.registry import load_splits
 from altmodal.learners import joined_inputs, rows_of
-from altmodal.suite import REAL, _slug, check_files, choose, data_folder
+from altmodal.metrics import mean_std
+from altmodal.suite import REAL, _slug, check_files, choose, data_folder, entry_settings
 
 LABEL = "label"
 
@@ -52,13 +53,7 @@ def datasets(root: str | None, names: list[str] | None) -> dict[str, dict[str, A
     data = data_folder(root)
     entries = [e for e in (choose(REAL, names, "real") if names else REAL) if e.media is None]
     check_files(entries, data)
-    out = {}
-    for e in entries:
-        base = dict(e.settings)
-        if e.file is not None:
-            base["dataset"] = str(data.path / e.file)
-        out[_slug(e.name)] = base
-    return out
+    return {_slug(e.name): entry_settings(e, data) for e in entries}
 
 
 def tables(base: dict[str, Any], seed: int) -> tuple[Any, Any]:
@@ -108,7 +103,7 @@ def measure(base: dict[str, Any], seed: int, time_limit: float, cpus: int, verbo
 
 
 def mean_sd(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}" if values else "–"
+    return "{:.3f} ± {:.3f}".format(*mean_std(values)) if values else "–"
 
 
 def summary(results: dict[str, list[dict[str, Any]]]) -> str:
@@ -121,10 +116,10 @@ def summary(results: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def suite_row(path: Path) -> dict[str, float]:
-    """``strategy -> fused accuracy mean`` of a suite dataset's ``main.csv``."""
-    with path.open(newline="") as fh:
-        return {r["strategy"]: float(r["fused accuracy mean"]) for r in csv.DictReader(fh) if r["fused accuracy mean"]}
+def suite_row(folder: Path) -> dict[str, float]:
+    """``strategy -> fused accuracy mean`` of a suite dataset's ``report.json``."""
+    main = json.loads((folder / "report.json").read_text())["tables"]["main"]
+    return {s: float(np.mean(v)) for s, v in column(main, "fused accuracy").items()}
 
 
 def comparison(results: dict[str, list[dict[str, Any]]], suite: Path) -> str:
@@ -134,8 +129,8 @@ def comparison(results: dict[str, list[dict[str, Any]]], suite: Path) -> str:
     ]
     for name, runs in results.items():
         ok = [r["accuracy"] for r in runs if "accuracy" in r]
-        path = suite / name / "main.csv"
-        row = suite_row(path) if path.is_file() else {}
+        folder = suite / name
+        row = suite_row(folder) if (folder / "report.json").is_file() else {}
         refs = {s: v for s, v in row.items() if s.startswith("sklearn:")}
         ref = max(refs, key=refs.get) if refs else None
         ag = float(np.mean(ok)) if ok else float("nan")
