@@ -30,18 +30,20 @@ from typing import Any
 
 from altmodal import resolve, train_run
 from altmodal.data.multiview import SUBFOLDER
-from altmodal.suite import DATA_ENV, MULTIVIEW, data_folder
+from altmodal.suite import DATA_ENV, MULTIVIEW, REAL, DataFolder, Entry, data_folder, entry_settings
 
-MFEAT = {"dataset": "mfeat", "modalities": ("fou", "mor")}
-"""The built-in data's two-view setting of the README's main job."""
+ENTRIES = {e.name.split()[0]: e for e in REAL if e.media is None}
+"""The real suite's feature-file datasets by their first word (``mfeat``: views fou and mor, the
+README's main job)."""
 
 
-def settings_of(name: str, data: Path | None) -> dict[str, Any] | None:
-    """The run settings of dataset ``name`` (None when its file is not in ``data``)."""
-    if name == "mfeat":
-        return dict(MFEAT)
-    path = data / SUBFOLDER / f"{name}.npz" if data is not None else None
-    return {"dataset": str(path)} if path is not None and path.is_file() else None
+def settings_of(name: str, data: DataFolder) -> dict[str, Any] | None:
+    """The run settings of dataset ``name`` as the suite has them (another name: ``multiview/<name>.npz``),
+    None when its file is not in ``data``."""
+    entry = ENTRIES.get(name, Entry(name, {}, file=f"{SUBFOLDER}/{name}.npz"))
+    if entry.file is not None and (data.path is None or not (data.path / entry.file).is_file()):
+        return None
+    return entry_settings(entry, data)
 
 
 def timed(settings: dict[str, Any], out: Path) -> tuple[float, dict[str, Any]]:
@@ -105,13 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (medians over them)")
     parser.add_argument("--data", help=f"the data folder (default: ${DATA_ENV})")
     args = parser.parse_args(argv)
-    data = data_folder(args.data).path
+    data = data_folder(args.data)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.datasets.split(","):
             settings = settings_of(name, data)
             if settings is None:
-                print(f"{name}: no {SUBFOLDER}/{name}.npz in the data folder ({data}); left out", file=sys.stderr)
+                print(f"{name}: no {SUBFOLDER}/{name}.npz in the data folder ({data.path}); left out", file=sys.stderr)
                 continue
             for seed in (int(s) for s in args.seeds.split(",")):
                 rows.append(measure(name, settings, seed, Path(scratch)))
