@@ -23,7 +23,7 @@ from altmodal.data.dataset import Splits
 from altmodal.data.registry import DATASETS, load_splits
 from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
-from altmodal.encoders import encoder_kinds, weights_by_modality
+from altmodal.encoders import FEATURE_KINDS, encoder_kinds, weights_by_modality
 from altmodal.files import file_digest
 from altmodal.learners import Learners, affordable, learner_names, rows_of
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
@@ -340,9 +340,9 @@ def _train_cross_fitted(
 def run_learners(config: RunConfig, splits: Splits, custom: Mapping[str, torch.nn.Module]) -> Learners | None:
     """The (unfitted) classical learners of a cross-fitted run (``--learners``), or None."""
     train = splits.train
-    kinds = {**encoder_kinds(train.kinds, train.modalities, config.encoder), **{m: "custom" for m in custom}}
+    kinds = {**encoder_kinds(train.kinds, train.input_shapes(), config.encoder), **{m: "custom" for m in custom}}
     wanted = [k for k in config.data.learners if k != "none"]
-    features = all(kinds[m] == "mlp" and len(train.input_shape(m)) == 1 for m in train.modalities)
+    features = all(kinds[m] in FEATURE_KINDS and len(train.input_shape(m)) == 1 for m in train.modalities)
     if config.data.folds == 1 or not wanted or not features:  # learners read vectors of features only
         return None
     rows = len(train) + len(splits.val)  # (a member fits on fewer)

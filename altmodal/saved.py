@@ -25,7 +25,7 @@ def model_card(
 ) -> dict[str, Any]:
     """What model.json holds: everything prediction needs besides the weights."""
     train = splits.train
-    kinds = encoder_kinds(train.kinds, train.modalities, config.encoder)
+    kinds = encoder_kinds(train.kinds, train.input_shapes(), config.encoder)
     kinds.update({m: f"custom:{type(module).__module__}.{type(module).__qualname__}" for m, module in custom.items()})
     card: dict[str, Any] = {
         "format": 1,

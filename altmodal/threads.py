@@ -31,6 +31,7 @@ from torch import nn
 
 from altmodal.config import ConfigError
 from altmodal.encoders.mlp import MLPEncoder
+from altmodal.encoders.numeric import PiecewiseLinearEncoder
 
 THREADS_PER_CORE = 4
 """The most threads per CPU core a run may ask for: more only slows it (and a million would take
@@ -60,12 +61,13 @@ Threads = int | str | None
 
 
 def auto_threads(model: nn.Module) -> int | None:
-    """1 for a model whose encoders are all MLPs with fewer than :data:`SMALL_MODEL` parameters
+    """1 for a model whose encoders are all MLPs (over the features or their piecewise-linear
+    encodings) with fewer than :data:`SMALL_MODEL` parameters
     in all; None (torch's default) for any other."""
     encoders = getattr(model, "encoders", None)
     if not isinstance(encoders, nn.ModuleDict) or not len(encoders):
         return None
-    if not all(isinstance(e, MLPEncoder) for e in encoders.values()):
+    if not all(isinstance(e, (MLPEncoder, PiecewiseLinearEncoder)) for e in encoders.values()):
         return None
     return 1 if sum(p.numel() for p in model.parameters()) < SMALL_MODEL else None
 

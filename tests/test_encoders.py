@@ -1,5 +1,6 @@
 """Encoder shapes, kinds and strict loading of local weights."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ def test_resnet18_layout():
         ("resnet18-visual", (1, 1, 28, 28), torch.randn(3, 1, 1, 28, 28)),
         ("text:50", (10,), torch.tensor([[5, 6, 7, 0, 0, 0, 0, 0, 0, 0]] * 3, dtype=torch.float32)),
         ("mlp", (7,), torch.randn(3, 7)),
+        ("ple", (7,), torch.randn(3, 7)),
     ],
 )
 def test_every_kind_outputs_dim_features(kind, shape, x):
@@ -113,3 +115,64 @@ def test_mismatched_weights_name_the_file_and_entries(tmp_path):
     (tmp_path / "junk.pt").write_text("junk")
     with pytest.raises(ValueError, match=r"junk.pt: not a readable torch weights file"):
         load_weights(target, tmp_path / "junk.pt", "audio")
+
+
+def test_piecewise_linear_encoder_fits_quantile_edges_and_reads_them_back():
+    from altmodal.encoders.numeric import PiecewiseLinearEncoder
+
+    config = EncoderConfig(dim=12, hidden=(16,), ple_bins=4)
+    encoder = build_encoder("ple", (2,), config)
+    assert isinstance(encoder, PiecewiseLinearEncoder) and encoder.edges.shape == (2, 5)
+    x = torch.stack([torch.arange(9.0), torch.tensor([0.0] * 5 + [1.0] * 4)], dim=1)  # one feature of 2 values
+    encoder.fit(x)
+    assert torch.allclose(encoder.edges[0], torch.tensor([0.0, 2.0, 4.0, 6.0, 8.0]))  # quantiles
+    assert (encoder.edges[1].diff() > 0).all()  # tied edges pulled apart: bins stay ordered
+    out = encoder(x)
+    assert out.shape == (9, 12) and torch.isfinite(out).all()
+    again = build_encoder("ple", (2,), config)  # a saved run rebuilds the same shapes without data
+    again.load_state_dict(encoder.state_dict())
+    assert torch.equal(again(x), out) and torch.equal(again.edges, encoder.edges)
+
+
+def test_piecewise_linear_encoding_is_the_value_then_each_bins_fill():
+    from altmodal.encoders.numeric import PiecewiseLinearEncoder
+
+    encoder = PiecewiseLinearEncoder((1,), (4,), 3, bins=2)
+    encoder.fit(torch.tensor([[0.0], [1.0], [2.0]]))  # edges 0, 1, 2
+    seen = {}
+    encoder.mlp.register_forward_hook(lambda _, inputs, __: seen.update(x=inputs[0]))
+    encoder(torch.tensor([[-1.0], [0.5], [1.5], [3.0]]))
+    expected = [[-1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1.5, 1.0, 0.5], [3.0, 1.0, 1.0]]
+    assert torch.allclose(seen["x"], torch.tensor(expected))
+
+
+def test_feature_encoder_auto_encodes_narrow_vectors_piecewise_linearly():
+    from altmodal.encoders import PLE_WIDTH, encoder_kinds, feature_kind
+
+    assert feature_kind("auto", (PLE_WIDTH,)) == "ple" and feature_kind("auto", (PLE_WIDTH + 1,)) == "mlp"
+    assert feature_kind("auto", (4, 4)) == "mlp" and feature_kind("mlp", (5,)) == "mlp"
+    config = EncoderConfig(feature_encoder="ple", kinds=("b=mlp",))
+    shapes = {"a": (5,), "b": (5,), "c": (1, 8, 8)}
+    assert encoder_kinds({"c": "resnet18-visual"}, shapes, config) == {"a": "ple", "b": "mlp", "c": "resnet18-visual"}
+
+
+def test_a_ple_run_fits_its_edges_on_the_training_split_and_reloads(tmp_path):
+    from altmodal.data.registry import load_splits
+    from altmodal.experiment import train_run
+    from altmodal.predictor import load_run
+    from tests.conftest import tiny_config
+
+    config = tiny_config(feature_encoder="ple", ple_bins=3)
+    result = train_run(config, tmp_path / "run")
+    card = (tmp_path / "run" / "model.json").read_text()
+    assert '"encoder": "ple"' in card
+    train = load_splits(config.data, config.train.seed).train
+    x = train.gather(np.arange(len(train))).inputs["m0"]
+    edges = result.model.strategy.encoders["m0"].edges
+    assert torch.allclose(edges[:, [0, -1]], torch.stack([x.min(0).values, x.max(0).values], dim=1), atol=1e-5)
+    again = load_run(tmp_path / "run")
+    assert torch.equal(again.strategy.encoders["m0"].edges, edges)
+    assert np.array_equal(
+        again.predict_proba(x_inputs := {m: v.numpy() for m, v in train.gather(np.arange(5)).inputs.items()}),
+        result.model.predict_proba(x_inputs),
+    )

@@ -76,6 +76,10 @@ class MultimodalDataset:
         """The shape of one sample of ``modality`` (trailing axes of its array)."""
         return tuple(self.arrays[modality].shape[1:])
 
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """modality -> :meth:`input_shape`, in modality order."""
+        return {m: self.input_shape(m) for m in self.modalities}
+
     def view(self, rows: np.ndarray) -> MultimodalDataset:
         """The same arrays restricted to ``rows`` (dataset-level sample indices)."""
         return dataclasses.replace(self, rows=np.asarray(rows, dtype=np.int64))

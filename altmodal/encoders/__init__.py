@@ -4,6 +4,9 @@ Builder functions, no registry magic: :func:`build_encoder` picks the encoder fo
 its kind, a string the dataset sets on ``MultimodalDataset.kinds``:
 
 - ``mlp``: feature vectors (any trailing shape is flattened); the default;
+- ``ple``: feature vectors through piecewise-linear encodings of each feature, then the MLP
+  (:class:`~altmodal.encoders.numeric.PiecewiseLinearEncoder`; its bin edges are fitted on the
+  training split before training);
 - ``resnet18-audio``: (T, F) filterbanks, :class:`~altmodal.encoders.resnet.AudioResNet`;
 - ``resnet18-visual``: (T, C, H, W) frames, :class:`~altmodal.encoders.resnet.VisualResNet`;
 - ``text:<vocab size>``: (L,) token ids, :class:`~altmodal.encoders.text.TextEncoder`.
@@ -35,10 +38,20 @@ from torch import nn
 
 from altmodal.config import option, require
 from altmodal.encoders.mlp import MLPEncoder
+from altmodal.encoders.numeric import PiecewiseLinearEncoder
 from altmodal.encoders.resnet import AudioResNet, VisualResNet, channels_last
 from altmodal.encoders.text import TextEncoder
 
-KINDS = ("mlp", "resnet18-audio", "resnet18-visual", "text:<vocab size>")
+FEATURE_KINDS = ("mlp", "ple")
+"""The kinds that read vectors of features."""
+
+PLE_WIDTH = 256
+"""``--feature-encoder auto`` encodes vectors of at most this many features piecewise-linearly
+(``ple``); wider ones (bags of words, graph rows: mostly zeros, where quantile bins collapse and
+the first layer would grow by the bins) go to the plain MLP."""
+
+
+KINDS = ("mlp", "ple", "resnet18-audio", "resnet18-visual", "text:<vocab size>")
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,12 @@ class EncoderConfig:
     dim: int = option(128, "feature width d shared by all modalities (the head's input)")
     hidden: tuple[int, ...] = option((256,), "hidden layer widths of the MLP encoders")
     dropout: float = option(0.0, "dropout in the MLP encoders")
+    feature_encoder: Literal["auto", "mlp", "ple"] = option(
+        "mlp",
+        "encoder of the feature modalities no --encoder names: mlp, ple (piecewise-linear encodings of each "
+        f"feature, then the MLP), or auto: ple for vectors of at most {PLE_WIDTH} features, mlp for wider ones",
+    )
+    ple_bins: int = option(8, "bins per feature of the ple encoders (piecewise-linear encodings)")
     resnet_width: int = option(64, "first-stage width of the ResNet18 encoders (64 = paper; 8-16 for CPU runs)")
     text_width: int = option(128, "model width of the text encoder")
     text_layers: int = option(2, "transformer layers of the text encoder")
@@ -76,6 +95,7 @@ class EncoderConfig:
         require(self.dim >= 1, "dim", self.dim, "at least 1")
         require(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "widths of at least 1")
         require(0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
+        require(self.ple_bins >= 1, "ple_bins", self.ple_bins, "at least 1")
         require(self.resnet_width >= 1, "resnet_width", self.resnet_width, "at least 1")
         require(self.text_layers >= 1, "text_layers", self.text_layers, "at least 1")
         require(self.text_heads >= 1, "text_heads", self.text_heads, "at least 1")
@@ -111,6 +131,8 @@ def build_encoder(kind: str, in_shape: Sequence[int], config: EncoderConfig, mod
 def _build(kind: str, in_shape: Sequence[int], config: EncoderConfig) -> nn.Module:
     if kind == "mlp":
         return MLPEncoder(in_shape, config.hidden, config.dim, config.dropout)
+    if kind == "ple":
+        return PiecewiseLinearEncoder(in_shape, config.hidden, config.dim, config.dropout, config.ple_bins)
     if kind == "resnet18-audio":
         return AudioResNet(in_shape, config.dim, config.resnet_width)
     if kind == "resnet18-visual":
@@ -140,7 +162,7 @@ def check_size(encoder: nn.Module, kind: str, config: EncoderConfig, modality: s
     limit = memory_limit()
     if needed <= limit:
         return
-    if kind == "mlp":
+    if kind in ("mlp", "ple"):
         settings = f"--hidden {','.join(map(str, config.hidden))} --dim {config.dim}"
     elif kind.startswith("resnet18"):
         settings = f"--resnet-width {config.resnet_width} --dim {config.dim}"
@@ -195,14 +217,25 @@ def by_modality(entries: Sequence[str], flag: str, what: str) -> dict[str, str]:
     return out
 
 
-def encoder_kinds(defaults: Mapping[str, str], modalities: Sequence[str], config: EncoderConfig) -> dict[str, str]:
-    """modality -> encoder kind: ``--encoder`` entries over the dataset's kinds (default ``mlp``)."""
+def encoder_kinds(
+    defaults: Mapping[str, str], shapes: Mapping[str, Sequence[int]], config: EncoderConfig
+) -> dict[str, str]:
+    """modality -> encoder kind: ``--encoder`` entries over the dataset's kinds; a modality that
+    neither names gets the kind ``--feature-encoder`` gives its shape (:func:`feature_kind`)."""
     chosen = by_modality(config.kinds, "--encoder", "kind")
     for flag, named in (("--encoder", chosen), ("--weights", weights_by_modality(config.weights))):
-        unknown = [m for m in named if m not in modalities]
+        unknown = [m for m in named if m not in shapes]
         if unknown:
-            raise ValueError(f"{flag} names modality {unknown[0]!r}; the modalities are {', '.join(modalities)}")
-    return {m: chosen.get(m, defaults.get(m, "mlp")) for m in modalities}
+            raise ValueError(f"{flag} names modality {unknown[0]!r}; the modalities are {', '.join(shapes)}")
+    kinds = {m: defaults.get(m, feature_kind(config.feature_encoder, shape)) for m, shape in shapes.items()}
+    return {**kinds, **chosen}
+
+
+def feature_kind(setting: str, shape: Sequence[int]) -> str:
+    """The encoder kind of a feature modality of sample ``shape`` under ``--feature-encoder``."""
+    if setting != "auto":
+        return setting
+    return "ple" if len(shape) == 1 and shape[0] <= PLE_WIDTH else "mlp"
 
 
 @torch.no_grad()

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from altmodal.config import build
 from altmodal.data.dataset import MultimodalDataset, Splits
-from altmodal.encoders import EncoderConfig, build_encoder, check_encoder, encoder_kinds
+from altmodal.encoders import EncoderConfig, build_encoder, check_encoder, encoder_kinds, weights_by_modality
+from altmodal.encoders.numeric import PiecewiseLinearEncoder
 from altmodal.strategies.aug import AUG
 from altmodal.strategies.base import DataSpec, StepOutput, Strategy, TrainConfig
 from altmodal.strategies.dgl import DGL
@@ -78,8 +79,13 @@ def build_strategy(
     for m, module in custom.items():
         check_encoder(m, module, sample_inputs(train, m), encoder.dim)
     spec = DataSpec(tuple(train.modalities), train.num_classes, len(train.labels))
-    shapes = {m: train.input_shape(m) for m in train.modalities}
-    return assemble(name, spec, encoder_kinds(train.kinds, train.modalities, encoder), shapes, encoder, options, custom)
+    shapes = train.input_shapes()
+    strategy = assemble(name, spec, encoder_kinds(train.kinds, shapes, encoder), shapes, encoder, options, custom)
+    given = weights_by_modality(encoder.weights)
+    for m, module in strategy.encoders.items():  # encoders that fit to data (ple's bin edges) see the training split
+        if m not in custom and m not in given and isinstance(module, PiecewiseLinearEncoder):
+            module.fit(sample_inputs(train, m, len(train)))
+    return strategy
 
 
 def assemble(
