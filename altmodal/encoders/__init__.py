@@ -38,7 +38,7 @@ from torch import nn
 
 from altmodal.config import option, require
 from altmodal.encoders.mlp import MLPEncoder
-from altmodal.encoders.numeric import PiecewiseLinearEncoder
+from altmodal.encoders.numeric import BINS, PiecewiseLinearEncoder
 from altmodal.encoders.resnet import AudioResNet, VisualResNet, channels_last
 from altmodal.encoders.text import TextEncoder
 
@@ -66,7 +66,7 @@ class EncoderConfig:
         "encoder of the feature modalities no --encoder names: mlp, ple (piecewise-linear encodings of each "
         f"feature, then the MLP), or auto: ple for vectors of at most {PLE_WIDTH} features, mlp for wider ones",
     )
-    ple_bins: int = option(8, "bins per feature of the ple encoders (piecewise-linear encodings)")
+    ple_bins: int = option(BINS, "bins per feature of the ple encoders (piecewise-linear encodings)")
     resnet_width: int = option(64, "first-stage width of the ResNet18 encoders (64 = paper; 8-16 for CPU runs)")
     text_width: int = option(128, "model width of the text encoder")
     text_layers: int = option(2, "transformer layers of the text encoder")
