@@ -210,7 +210,7 @@ def _train_locked(
         metrics = final_metrics(strategy, splits, config, history, test_outputs)
     metrics["train_seconds"] = seconds
     card = model_card(strategy, splits, config, encoders or {})
-    return _write_model(run, dist, strategy, card, splits, test_outputs, metrics, config)
+    return _write_model(run, dist, strategy, card, splits, test_outputs, metrics, config, history)
 
 
 def _write_model(
@@ -222,12 +222,15 @@ def _write_model(
     test_outputs: Outputs,
     metrics: Mapping[str, Any],
     config: RunConfig,
+    history: Sequence[Mapping[str, Any]],
 ) -> RunResult:
-    """Write a trained model's files (metrics.json last: it marks the run finished)."""
+    """Write a trained model's files and its whole history (metrics.json last: it marks the run
+    finished)."""
     run.save_tensors("model.safetensors", strategy.state_dict())
     run.save_tensors("preprocessing.safetensors", flat_stats(splits.preprocessing))
     run.write_json("model.json", card)
     if run.main:
+        write_csv(run.file("history.csv"), history)
         write_csv(run.file("predictions_test.csv"), prediction_rows(test_outputs, card["classes"]))
     run.write_json("metrics.json", metrics)
     run.remove("checkpoint.pt")
@@ -332,9 +335,7 @@ def _train_cross_fitted(
     card = {**model_card(bag, splits, config, encoders or {}), "folds": config.data.folds}
     if learners is not None:
         card["learners"] = learners.names
-    if run.main:
-        write_csv(run.file("history.csv"), history)
-    return _write_model(run, dist, bag, card, splits, test_outputs, metrics, config)
+    return _write_model(run, dist, bag, card, splits, test_outputs, metrics, config, history)
 
 
 def run_learners(config: RunConfig, splits: Splits, custom: Mapping[str, torch.nn.Module]) -> Learners | None:

@@ -20,6 +20,14 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = ("samples=300", "classes=3", "widths=8", "latent_dim=4")
 
 
+@pytest.fixture(autouse=True)
+def checkpoint_every_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests interrupt runs after a given epoch, in this process or in others: there, every
+    epoch writes its checkpoint (a run writes one a minute: :func:`altmodal.runs.checkpoint_seconds`,
+    tested on its own)."""
+    monkeypatch.setenv("ALTMODAL_CHECKPOINT_SECONDS", "0")
+
+
 def tiny_settings(**overrides: object) -> dict[str, object]:
     settings: dict[str, object] = {
         "dataset": "synthetic",

@@ -25,16 +25,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     config = tiny_config(epochs=4)
     whole = train_run(config, tmp_path / "whole")
 
-    original = Run.on_epoch_end
-
-    def interrupt_after_epoch_1(self, strategy, state):
-        original(self, strategy, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "on_epoch_end", interrupt_after_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        train_run(config, tmp_path / "cut")
+    original = interrupted(config, tmp_path / "cut", monkeypatch, after_epoch=1)
     assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "metrics.json").exists()
     monkeypatch.setattr(Run, "on_epoch_end", original)
     resumed = train_run(config, tmp_path / "cut")
@@ -44,6 +35,22 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert rows["best_epoch"] == whole["best_epoch"]
+
+
+def interrupted(config, out, monkeypatch, after_epoch):
+    """Train ``config`` in ``out`` until a KeyboardInterrupt right after (0-based) epoch
+    ``after_epoch`` ends; return the callback it replaced, to put back."""
+    original = Run.on_epoch_end
+
+    def interrupt(self, strategy, state):
+        original(self, strategy, state)
+        if state["epoch"] == after_epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "on_epoch_end", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, out)
+    return original
 
 
 def test_same_seed_same_numbers(tmp_path):
@@ -77,3 +84,38 @@ def test_a_run_stopped_early_resumes_to_the_same_result(tmp_path, monkeypatch):
     # cut one epoch after the best one: the resumed run must still stop one epoch later
     resumed = train_interrupted(config, tmp_path / "cut", monkeypatch, after_epoch=whole["best_epoch"])["metrics"]
     assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+
+
+def test_checkpoints_are_written_once_their_interval_has_passed_and_resume_from_there(tmp_path, monkeypatch):
+    import altmodal.runs as runs
+
+    config = tiny_config(epochs=5)
+    whole = train_run(config, tmp_path / "whole")
+    clock = iter(range(0, 10_000, 25))  # each reading of the clock: 25 s later
+    monkeypatch.setattr(runs.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.delenv(runs.CHECKPOINT_ENV)  # the interval of a run: a minute
+    written = []
+    original_save = Run.save
+    monkeypatch.setattr(
+        Run, "save", lambda self, name, state: (written.append(state["epoch"]), original_save(self, name, state))
+    )
+    original_end = interrupted(config, tmp_path / "cut", monkeypatch, after_epoch=3)
+    assert written == [2]  # (0-based) epoch 2 ends 60 s or more after the start; epoch 3 too soon after it
+    assert len((tmp_path / "cut" / "history.csv").read_text().splitlines()) == 1 + 3  # the checkpoint's epochs
+    monkeypatch.setattr(Run, "on_epoch_end", original_end)
+    resumed = train_run(config, tmp_path / "cut")  # from the end of epoch 3 (0-based 2)
+    assert resumed["test"] == whole["test"] and resumed["best_epoch"] == whole["best_epoch"]
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert len((tmp_path / "cut" / "history.csv").read_text().splitlines()) == 1 + 5  # the finished run's: all
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_checkpoint_interval_that_is_no_number_of_seconds_is_named(monkeypatch, value):
+    from altmodal.config import ConfigError
+    from altmodal.runs import checkpoint_seconds
+
+    monkeypatch.setenv("ALTMODAL_CHECKPOINT_SECONDS", value)
+    with pytest.raises(ConfigError, match=f"ALTMODAL_CHECKPOINT_SECONDS='{value}': not a number of seconds"):
+        checkpoint_seconds()
+    monkeypatch.setenv("ALTMODAL_CHECKPOINT_SECONDS", "2.5")
+    assert checkpoint_seconds() == 2.5
