@@ -51,6 +51,11 @@ class TrainConfig:
         "early stopping: end training once this many epochs in a row have not improved the best validation "
         "accuracy (0: train every epoch)",
     )
+    patience_rule: Literal["fixed", "relative"] = option(
+        "fixed",
+        "fixed: stop after --patience epochs without improvement; relative: after min(--patience, 8 + half the "
+        "best epoch), so a run that peaked early stops sooner",
+    )
     grad_clip: float = option(0.0, "clip the gradient norm of each optimizer step to this value (0: off)")
     seed: int = option(0, "seed of the split, the initialisation, the batch order and the masks")
     device: str = option("auto", "device: auto, cpu, cuda or cuda:N")

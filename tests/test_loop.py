@@ -76,6 +76,21 @@ def test_early_stopping_is_a_function_of_the_history():
     assert not stopped(epoch=0, best_epoch=-1, patience=1)
 
 
+def test_the_relative_patience_rule_waits_less_after_an_early_best_epoch(tmp_path):
+    from altmodal import resolve
+    from altmodal.trainer import wait
+
+    assert [wait(b, 20, "relative") for b in (0, 1, 9, 23, 40)] == [9, 9, 13, 20, 20]  # 8 + ceil(epoch / 2)
+    assert wait(3, 20, "fixed") == 20 and wait(3, 0, "relative") == 0  # 0: no early stopping
+    assert resolve({}).train.patience_rule == "relative"  # the default's members
+    assert (
+        resolve({"strategy": "joint"}).train.patience_rule == "fixed" == resolve({"preset": "fast"}).train.patience_rule
+    )
+    metrics = train_run(tiny_config(epochs=60, patience=20, patience_rule="relative"), tmp_path / "run")
+    best = metrics["best_epoch"]
+    assert metrics["epochs_run"] == min(60, best + min(20, 8 + (best + 1) // 2))
+
+
 def test_a_run_stopped_early_resumes_to_the_same_result(tmp_path, monkeypatch):
     from tests.conftest import train_interrupted
 

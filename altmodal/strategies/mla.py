@@ -110,7 +110,7 @@ class MLAOptions:
     """MLA's options; ``preset`` sets several at once and explicit settings override it."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "altmodal": {"folds": 5},
+        "altmodal": {"folds": 5, "patience_rule": "relative"},
         "fast": {"folds": 1},
         "paper": PAPER,
         "reference-code": REFERENCE_CODE,
@@ -119,8 +119,9 @@ class MLAOptions:
 
     preset: Literal["altmodal", "fast", "paper", "reference-code", "reference-code-as-released"] = option(
         "altmodal",
-        "altmodal: 5 cross-fitted models (--folds 5, five times the training of one run), the fusion chosen on "
-        "their out-of-fold predictions, the head's whole update projected; fast: the same as one model whose "
+        "altmodal: 5 cross-fitted models (--folds 5, five times the training of one run, each stopped by the "
+        "relative --patience-rule), the fusion chosen on their out-of-fold predictions, the head's whole update "
+        "projected; fast: the same as one model whose "
         "validation split chooses the fusion (--folds 1); paper: the paper's equations, one model trained every "
         "epoch; reference-code: every behaviour of the published code; reference-code-as-released: the same "
         "with the projection never applied, as that code runs",
