@@ -176,3 +176,16 @@ def test_a_ple_run_fits_its_edges_on_the_training_split_and_reloads(tmp_path):
         again.predict_proba(x_inputs := {m: v.numpy() for m, v in train.gather(np.arange(5)).inputs.items()}),
         result.model.predict_proba(x_inputs),
     )
+
+
+def test_a_cross_fitted_ple_run_reloads_each_members_own_edges(tmp_path):
+    from altmodal.experiment import evaluate_run, train_run
+    from altmodal.predictor import load_run
+    from tests.conftest import tiny_config
+
+    result = train_run(tiny_config(feature_encoder="ple", folds=2, learners=("none",)), tmp_path / "run")
+    trained = [member.encoders["m0"].edges for member in result.model.strategy.members]
+    assert not torch.equal(trained[0], trained[1])  # each member's edges come from its own rows
+    again = load_run(tmp_path / "run")
+    assert all(torch.equal(m.encoders["m0"].edges, e) for m, e in zip(again.strategy.members, trained))
+    assert evaluate_run(tmp_path / "run")["test"]["fused"] == result["test"]["fused"]
