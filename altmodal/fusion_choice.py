@@ -173,7 +173,8 @@ def apply_rule(
 @dataclass(frozen=True)
 class Choice:
     """The chosen rule, every candidate's score, the estimate of the procedure's accuracy, the
-    fitted rules' parameters (fitted on all of the scoring samples) and how many there were."""
+    fitted rules' parameters (fitted on all of the scoring samples: the stacked rule's only where
+    it was chosen, zeros otherwise) and how many there were."""
 
     rule: str
     scores: dict[str, float]
@@ -235,7 +236,10 @@ def choose_rule(
     nested = _nested_predictions(predicted, correct, parts)
     estimate = float((nested == label).double().mean()) if nested is not None else float("nan")
     f1 = macro_f1(F.one_hot(nested, num_classes).float(), label, num_classes) if nested is not None else float("nan")
-    return Choice(best, scores, estimate, _fit_all(logits, label, num_classes), n, f1)
+    # the stacked rule's (M*C, C) weights on all samples only where it won (nothing else reads
+    # them); the weighted rule's M numbers always (a bag with learners falls back to them)
+    fitted = _fit_all(logits, label, num_classes, only=None if best == "stacked" else "weighted")
+    return Choice(best, scores, estimate, fitted, n, f1)
 
 
 def _folds(n: int, folds: int, seed: int) -> list[np.ndarray]:

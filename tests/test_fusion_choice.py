@@ -40,6 +40,8 @@ def test_a_rule_that_needs_no_fitting_wins_ties():
     choice = choose_rule(logits, present, label, c)
     assert choice.scores == {r: 1.0 for r in ("entropy", "mean", "stacked", "weighted", "alone:a", "alone:b")}
     assert choice.rule == "entropy"
+    assert not choice.fitted.stacked[0].any()  # the stacked rule lost: its weights are not fitted on all
+    assert torch.isfinite(choice.fitted.weights).all() and not torch.equal(choice.fitted.weights, torch.ones(2))
 
 
 def test_samples_missing_a_modality_fall_back_to_the_entropy_rule_for_stacked_fusion():
