@@ -23,7 +23,8 @@ Weights and statistics are safetensors files: reading them runs no code.
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
 interrupted run never leaves a half-written file, and a resumed run starts from the epoch of
-its last checkpoint and ends as an uninterrupted run would. Files follow the umask, as files written with ``open`` do.
+its last checkpoint and ends as an uninterrupted run would. Files follow the umask, as files
+written with ``open`` do.
 
 Safety: weights and preprocessing are safetensors files (tensors only); ``checkpoint.pt`` (and an
 older run's ``model.pt``) hold only tensors, numbers, strings, lists and dicts, and
@@ -241,6 +242,8 @@ class Run(Callback):
         self.main = main
         self.checkpointed = time.monotonic()
         """When the loop started or last wrote checkpoint.pt."""
+        self.interval = CHECKPOINT_SECONDS
+        """The seconds between checkpoints, read when the loop starts (:func:`checkpoint_seconds`)."""
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -397,11 +400,11 @@ class Run(Callback):
                 os.close(fd)
 
     def on_fit_start(self, strategy: Any, splits: Any) -> None:
-        checkpoint_seconds()  # a malformed interval is named before the first epoch
+        self.interval = checkpoint_seconds()  # (a malformed one is named before the first epoch)
         self.checkpointed = time.monotonic()
 
     def on_epoch_end(self, strategy: Any, state: dict[str, Any]) -> None:
-        if self.main and time.monotonic() - self.checkpointed >= checkpoint_seconds():
+        if self.main and time.monotonic() - self.checkpointed >= self.interval:
             write_csv(self.file("history.csv"), state["history"])  # the checkpoint's epochs
             self.save("checkpoint.pt", state)
             self.checkpointed = time.monotonic()

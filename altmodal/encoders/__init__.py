@@ -42,6 +42,7 @@ from altmodal.encoders.numeric import BINS, PiecewiseLinearEncoder
 from altmodal.encoders.resnet import AudioResNet, VisualResNet, channels_last
 from altmodal.encoders.text import TextEncoder
 
+KINDS = ("mlp", "ple", "resnet18-audio", "resnet18-visual", "text:<vocab size>")
 FEATURE_KINDS = ("mlp", "ple")
 """The kinds that read vectors of features."""
 
@@ -49,9 +50,6 @@ PLE_WIDTH = 256
 """``--feature-encoder auto`` encodes vectors of at most this many features piecewise-linearly
 (``ple``); wider ones (bags of words, graph rows: mostly zeros, where quantile bins collapse and
 the first layer would grow by the bins) go to the plain MLP."""
-
-
-KINDS = ("mlp", "ple", "resnet18-audio", "resnet18-visual", "text:<vocab size>")
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,7 @@ def check_size(encoder: nn.Module, kind: str, config: EncoderConfig, modality: s
     limit = memory_limit()
     if needed <= limit:
         return
-    if kind in ("mlp", "ple"):
+    if kind in FEATURE_KINDS:
         settings = f"--hidden {','.join(map(str, config.hidden))} --dim {config.dim}"
     elif kind.startswith("resnet18"):
         settings = f"--resnet-width {config.resnet_width} --dim {config.dim}"
