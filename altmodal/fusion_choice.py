@@ -15,7 +15,9 @@ candidates:
   concatenated features, trained on the training split on DETACHED features, so that it never
   changes the encoders;
 - ``stacked``: multinomial logistic regression from the concatenated log-probabilities of every
-  modality to the class, L2-regularised, fitted on the held-out samples that have every modality;
+  modality to the class, L2-regularised, fitted on the held-out samples that have every modality
+  (a candidate only where they are at least as many as its M*C inputs: fewer, and any labels are
+  separable, so the fit learns them by heart);
 - ``weighted``: the present modalities' log-probabilities summed with one non-negative weight per
   modality (a product of tempered experts: M numbers, fitted like ``stacked``);
 - ``own``: where the model has a fusion of its own (a cross-fitted ensemble of another strategy,
@@ -210,7 +212,8 @@ def choose_rule(
         head: (N, C) held-out logits of a trained fusion head (the ``head`` rule is left out
             without them).
         own: (N, C) the model's own fused logits (the ``own`` rule is left out without them).
-        rules: the candidates (default: every rule that the inputs allow).
+        rules: the candidates (default: every rule that the inputs allow; ``stacked`` only with
+            at least M*C complete samples).
         folds: cross-fitting folds for the fitted rules and the estimate (fewer when there are
             fewer samples).
         seed: seed of the fold assignment.
@@ -228,6 +231,8 @@ def choose_rule(
         if (r != "head" or head is not None) and (r != "own" or own is not None)
     ]
     n = len(label)
+    if n < len(names) * num_classes:  # fewer samples than its inputs: the stacked rule could only learn them by heart
+        candidates = [r for r in candidates if r != "stacked"]
     parts = _folds(n, folds, seed)
     predicted = {r: _predicted(r, logits, present, label, num_classes, parts, head, own) for r in candidates}
     correct = {r: p == label if p is not None else None for r, p in predicted.items()}

@@ -75,7 +75,8 @@ def predicted(logits: Tensor) -> Tensor:
     """(N, C) scores -> (N,) the predicted class, -1 (no class) where the scores have no
     probabilities (NaN, or an infinite score): such a row is never counted as class 0, which
     argmax would say, and is wrong for every label, as its empty prediction in the tables."""
-    valid = torch.isfinite(torch.softmax(logits.double(), dim=1)).all(dim=1)
+    # the softmax is finite exactly where no score is NaN or +inf and some score is above -inf
+    valid = ~(logits.isnan() | logits.isposinf()).any(dim=1) & (logits > -torch.inf).any(dim=1)
     return torch.where(valid, logits.argmax(dim=1), torch.full_like(valid, -1, dtype=torch.long))
 
 
@@ -90,14 +91,13 @@ def macro_f1(logits: Tensor, label: Tensor, num_classes: int) -> float:
     0; a class that is neither the label nor predicted is left out of the mean; a row without
     a prediction (see :func:`predicted`) is a miss of its label."""
     pred = predicted(logits)
-    scores = []
-    for c in range(num_classes):
-        tp = int(((pred == c) & (label == c)).sum())
-        fp = int(((pred == c) & (label != c)).sum())
-        fn = int(((pred != c) & (label == c)).sum())
-        if tp + fp + fn == 0:
-            continue
-        scores.append(2 * tp / (2 * tp + fp + fn))
+
+    def count(classes: Tensor) -> Tensor:  # (C,) how often each class occurs
+        return torch.bincount(classes, minlength=num_classes)[:num_classes]
+
+    tp = count(label[pred == label])
+    wrong = count(pred[pred >= 0]) - tp + count(label) - tp  # fp + fn
+    scores = [2 * t / (2 * t + w) for t, w in zip(tp.tolist(), wrong.tolist()) if t + w > 0]
     return sum(scores) / len(scores) if scores else float("nan")
 
 

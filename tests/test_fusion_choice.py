@@ -44,6 +44,18 @@ def test_a_rule_that_needs_no_fitting_wins_ties():
     assert torch.isfinite(choice.fitted.weights).all() and not torch.equal(choice.fitted.weights, torch.ones(2))
 
 
+def test_the_stacked_rule_is_a_candidate_only_with_as_many_complete_samples_as_its_inputs():
+    c = 4  # 2 modalities x 4 classes: 8 inputs
+    for rows, stacked in ((8, False), (9, True)):
+        label = torch.arange(rows) % c
+        logits = {"a": confident(label, c), "b": torch.randn(rows, c)}
+        present = {m: torch.ones(rows, dtype=torch.bool) for m in logits}
+        present["b"][0] = False  # a sample missing a modality does not count: 7, then 8 complete
+        choice = choose_rule(logits, present, label, c)
+        assert ("stacked" in choice.scores) is stacked
+        assert choice.samples == rows - 1
+
+
 def test_samples_missing_a_modality_fall_back_to_the_entropy_rule_for_stacked_fusion():
     torch.manual_seed(1)
     logits = {"a": torch.randn(5, 3), "b": torch.randn(5, 3)}
