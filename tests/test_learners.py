@@ -62,6 +62,30 @@ def test_the_svm_learner_is_left_out_where_its_kernel_costs_too_much(monkeypatch
     assert "svm left out" in caplog.text and "rows x" in caplog.text
 
 
+def test_a_linear_learner_on_sparse_counts_fits_the_same_function_through_a_shifted_sparse_matrix(monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    from altmodal import learners
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(0.05, size=(300, 40)).astype(np.float64)
+    label = (counts[:, :3].sum(axis=1) > 0).astype(np.int64) + (counts[:, 3] > 0)
+    x = (counts - counts.mean(axis=0)) / counts.std(axis=0)  # standardised: dense
+    assert learners.sparse_shift(x) is None  # 12,000 cells: a dense fit costs nothing
+    monkeypatch.setattr(learners, "SPARSE_CELLS", 1000)
+    shift = learners.sparse_shift(x)
+    assert shift is not None and np.array_equal(shift, np.median(x, axis=0))
+    assert learners.sparse_shift(rng.normal(size=(300, 40))) is None  # dense: no gain
+
+    def tight() -> LogisticRegression:
+        return LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000)
+
+    dense = learners.fit("linear", x, label, 0, tight())
+    sparse = learners.fit("linear", x, label, 0, tight(), sparse=True)
+    assert np.abs(sparse.coef_ - dense.coef_).max() < 1e-5
+    assert np.abs(sparse.predict_proba(x) - dense.predict_proba(x)).max() < 1e-6  # asked on the dense rows
+
+
 def test_boosted_trees_route_missing_values_natively_and_reload_from_their_text_to_the_same_answers():
     from altmodal.learners import Trees, fit
 
