@@ -169,19 +169,18 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
 
         ``sample_weight`` ((N,) non-negative numbers) and ``class_weight`` multiply each sample's
         term in every loss a strategy trains on (scaled together to a mean of 1 over the samples
-        given, so only their ratios matter). Unweighted stay: the validation accuracy that selects
-        the epoch, the choice of the fusion rule and the rules fitted on held-out predictions
-        (``stacked``, ``weighted``; to weigh every part of the model fix the rule, e.g.
-        ``options={"test_fusion": "entropy"}``), and the training curves. The classical learners a
-        cross-fitted run fits beside its networks (``options={"learners": ...}``) take no weights:
-        with weights they are left out, and asking for them is refused.
+        given, so only their ratios matter), and in the fits of the classical learners a
+        cross-fitted run trains beside its networks. Unweighted stay: the validation accuracy that
+        selects the epoch (and the boosted and kernel learners' tuning), the choice of the fusion
+        rule and the rules fitted on held-out predictions (``stacked``, ``weighted``; to weigh every
+        part of the model fix the rule, e.g. ``options={"test_fusion": "entropy"}``), and the
+        training curves.
 
         Raises:
             ValueError: bad settings or data (ConfigError / DataError), naming the setting,
                 modality, column, row or value.
         """
-        weighted = sample_weight is not None or self.class_weight is not None
-        config = resolve(self._settings(weighted), "MultimodalClassifier")
+        config = resolve(self._settings(), "MultimodalClassifier")
         check_given(self.options or {}, config)
         arrays, columns = self._inputs(X, fitting=True)
         n = _samples(arrays)
@@ -217,7 +216,7 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
         self.model_ = model
         return self
 
-    def _settings(self, weighted: bool = False) -> dict[str, Any]:
+    def _settings(self) -> dict[str, Any]:
         if self.options is not None and not isinstance(self.options, Mapping):
             raise ConfigError(f"options must be a dict of settings (got {self.options!r})")
         options = dict(self.options or {})
@@ -228,14 +227,9 @@ class MultimodalClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc
                 raise ConfigError(f"options: set {key!r} with the parameter {key}=, not through options")
             if key in NOT_OPTIONS:
                 raise ConfigError(f"options: {key!r} is decided by the data given to fit")
-        if weighted and tuple(options.get("learners", ("none",))) not in (("none",), ()):
-            raise ConfigError(
-                f"options: learners {options['learners']!r} are fitted without weights; leave them out "
-                "with class_weight or sample_weight"
-            )
         named = {name: getattr(self, name) for name in NAMED}
         named["seed"] = self._seed()
-        return {**named, **options, **({"learners": ("none",)} if weighted else {})}
+        return {**named, **options}
 
     def _seed(self) -> int:
         """The run's seed: ``random_state`` when given, else ``seed``."""

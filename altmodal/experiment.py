@@ -25,7 +25,7 @@ from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import FEATURE_KINDS, encoder_kinds, weights_by_modality
 from altmodal.files import file_digest
-from altmodal.learners import Learners, affordable, learner_names, rows_of
+from altmodal.learners import Learners, affordable, learner_names, rows_of, weights_of
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.model import DataSpec, Model
 from altmodal.predictions import prediction_rows
@@ -309,7 +309,8 @@ def _train_cross_fitted(
             if learners is not None:  # the learners of a member: fitted on its rows, asked on its fold
                 learning = time.perf_counter()
                 share = np.repeat([False, True], [len(member_splits.train), len(member_splits.val)])
-                learners.fit_member(*rows_of([member_splits.train, member_splits.val]), member_seed(member), share)
+                rows = [member_splits.train, member_splits.val]
+                learners.fit_member(*rows_of(rows), member_seed(member), share, weights_of(rows))
                 inputs, present, _ = rows_of([holdout])
                 answer = learners.member_log_probs(k - 1, inputs, present)  # in the fold's row order ...
                 at = torch.from_numpy(np.searchsorted(holdout.rows, outputs.index.numpy()))

@@ -172,23 +172,26 @@ def fit(
     model: Any = None,
     held: np.ndarray | None = None,
     sparse: bool = False,
+    weight: np.ndarray | None = None,
 ) -> Any:
     """``kind`` (or the unfitted ``model``) fitted on (N, D) ``x`` and (N,) ``label`` on the run's
     thread count, quietly (convergence warnings of a tuning grid's extreme strengths say nothing
     about the chosen one); with ``sparse``, a linear model on a sparse form of ``x`` where that
-    pays (:func:`sparse_shift`)."""
+    pays (:func:`sparse_shift`); with ``weight`` ((N,) per-sample loss weights), every fit weighs
+    its rows by them."""
     from threadpoolctl import threadpool_limits
 
     model = estimator(kind, label, seed, held) if model is None else model
     shift = sparse_shift(x) if sparse and kind == "linear" else None
+    weighed = {} if weight is None else {"sample_weight": np.asarray(weight, dtype=np.float64)}
     with warnings.catch_warnings(), threadpool_limits(torch.get_num_threads()):
         warnings.simplefilter("ignore")
         if shift is None:
-            model.fit(x, label)
+            model.fit(x, label, **weighed)
         else:  # the same problem on sparse rows: the shift moves into the (unpenalised) intercept
             from scipy.sparse import csr_matrix
 
-            model.fit(csr_matrix(x - shift), label)
+            model.fit(csr_matrix(x - shift), label, **weighed)
             model.intercept_ = model.intercept_ - model.coef_ @ shift
     return model
 
@@ -216,7 +219,9 @@ class Trees:
         self.seed = seed
         self.held = held
 
-    def fit(self, x: np.ndarray, label: np.ndarray) -> Trees:
+    def fit(self, x: np.ndarray, label: np.ndarray, sample_weight: np.ndarray | None = None) -> Trees:
+        """Fit on the rows of ``x``, each weighing ``sample_weight`` in the trees' loss (the early
+        stopping's log-loss on the held rows stays unweighted)."""
         import lightgbm
         from sklearn.model_selection import train_test_split
 
@@ -242,12 +247,14 @@ class Trees:
             share = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=self.seed)
         if share is not None:
             fits, stops = share
-            rows = lightgbm.Dataset(x[fits], y[fits], params=params)
+            weight = None if sample_weight is None else sample_weight[fits]
+            rows = lightgbm.Dataset(x[fits], y[fits], weight=weight, params=params)
             scored = lightgbm.Dataset(x[stops], y[stops], reference=rows)
             stop = lightgbm.early_stopping(10, verbose=False)
             self.booster_ = lightgbm.train(params, rows, most, valid_sets=[scored], callbacks=[stop])
         else:
-            self.booster_ = lightgbm.train(params, lightgbm.Dataset(x, y, params=params), min(most, 50))
+            rows = lightgbm.Dataset(x, y, weight=sample_weight, params=params)
+            self.booster_ = lightgbm.train(params, rows, min(most, 50))
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -286,20 +293,24 @@ class Kernel:
     def __init__(self, held: np.ndarray | None = None):
         self.held = held
 
-    def fit(self, x: np.ndarray, label: np.ndarray) -> Kernel:
+    def fit(self, x: np.ndarray, label: np.ndarray, sample_weight: np.ndarray | None = None) -> Kernel:
+        """Fit on the rows of ``x``, each weighing ``sample_weight`` in the SVMs' and the
+        calibration's loss (the choice of C by accuracy on the held rows stays unweighted)."""
         from sklearn.svm import SVC
 
         share = _share(self.held)
         if share is None:
             raise ValueError("the SVM learner tunes on held rows: give it a validation share of some of its rows")
         fits, tunes = share
+        weight = np.ones(len(label)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        fits = fits[weight[fits] > 0]  # (libsvm drops rows weighing 0, and a class with them that scikit-learn counts)
         best = -1.0
         for c in CS:
-            svm = SVC(C=c, kernel="rbf", gamma="scale").fit(x[fits], label[fits])
+            svm = SVC(C=c, kernel="rbf", gamma="scale").fit(x[fits], label[fits], sample_weight=weight[fits])
             hit = float((svm.predict(x[tunes]) == label[tunes]).mean())
             if hit > best:  # (a tie keeps the smaller C)
                 best, self.svm = hit, svm
-        self.calibration = _calibrated(self.svm, x[tunes], label[tunes])
+        self.calibration = _calibrated(self.svm, x[tunes], label[tunes], weight[tunes])
         self.classes_ = self.calibration.classes_
         return self
 
@@ -327,10 +338,10 @@ def _scores(svm: Any, x: np.ndarray) -> np.ndarray:
     return np.stack([-scores, scores], axis=1) / 2 if scores.ndim == 1 else scores
 
 
-def _calibrated(svm: Any, x: np.ndarray, label: np.ndarray) -> Any:
+def _calibrated(svm: Any, x: np.ndarray, label: np.ndarray, weight: np.ndarray) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=1.0, max_iter=300).fit(_scores(svm, x), label)
+    return LogisticRegression(C=1.0, max_iter=300).fit(_scores(svm, x), label, sample_weight=weight)
 
 
 def log_proba(model: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -407,17 +418,21 @@ class Learners(nn.Module):
         label: np.ndarray,
         seed: int,
         held: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         """Fit every learner on one member's rows (a learner only on the rows that have each
         modality it reads; a linear one on a sparse form of wide sparse inputs), tuned on the rows
-        ``held`` (its validation share) where given, and keep them as the next member's."""
+        ``held`` (its validation share) where given, each row weighing ``weights`` (the run's
+        per-sample loss weights) where given, and keep them as the next member's."""
         label = np.asarray(label, dtype=np.int64)
         reads, fitted = self.inputs_of(inputs, present), {}
         for i, name in enumerate(self.names):
             rows = np.all([np.asarray(present[m], dtype=bool) for m in covered(name, self.modalities)], axis=0)
             share = None if held is None else np.asarray(held, dtype=bool)[rows]
+            weight = None if weights is None else np.asarray(weights, dtype=np.float64)[rows]
             kind = name.rpartition(":")[2]
-            fitted[name] = fit(kind, reads[name][rows], label[rows], seed + 7919 * i, held=share, sparse=True)
+            x, y = reads[name][rows], label[rows]
+            fitted[name] = fit(kind, x, y, seed + 7919 * i, held=share, sparse=True, weight=weight)
         self.fitted.append(fitted)
 
     def inputs_of(self, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -505,6 +520,14 @@ def rows_of(datasets: Sequence[Any]) -> tuple[dict[str, np.ndarray], dict[str, n
         m: np.concatenate([np.asarray(d.present[m])[r] for d, r in zip(datasets, rows)]) for m in first.modalities
     }
     return inputs, present, np.concatenate([d.labels[r] for d, r in zip(datasets, rows)])
+
+
+def weights_of(datasets: Sequence[Any]) -> np.ndarray | None:
+    """The per-sample loss weights of the rows of these dataset views, one after the other (as
+    :func:`rows_of`), or None where the data are unweighted."""
+    if all(d.weights is None for d in datasets):
+        return None
+    return np.concatenate([np.ones(len(d.rows)) if d.weights is None else d.weights[d.rows] for d in datasets])
 
 
 def _host(x: Any) -> np.ndarray:

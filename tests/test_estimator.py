@@ -239,6 +239,27 @@ def test_class_weight_and_sample_weight_reach_every_training_step(monkeypatch):
     np.testing.assert_allclose(given[0][:90], np.where(y == 1, 4.0, 1.0) / np.where(y == 1, 4.0, 1.0).mean())
 
 
+def test_the_classical_learners_of_a_cross_fitted_run_fit_with_the_weights_of_their_rows(monkeypatch):
+    from altmodal import learners
+
+    X, y = two_modalities(90)
+    y[:60] = 0
+    given = []
+    original = learners.fit
+
+    def spy(kind, x, label, seed, model=None, held=None, sparse=False, weight=None):
+        given.append((label, weight))
+        return original(kind, x, label, seed, model, held, sparse, weight)
+
+    monkeypatch.setattr(learners, "fit", spy)
+    options = {**FAST["options"], "folds": 2, "learners": ("linear", "boosted")}
+    MultimodalClassifier(class_weight={1: 4.0}, **{**FAST, "epochs": 1, "options": options}).fit(X, y)
+    assert len(given) == 2 * 4  # two members x (two modalities' linear, the joined linear and boosted)
+    for label, weight in given:  # scaled to a mean of 1 over all samples: the ratio is the class weight's
+        assert weight is not None and len(weight) == len(label)
+        np.testing.assert_allclose(weight[label == 1] / weight[label != 1].max(), 4.0)
+
+
 def test_a_class_weighed_zero_is_never_predicted_where_the_whole_model_is_weighted():
     X, y = two_modalities()
     for strategy, fusion in (("joint", {}), ("mla", {"test_fusion": "entropy"})):  # mla: no rule fitted unweighted
@@ -258,14 +279,10 @@ def test_bad_weights_are_refused_in_one_line():
         ({}, {"sample_weight": np.zeros(90)}, "sample_weight: every weight is zero"),
         ({"class_weight": {7: 2.0}}, {}, r"class_weight: 7 is not a label of y \(0, 1, 2\)"),
         ({"class_weight": "even"}, {}, "class_weight must be 'balanced', a dict label -> weight or None"),
-        ({"class_weight": "balanced", "options": {"learners": ("linear",)}}, {}, "learners .* without weights"),
     ]
     for params, fit, message in cases:
         with pytest.raises(ValueError, match=message):
             MultimodalClassifier(**{**FAST, **params}).fit(X, y, **fit)
-    # the default cross-fitted run leaves its (unweighted) classical learners out when weighted
-    assert MultimodalClassifier()._settings(weighted=True)["learners"] == ("none",)
-    assert "learners" not in MultimodalClassifier()._settings()
 
 
 def test_verbose_logs_one_progress_line_per_epoch_and_the_leaderboard(caplog):

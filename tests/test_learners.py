@@ -86,6 +86,20 @@ def test_a_linear_learner_on_sparse_counts_fits_the_same_function_through_a_shif
     assert np.abs(sparse.predict_proba(x) - dense.predict_proba(x)).max() < 1e-6  # asked on the dense rows
 
 
+def test_every_kind_of_learner_weighs_its_rows_a_class_weighed_zero_is_not_answered():
+    from altmodal import learners
+
+    rng = np.random.default_rng(0)
+    label = np.arange(150) % 3
+    x = rng.normal(size=(150, 4)) + 2.0 * label[:, None]
+    held = np.arange(150) % 5 == 0
+    weight = np.where(label == 2, 0.0, 1.0)
+    for kind in ("linear", "boosted", "svm"):
+        plain = learners.fit(kind, x, label, 0, held=held).predict_proba(x).argmax(1)
+        weighed = learners.fit(kind, x, label, 0, held=held, weight=weight).predict_proba(x).argmax(1)
+        assert (plain == 2).mean() > 0.25 and not (weighed == 2).any(), kind
+
+
 def test_boosted_trees_route_missing_values_natively_and_reload_from_their_text_to_the_same_answers():
     from altmodal.learners import Trees, fit
 
