@@ -425,11 +425,13 @@ class Learners(nn.Module):
         ``held`` (its validation share) where given, each row weighing ``weights`` (the run's
         per-sample loss weights) where given, and keep them as the next member's."""
         label = np.asarray(label, dtype=np.int64)
+        held = None if held is None else np.asarray(held, dtype=bool)
+        weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         reads, fitted = self.inputs_of(inputs, present), {}
         for i, name in enumerate(self.names):
             rows = np.all([np.asarray(present[m], dtype=bool) for m in covered(name, self.modalities)], axis=0)
-            share = None if held is None else np.asarray(held, dtype=bool)[rows]
-            weight = None if weights is None else np.asarray(weights, dtype=np.float64)[rows]
+            share = None if held is None else held[rows]
+            weight = None if weights is None else weights[rows]
             kind = name.rpartition(":")[2]
             x, y = reads[name][rows], label[rows]
             fitted[name] = fit(kind, x, y, seed + 7919 * i, held=share, sparse=True, weight=weight)
