@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import FEATURE_KINDS, encoder_kinds, weights_by_modality
 from altmodal.files import file_digest
-from altmodal.learners import Learners, affordable, learner_names, rows_of, weights_of
+from altmodal.learners import Learners, affordable, fit_elsewhere, learner_names, rows_of, weights_of
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.model import DataSpec, Model
 from altmodal.predictions import prediction_rows
@@ -44,7 +45,7 @@ from altmodal.settings import (  # noqa: F401  (the run's settings, importable f
     resolve,
 )
 from altmodal.strategies import Strategy, build_strategy
-from altmodal.threads import Threads, threads_for, torch_threads
+from altmodal.threads import Threads, side_process, threads_for, torch_threads
 from altmodal.trainer import Callback, Trainer, kept_rng_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ def _train_cross_fitted(
             f"(each fold predicts at least one); choose at most {development} (5 is usual)"
         )
     own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}
-    build_strategy(config.strategy, splits, config.encoder, config.options, own)  # the model is valid ...
+    model = build_strategy(config.strategy, splits, config.encoder, config.options, own)  # the model is valid ...
     start(run, config)  # ... before the run is written (as a single run's)
     started = time.perf_counter()
     members: list[Strategy] = []
@@ -290,35 +291,34 @@ def _train_cross_fitted(
     answers = []
     history: list[dict[str, Any]] = []
     learners = run_learners(config, splits, encoders or {})
-    learner_seconds = 0.0
     summaries: list[Any] = []  # each member's, as its metrics.json holds it (a reloaded model forgets its scores)
-    for k in range(1, config.data.folds + 1):
-        for callback in callbacks:
-            callback.on_member_start(k, config.data.folds)
-        member = dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k))
-        own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
-        path = run.file(FOLDS) / str(k)
-        result = _train_in(member, path, dist, progress, overwrite, own, loaded, callbacks, threads)
-        strategy = result.model.strategy
-        member_splits = load_splits(member.data, seed, loaded)
-        holdout = member_splits.holdout
-        assert holdout is not None
-        with torch_threads(threads_for(threads, strategy)):
-            outputs = strategy.collect(holdout, all_subsets=False)
-            held_out.append((strategy, outputs))
-            if learners is not None:  # the learners of a member: fitted on its rows, asked on its fold
-                learning = time.perf_counter()
-                share = np.repeat([False, True], [len(member_splits.train), len(member_splits.val)])
-                rows = [member_splits.train, member_splits.val]
-                learners.fit_member(*rows_of(rows), member_seed(member), share, weights_of(rows))
-                inputs, present, _ = rows_of([holdout])
-                answer = learners.member_log_probs(k - 1, inputs, present)  # in the fold's row order ...
-                at = torch.from_numpy(np.searchsorted(holdout.rows, outputs.index.numpy()))
-                answers.append({n: v[at] for n, v in answer.items()})  # ... put in the outputs' (gathered) order
-                learner_seconds += time.perf_counter() - learning
-        members.append(strategy)
-        summaries.append(result.get("strategy_summary", {}))
-        history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
+    folds = [
+        dataclasses.replace(config, data=dataclasses.replace(config.data, fold=k))
+        for k in range(1, config.data.folds + 1)
+    ]
+    side = side_process() if learners is not None and threads == "auto" and not dist.active else None
+    if side is not None:  # the networks keep one thread fewer: the learners fit on the last core meanwhile
+        threads = min(threads_for(threads, model) or torch.get_num_threads(), torch.get_num_threads() - 1)
+    with MemberLearners(learners, folds, seed, loaded, side) as fitting:
+        for k, member in enumerate(folds, start=1):
+            for callback in callbacks:
+                callback.on_member_start(k, config.data.folds)
+            fitting.ahead(k)
+            own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
+            path = run.file(FOLDS) / str(k)
+            result = _train_in(member, path, dist, progress, overwrite, own, loaded, callbacks, threads)
+            strategy = result.model.strategy
+            holdout = load_splits(member.data, seed, loaded).holdout
+            assert holdout is not None
+            with torch_threads(threads_for(threads, strategy)):
+                outputs = strategy.collect(holdout, all_subsets=False)
+                held_out.append((strategy, outputs))
+            if learners is not None:  # the learners of a member: fitted on its rows, asked on its fold ...
+                at = np.searchsorted(holdout.rows, outputs.index.numpy())  # ... in the outputs' order
+                answers.append({n: torch.from_numpy(v[at]) for n, v in fitting.answers(k).items()})
+            members.append(strategy)
+            summaries.append(result.get("strategy_summary", {}))
+            history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
     spec = DataSpec(tuple(splits.train.modalities), splits.train.num_classes, len(splits.train.labels))
     bag = Bag(members, spec, learners)
     bag.place(dist, config.train.eval_batch_size, config.train.precision)
@@ -329,7 +329,8 @@ def _train_cross_fitted(
         test_outputs = bag.collect(splits.test)
         metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)
     metrics["train_seconds"] = seconds
-    metrics["learner_seconds"] = learner_seconds  # of which fitting and asking the learners
+    metrics["learner_seconds"] = fitting.seconds  # of which fitting and asking the learners (in a side process ...
+    metrics["learner_wait_seconds"] = fitting.waited  # ... the run's own: waiting for them)
     metrics["best_epoch"] = [m.best_epoch for m in members]
     if "members" in metrics.get("strategy_summary", {}):
         metrics["strategy_summary"]["members"] = summaries
@@ -337,6 +338,59 @@ def _train_cross_fitted(
     if learners is not None:
         card["learners"] = learners.names
     return _write_model(run, dist, bag, card, splits, test_outputs, metrics, config, history)
+
+
+class MemberLearners:
+    """The classical learners of a cross-fitted run's members (``learners``, None: none), each
+    member's fitted on its rows and asked on its held-out fold: in the ``side`` process where one
+    is given, one member ahead of the networks (they need none), else in the run when asked for.
+    A ``with`` block cancels what is still queued when it ends (a failed run)."""
+
+    def __init__(
+        self, learners: Learners | None, folds: Sequence[RunConfig], seed: int, loaded: Any, side: Executor | None
+    ):
+        self.learners, self.folds, self.seed, self.loaded, self.side = learners, folds, seed, loaded, side
+        self.queued: list[Future[Any]] = []
+        self.seconds = 0.0  # the learners' own
+        self.waited = 0.0  # the run's: fitting them, or waiting for the side process
+
+    def __enter__(self) -> MemberLearners:
+        return self
+
+    def __exit__(self, *failure: object) -> None:
+        for future in self.queued:
+            future.cancel()
+
+    def ahead(self, k: int) -> None:
+        """Hand member ``k``'s learners and the next member's to the side process (if not yet)."""
+        while self.learners is not None and self.side is not None and len(self.queued) < min(k + 1, len(self.folds)):
+            task = self._task(self.folds[len(self.queued)])
+            self.queued.append(self.side.submit(fit_elsewhere, self.learners, *task))
+
+    def answers(self, k: int) -> dict[str, np.ndarray]:
+        """name -> member ``k``'s learners' log-probabilities on its held-out fold, in the fold's
+        row order; the fitted learners join ``learners.fitted``."""
+        assert self.learners is not None
+        started = time.perf_counter()
+        if self.side is not None:
+            fitted, answer, seconds = self.queued[k - 1].result()
+        else:
+            fitted, answer, seconds = fit_elsewhere(self.learners, *self._task(self.folds[k - 1]))
+        self.learners.fitted.append(fitted)
+        self.seconds += seconds
+        self.waited += time.perf_counter() - started
+        return answer
+
+    def _task(self, member: RunConfig) -> tuple[Any, ...]:
+        """What a member's learners fit on and answer (:func:`~altmodal.learners.fit_elsewhere`): its
+        rows (training, then validation) with their presence and labels, its seed, the validation
+        share, the rows' weights, and its held-out fold's inputs and presence."""
+        splits = load_splits(member.data, self.seed, self.loaded)
+        assert splits.holdout is not None
+        rows = [splits.train, splits.val]
+        share = np.repeat([False, True], [len(splits.train), len(splits.val)])
+        inputs, present, _ = rows_of([splits.holdout])
+        return rows_of(rows), member_seed(member), share, weights_of(rows), (inputs, present)
 
 
 def run_learners(config: RunConfig, splits: Splits, custom: Mapping[str, torch.nn.Module]) -> Learners | None:

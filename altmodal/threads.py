@@ -14,6 +14,11 @@ MLPs of 1.9M and 3.7M parameters (cora, acm) and a width-16 ResNet18 on 600 imag
 faster on two. While other jobs kept the cores busy, two threads made every model 5-40x slower,
 so on a shared machine ``--threads 1`` is the safe choice.
 
+A cross-fitted run with classical learners (the default) under ``auto`` on two or more threads
+fits the learners in a second process (:func:`side_process`, one thread), while its networks
+train on one thread fewer than ``auto`` gives them: the learners need no network, and on two cores
+the run then keeps both busy. A number of threads is the whole run's: no second process.
+
 Threads are set for the run (or the prediction) and restored afterwards, so a Python session
 keeps its own setting; ``None`` leaves torch's setting alone (what :func:`train_run` does when it
 is not asked for threads, so a benchmark's per-worker setting stands).
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 
 import torch
@@ -101,6 +107,19 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def side_process() -> Executor | None:
+    """A second process (one worker, kept alive for the next run) for work that needs none of the
+    run's models, where torch's thread setting (its default: one per core; a benchmark's job: its
+    share of the cores) gives the caller two or more: the caller then keeps one thread fewer. None
+    where it gives one. The worker is a fresh interpreter (joblib's loky): it runs no code of the
+    caller's script."""
+    if torch.get_num_threads() < 2:
+        return None
+    from joblib.externals.loky import get_reusable_executor
+
+    return get_reusable_executor(max_workers=1)
 
 
 def parse_threads(text: str) -> int | str:

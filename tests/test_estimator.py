@@ -253,7 +253,8 @@ def test_the_classical_learners_of_a_cross_fitted_run_fit_with_the_weights_of_th
 
     monkeypatch.setattr(learners, "fit", spy)
     options = {**FAST["options"], "folds": 2, "learners": ("linear", "boosted")}
-    MultimodalClassifier(class_weight={1: 4.0}, **{**FAST, "epochs": 1, "options": options}).fit(X, y)
+    params = {**FAST, "epochs": 1, "options": options, "n_jobs": 1}  # (one thread: the learners fit in this process)
+    MultimodalClassifier(class_weight={1: 4.0}, **params).fit(X, y)
     assert len(given) == 2 * 4  # two members x (two modalities' linear, the joined linear and boosted)
     for label, weight in given:  # scaled to a mean of 1 over all samples: the ratio is the class weight's
         assert weight is not None and len(weight) == len(label)

@@ -165,6 +165,25 @@ def test_a_cross_fitted_run_weighs_its_learners_out_of_fold_and_reloads_them(wit
     assert len(model.strategy.learners.fitted) == 3  # one set per member
 
 
+def test_learners_fitted_in_a_side_process_are_those_fitted_in_the_run(with_learners, tmp_path):
+    from altmodal.threads import side_process, torch_threads
+
+    with torch_threads(2):  # two threads under auto: the networks keep one, the learners fit in a second process
+        assert side_process() is not None
+        out = tmp_path / "side"
+        metrics = train_run(tiny_config(folds=3, epochs=2), out, threads="auto")
+    with torch_threads(1):
+        assert side_process() is None
+    here = with_learners[1]  # trained without a thread setting: the learners fit in this process
+    assert metrics["learner_seconds"] > 0
+    assert metrics["strategy_summary"]["fusion_scores"] == here["strategy_summary"]["fusion_scores"]
+    assert metrics["test"] == here["test"]
+    x = {m: torch.randn(7, 8) for m in ("m0", "m1")}
+    present = {m: torch.ones(7, dtype=torch.bool) for m in x}
+    side, own = (load_run(p).strategy.learners.log_probs(x, present) for p in (out, with_learners[0]))
+    assert all(torch.equal(side[n], own[n]) for n in own)
+
+
 def test_a_planted_payload_in_the_saved_learners_is_refused_and_runs_nothing(with_learners, tmp_path):
     import shutil
 

@@ -137,7 +137,12 @@ def test_case04_a_cross_fitted_run_resumed_after_a_kill_writes_the_same_metrics(
     assert main([*argv, "--out", str(tmp_path / "cut")]) == 0
     whole, cut = _strict_json(tmp_path / "whole" / "metrics.json"), _strict_json(tmp_path / "cut" / "metrics.json")
     for metrics in (whole, cut):
-        metrics.pop("train_seconds"), metrics.pop("seconds_per_epoch"), metrics.pop("learner_seconds")
+        (
+            metrics.pop("train_seconds"),
+            metrics.pop("seconds_per_epoch"),
+            metrics.pop("learner_seconds"),
+            metrics.pop("learner_wait_seconds"),
+        )
     assert "fusion_scores" in cut["strategy_summary"]["members"][0]
     assert cut == whole
 
