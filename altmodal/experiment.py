@@ -373,9 +373,10 @@ class MemberLearners:
         assert self.learners is not None
         started = time.perf_counter()
         if self.side is not None:
-            fitted, answer, seconds = self.queued[k - 1].result()
+            fitted, saved, answer, seconds = self.queued[k - 1].result()
         else:
-            fitted, answer, seconds = fit_elsewhere(self.learners, *self._task(self.folds[k - 1]))
+            fitted, saved, answer, seconds = fit_elsewhere(self.learners, *self._task(self.folds[k - 1]))
+        self.learners.saved[len(self.learners.fitted)] = saved  # (written with the model)
         self.learners.fitted.append(fitted)
         self.seconds += seconds
         self.waited += time.perf_counter() - started

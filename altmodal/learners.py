@@ -418,6 +418,8 @@ class Learners(nn.Module):
         self.num_classes = num_classes
         self.fitted: list[dict[str, Any]] = []
         """Per member: name -> fitted estimator."""
+        self.saved: dict[int, dict[str, bytes]] = {}
+        """Member index -> name -> its learners' saved bytes, where made already (beside the fit)."""
 
     def fit_member(
         self,
@@ -470,7 +472,8 @@ class Learners(nn.Module):
         return {n: torch.stack([present[m] for m in covered(n, self.modalities)]).all(dim=0) for n in self.names}
 
     def get_extra_state(self) -> Tensor:
-        blobs = [_saved(member[n]) for member in self.fitted for n in self.names]  # one file each
+        made = [self.saved.get(k, {}) for k in range(len(self.fitted))]
+        blobs = [made[k].get(n) or _saved(member[n]) for k, member in enumerate(self.fitted) for n in self.names]
         return torch.frombuffer(bytearray(pack(blobs)), dtype=torch.uint8)
 
     def set_extra_state(self, state: Any) -> None:
@@ -482,6 +485,7 @@ class Learners(nn.Module):
         fitted = [_loaded(blob, self.names[i % len(self.names)]) for i, blob in enumerate(blobs)]
         step = len(self.names)
         self.fitted = [dict(zip(self.names, fitted[k : k + step])) for k in range(0, len(fitted), step)]
+        self.saved = {k // step: dict(zip(self.names, blobs[k : k + step])) for k in range(0, len(blobs), step)}
 
 
 def fit_elsewhere(
@@ -491,18 +495,19 @@ def fit_elsewhere(
     held: np.ndarray | None,
     weights: np.ndarray | None,
     asked: tuple[Mapping[str, Any], Mapping[str, Any]],
-) -> tuple[dict[str, Any], dict[str, np.ndarray], float]:
+) -> tuple[dict[str, Any], dict[str, bytes], dict[str, np.ndarray], float]:
     """One member's learners, fitted as :meth:`Learners.fit_member` fits them (on ``rows``: the
     member's inputs, presence and labels) by a copy of ``learners`` on :data:`THREADS` thread,
-    their log-probabilities on ``asked`` (the inputs and presence of the member's held-out fold)
-    and the seconds both took: a task that needs no network, for a second process while the
-    networks train."""
+    their saved bytes (as the model file holds them), their log-probabilities on ``asked`` (the
+    inputs and presence of the member's held-out fold) and the seconds all that took: a task that
+    needs no network, for a second process while the networks train."""
     started = time.perf_counter()
     own = Learners(learners.names, learners.modalities, learners.num_classes)
     with torch_threads(THREADS):
         own.fit_member(*rows, seed, held, weights)
         answer = own.member_log_probs(0, *asked)
-    return own.fitted[0], {n: v.numpy() for n, v in answer.items()}, time.perf_counter() - started
+        saved = {n: _saved(m) for n, m in own.fitted[0].items()}
+    return own.fitted[0], saved, {n: v.numpy() for n, v in answer.items()}, time.perf_counter() - started
 
 
 def _saved(model: Any) -> bytes:

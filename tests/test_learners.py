@@ -182,6 +182,9 @@ def test_learners_fitted_in_a_side_process_are_those_fitted_in_the_run(with_lear
     present = {m: torch.ones(7, dtype=torch.bool) for m in x}
     side, own = (load_run(p).strategy.learners.log_probs(x, present) for p in (out, with_learners[0]))
     assert all(torch.equal(side[n], own[n]) for n in own)
+    learners = load_run(out).strategy.learners  # the bytes made beside the fits are those saved again
+    state = learners.get_extra_state()
+    assert learners.saved and torch.equal(state, load_file(out / "model.safetensors")["learners._extra_state"])
 
 
 def test_a_planted_payload_in_the_saved_learners_is_refused_and_runs_nothing(with_learners, tmp_path):
