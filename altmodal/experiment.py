@@ -142,6 +142,7 @@ def _train_in(
     loaded: Any,
     callbacks: Sequence[Callback],
     threads: Threads,
+    splits: Splits | None = None,
 ) -> RunResult:
     run = Run(out, main=dist.is_main)
     run.check_folder()
@@ -152,7 +153,7 @@ def _train_in(
             "choose a new or empty --out, or pass --overwrite to write the run there"
         )
     with run.lock():
-        return _train_locked(config, run, dist, progress, overwrite, encoders, loaded, callbacks, threads)
+        return _train_locked(config, run, dist, progress, overwrite, encoders, loaded, callbacks, threads, splits)
 
 
 def _train_locked(
@@ -165,6 +166,7 @@ def _train_locked(
     loaded: Any,
     callbacks: Sequence[Callback],
     threads: Threads,
+    splits: Splits | None = None,
 ) -> RunResult:
     started_before = any(run.has(name) for name in RUN_FILES)
     if run.has("config.json") and started_before and not overwrite:
@@ -184,7 +186,7 @@ def _train_locked(
     if config.data.folds > 1 and config.data.fold == 0:
         return _train_cross_fitted(config, run, dist, progress, overwrite, encoders, loaded, callbacks, threads)
     seed_everything(member_seed(config))
-    splits = load_splits(config.data, config.train.seed, loaded)
+    splits = load_splits(config.data, config.train.seed, loaded) if splits is None else splits  # (a member's: given)
     strategy = build_strategy(config.strategy, splits, config.encoder, config.options, encoders)
     if len(strategy.modalities) == 1 and config.strategy != "unimodal":
         python = config.data.dataset.startswith(PYTHON_DATA)
@@ -306,9 +308,10 @@ def _train_cross_fitted(
             fitting.ahead(k)
             own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
             path = run.file(FOLDS) / str(k)
-            result = _train_in(member, path, dist, progress, overwrite, own, loaded, callbacks, threads)
+            member_splits = load_splits(member.data, seed, loaded)
+            result = _train_in(member, path, dist, progress, overwrite, own, loaded, callbacks, threads, member_splits)
             strategy = result.model.strategy
-            holdout = load_splits(member.data, seed, loaded).holdout
+            holdout = member_splits.holdout
             assert holdout is not None
             with torch_threads(threads_for(threads, strategy)):
                 outputs = strategy.collect(holdout, all_subsets=False)
