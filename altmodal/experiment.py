@@ -292,6 +292,7 @@ def _train_cross_fitted(
     held_out = []
     answers = []
     history: list[dict[str, Any]] = []
+    orders: list[np.ndarray] = []
     learners = run_learners(config, splits, encoders or {})
     summaries: list[Any] = []  # each member's, as its metrics.json holds it (a reloaded model forgets its scores)
     folds = [
@@ -316,12 +317,13 @@ def _train_cross_fitted(
             with torch_threads(threads_for(threads, strategy)):
                 outputs = strategy.collect(holdout, all_subsets=False)
                 held_out.append((strategy, outputs))
-            if learners is not None:  # the learners of a member: fitted on its rows, asked on its fold ...
-                at = np.searchsorted(holdout.rows, outputs.index.numpy())  # ... in the outputs' order
-                answers.append({n: torch.from_numpy(v[at]) for n, v in fitting.answers(k).items()})
+            orders.append(np.searchsorted(holdout.rows, outputs.index.numpy()))  # the fold's rows in the outputs' order
             members.append(strategy)
             summaries.append(result.get("strategy_summary", {}))
             history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
+        if learners is not None:  # each member's learners, fitted on its rows, asked on its fold (once the
+            for k, at in enumerate(orders, start=1):  # networks are trained: the side process's fits meanwhile)
+                answers.append({n: torch.from_numpy(v[at]) for n, v in fitting.answers(k).items()})
     spec = DataSpec(tuple(splits.train.modalities), splits.train.num_classes, len(splits.train.labels))
     bag = Bag(members, spec, learners)
     bag.place(dist, config.train.eval_batch_size, config.train.precision)
