@@ -309,7 +309,7 @@ def _train_cross_fitted(
             fitting.ahead(k)
             own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
             path = run.file(FOLDS) / str(k)
-            member_splits = load_splits(member.data, seed, loaded)
+            member_splits = fitting.splits(k)
             result = _train_in(member, path, dist, progress, overwrite, own, loaded, callbacks, threads, member_splits)
             strategy = result.model.strategy
             holdout = member_splits.holdout
@@ -349,13 +349,15 @@ class MemberLearners:
     """The classical learners of a cross-fitted run's members (``learners``, None: none), each
     member's fitted on its rows and asked on its held-out fold: in the ``side`` process where one
     is given, one member ahead of the networks (they need none), else in the run when asked for.
-    A ``with`` block cancels what is still queued when it ends (a failed run)."""
+    A member's splits loaded for its learners serve its networks too (:meth:`splits`). A ``with``
+    block cancels what is still queued when it ends (a failed run)."""
 
     def __init__(
         self, learners: Learners | None, folds: Sequence[RunConfig], seed: int, loaded: Any, side: Executor | None
     ):
         self.learners, self.folds, self.seed, self.loaded, self.side = learners, folds, seed, loaded, side
         self.queued: list[Future[Any]] = []
+        self.ready: dict[int, Splits] = {}  # members' splits loaded for their learners, kept for their networks
         self.seconds = 0.0  # the learners' own
         self.waited = 0.0  # the run's: fitting them, or waiting for the side process
 
@@ -369,8 +371,15 @@ class MemberLearners:
     def ahead(self, k: int) -> None:
         """Hand member ``k``'s learners and the next member's to the side process (if not yet)."""
         while self.learners is not None and self.side is not None and len(self.queued) < min(k + 1, len(self.folds)):
-            task = self._task(self.folds[len(self.queued)])
+            i = len(self.queued) + 1
+            splits = self.ready[i] = self.splits(i)
+            task = self._task(self.folds[i - 1], splits)  # (its rows copied now, before the member trains)
             self.queued.append(self.side.submit(fit_elsewhere, self.learners, *task))
+
+    def splits(self, k: int) -> Splits:
+        """Member ``k``'s splits: those loaded for its learners (handed over, not kept), else loaded now."""
+        kept = self.ready.pop(k, None)
+        return load_splits(self.folds[k - 1].data, self.seed, self.loaded) if kept is None else kept
 
     def answers(self, k: int) -> dict[str, np.ndarray]:
         """name -> member ``k``'s learners' log-probabilities on its held-out fold, in the fold's
@@ -380,18 +389,20 @@ class MemberLearners:
         if self.side is not None:
             fitted, saved, answer, seconds = self.queued[k - 1].result()
         else:
-            fitted, saved, answer, seconds = fit_elsewhere(self.learners, *self._task(self.folds[k - 1]))
+            fitted, saved, answer, seconds = fit_elsewhere(
+                self.learners, *self._task(self.folds[k - 1], self.splits(k))
+            )
         self.learners.saved[len(self.learners.fitted)] = saved  # (written with the model)
         self.learners.fitted.append(fitted)
         self.seconds += seconds
         self.waited += time.perf_counter() - started
         return answer
 
-    def _task(self, member: RunConfig) -> tuple[Any, ...]:
+    @staticmethod
+    def _task(member: RunConfig, splits: Splits) -> tuple[Any, ...]:
         """What a member's learners fit on and answer (:func:`~altmodal.learners.fit_elsewhere`): its
         rows (training, then validation) with their presence and labels, its seed, the validation
         share, the rows' weights, and its held-out fold's inputs and presence."""
-        splits = load_splits(member.data, self.seed, self.loaded)
         assert splits.holdout is not None
         rows = [splits.train, splits.val]
         share = np.repeat([False, True], [len(splits.train), len(splits.val)])
