@@ -199,13 +199,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     handlers = logging.getLogger().handlers
     for handler in handlers:
         handler.addFilter(line)
+    finished = False
     try:
         metrics = train_run(config, out, dist=dist, overwrite=args.overwrite, callbacks=callbacks, threads=args.threads)
+        finished = True
     finally:
         for handler in handlers:
             handler.removeFilter(line)
         line.close()
-        shutdown()
+        shutdown(finished)
     if dist.is_main:
         if metrics.skipped:
             print(f"run: {out} had finished: training skipped (--overwrite trains it again)")

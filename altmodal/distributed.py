@@ -158,6 +158,11 @@ def init_from_env(device_name: str) -> Dist:
     return Dist(rank=rank, world_size=world_size, device=device)
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = True) -> None:
+    """Leave the process group. After a finished run every rank first waits for the others, so no
+    rank tears its connections down while another still uses them (that can abort the other
+    process); after a failure it leaves at once (the others may never arrive)."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch.distributed as dist
 
@@ -11,29 +13,34 @@ from altmodal.distributed import Dist, shutdown
 from altmodal.experiment import resolve, train_run
 
 
+@contextmanager
+def group(rank: int, world: int, store: str) -> Iterator[Dist]:
+    """This rank in a gloo group of ``world`` processes, left with ``shutdown`` (waiting for the
+    others only when the body finished)."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    finished = False
+    try:
+        yield Dist(rank=rank, world_size=world)
+        finished = True
+    finally:
+        shutdown(finished)
+
+
 def train_every_strategy(rank: int, world: int, store: str, out: str, settings_json: str, names: list[str]) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        context = Dist(rank=rank, world_size=world)
+    with group(rank, world, store) as context:
         settings = json.loads(settings_json)
         for name in names:
             extra = {"modalities": ["m0"]} if name == "unimodal" else {}
             train_run(resolve({**settings, **extra, "strategy": name}), os.path.join(out, name), dist=context)
-    finally:
-        shutdown()
 
 
 def train_runs(rank: int, world: int, store: str, out: str, runs_json: str) -> None:
     """Train each run of ``runs_json`` ({folder name: settings}) in ``out``."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        context = Dist(rank=rank, world_size=world)
+    with group(rank, world, store) as context:
         for name, settings in json.loads(runs_json).items():
             train_run(resolve(settings), os.path.join(out, name), dist=context)
-    finally:
-        shutdown()
 
 
 def collectives(rank: int, world: int, store: str, out: str) -> None:
@@ -41,9 +48,7 @@ def collectives(rank: int, world: int, store: str, out: str) -> None:
     some or no rank computed a gradient for; each rank saves what it ends with."""
     import torch
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        context = Dist(rank=rank, world_size=world)
+    with group(rank, world, store) as context:
         layer = torch.nn.BatchNorm1d(3)
         layer.running_mean.fill_(float(rank))
         layer.running_var.fill_(1.0 + 2 * rank)
@@ -54,8 +59,6 @@ def collectives(rank: int, world: int, store: str, out: str) -> None:
         grads = {n: p.grad for n, p in model.named_parameters()}
         saved = {"mean": layer.running_mean, "var": layer.running_var, "state": model.state_dict(), "grads": grads}
         torch.save(saved, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        shutdown()
 
 
 def tiny_model():
