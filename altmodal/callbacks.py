@@ -35,6 +35,12 @@ class Callback:
         ``epoch``), ``best``, ``training`` (model, optimizer and schedule state) and ``rng``."""
 
 
+class Display(Callback):
+    """A callback that only shows how training goes (the summary, the progress line). A
+    cross-fitted run may train some of its members in a second process when all its callbacks
+    are displays: those members are not shown; other callbacks keep every member in the run."""
+
+
 def fit_summary(strategy: Strategy, splits: Splits, config: TrainConfig) -> list[str]:
     """The resolved essentials of a run, one line each: device, split sizes, modalities with
     their shapes and encoders, strategy and options, optimizer and schedule, parameter count."""
@@ -61,7 +67,7 @@ def fit_summary(strategy: Strategy, splits: Splits, config: TrainConfig) -> list
     ]
 
 
-class Summary(Callback):
+class Summary(Display):
     """Hands :func:`fit_summary`'s lines to ``write`` (e.g. ``print``) when training starts: once
     for a cross-fitted run, with the split sizes of the first member it trains and a line on the
     members."""
@@ -83,7 +89,7 @@ class Summary(Callback):
                 self.write(f"cross-fitted: {self.members} members, each on its own folds (sizes above: one member's)")
 
 
-class Progress(Callback):
+class Progress(Display):
     """One line on the whole run after an epoch, e.g. ``member 2/5, epoch 14/100, val accuracy
     0.812, ETA 1m05s`` (no member for a single model), handed to ``write`` at most every
     ``every`` seconds, and after the run's last epoch. The ETA assumes every epoch is trained

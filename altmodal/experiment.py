@@ -11,7 +11,6 @@ import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from altmodal.bagging import Bag, saved_learners
+from altmodal.callbacks import Display
 from altmodal.config import ConfigError
 from altmodal.data.dataset import Splits
 from altmodal.data.registry import DATASETS, load_splits
@@ -26,7 +26,8 @@ from altmodal.data.splits import PROTOCOLS, missing_mask, missing_summary
 from altmodal.distributed import Dist, resolve_device
 from altmodal.encoders import FEATURE_KINDS, encoder_kinds, weights_by_modality
 from altmodal.files import file_digest
-from altmodal.learners import Learners, affordable, fit_elsewhere, learner_names, rows_of, weights_of
+from altmodal.learners import Learners, affordable, learner_names
+from altmodal.members import MemberJobs, held_out, member_seed
 from altmodal.metrics import Outputs, analyses, subset_name, summarize
 from altmodal.model import DataSpec, Model
 from altmodal.predictions import prediction_rows
@@ -252,12 +253,11 @@ def start(run: Run, config: RunConfig) -> None:
         run.write_json(DATA_FILE, data_record(config))
 
 
-def member_seed(config: RunConfig) -> int:
-    """The seed of the initialisation: the run's, mixed with the fold for a cross-fitted run's
-    member (members start apart; the splits and masks follow the run's seed alone)."""
-    if config.data.fold == 0:
-        return config.train.seed
-    return int(np.random.SeedSequence([config.train.seed, config.data.fold]).generate_state(1)[0])
+def train_member(member: RunConfig, path: Path, splits: Splits, threads: int, stop: Callback) -> Model:
+    """Train a cross-fitted run's member in its folder as the run would (in a second process,
+    where ``stop`` ends it once the run has ended); the trained model."""
+    dist = Dist()
+    return _train_in(member, path, dist, False, False, {}, None, [stop], threads, splits).model.strategy
 
 
 def _train_cross_fitted(
@@ -289,7 +289,7 @@ def _train_cross_fitted(
     start(run, config)  # ... before the run is written (as a single run's)
     started = time.perf_counter()
     members: list[Strategy] = []
-    held_out = []
+    held_out_outputs: list[tuple[Model, Outputs]] = []
     answers = []
     history: list[dict[str, Any]] = []
     orders: list[np.ndarray] = []
@@ -300,42 +300,59 @@ def _train_cross_fitted(
         for k in range(1, config.data.folds + 1)
     ]
     side = side_process() if learners is not None and threads == "auto" and not dist.active else None
-    if side is not None:  # the networks keep one thread fewer: the learners fit on the last core meanwhile
-        threads = min(threads_for(threads, model) or torch.get_num_threads(), torch.get_num_threads() - 1)
-    with MemberLearners(learners, folds, seed, loaded, side) as fitting:
+    shared = 0  # the networks' threads where a second process works beside the run: one fewer
+    if side is not None:
+        threads = shared = min(threads_for(threads, model) or torch.get_num_threads(), torch.get_num_threads() - 1)
+    beside = (  # members' networks may train in the second process too, on as many threads
+        side is not None
+        and not encoders
+        and dist.device.type == "cpu"
+        and 2 * shared <= torch.get_num_threads()
+        and all(isinstance(c, Display) for c in callbacks)
+    )
+    paths = [run.file(FOLDS) / str(k) for k in range(1, len(folds) + 1)]
+    trained: dict[int, tuple[Any, tuple[Outputs, np.ndarray]]] = {}
+    with MemberJobs(learners, folds, paths, loaded, side, shared, beside, train_member) as jobs:
         for k, member in enumerate(folds, start=1):
+            if not jobs.here("networks", k):
+                continue
             for callback in callbacks:
                 callback.on_member_start(k, config.data.folds)
-            fitting.ahead(k)
             own = {m: copy.deepcopy(e) for m, e in (encoders or {}).items()}  # each member trains its own
-            path = run.file(FOLDS) / str(k)
-            member_splits = fitting.splits(k)
-            result = _train_in(member, path, dist, progress, overwrite, own, loaded, callbacks, threads, member_splits)
+            mine = jobs.splits(k)
+            result = _train_in(member, paths[k - 1], dist, progress, overwrite, own, loaded, callbacks, threads, mine)
+            trained[k] = result, held_out(result.model.strategy, mine, threads)
+        taken = [k for k in range(1, len(folds) + 1) if k not in trained]  # by the second process
+        if taken:
+            log.info("%s: members %s trained in a second process", run.path, ", ".join(map(str, taken)))
+        jobs.fit_left()
+        for k, member in enumerate(folds, start=1):
+            if k not in trained:  # (trained in the second process: read back as a finished member)
+                got = jobs.trained_beside(k)  # (first: the second process holds the member until then)
+                trained[k] = _train_in(member, paths[k - 1], dist, False, False, {}, loaded, (), threads), got
+            result, (outputs, order) = trained[k]
             strategy = result.model.strategy
-            holdout = member_splits.holdout
-            assert holdout is not None
-            with torch_threads(threads_for(threads, strategy)):
-                outputs = strategy.collect(holdout, all_subsets=False)
-                held_out.append((strategy, outputs))
-            orders.append(np.searchsorted(holdout.rows, outputs.index.numpy()))  # the fold's rows in the outputs' order
+            held_out_outputs.append((strategy, outputs))
+            orders.append(order)
             members.append(strategy)
             summaries.append(result.get("strategy_summary", {}))
             history += [{"fold": k, **row} for row in read_csv(result.path / "history.csv")]
-        if learners is not None:  # each member's learners, fitted on its rows, asked on its fold (once the
-            for k, at in enumerate(orders, start=1):  # networks are trained: the side process's fits meanwhile)
-                answers.append({n: torch.from_numpy(v[at]) for n, v in fitting.answers(k).items()})
+        if learners is not None:  # each member's learners, fitted on its rows, asked on its fold
+            for k, at in enumerate(orders, start=1):
+                answers.append({n: torch.from_numpy(v[at]) for n, v in jobs.answers(k).items()})
     spec = DataSpec(tuple(splits.train.modalities), splits.train.num_classes, len(splits.train.labels))
     bag = Bag(members, spec, learners)
     bag.place(dist, config.train.eval_batch_size, config.train.precision)
     bag.best_epoch = members[0].best_epoch
     with torch_threads(threads_for(threads, members[0])):
-        bag.choose(held_out, seed, answers)
+        bag.choose(held_out_outputs, seed, answers)
         seconds = time.perf_counter() - started
         test_outputs = bag.collect(splits.test)
         metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)
     metrics["train_seconds"] = seconds
-    metrics["learner_seconds"] = fitting.seconds  # of which fitting and asking the learners (in a side process ...
-    metrics["learner_wait_seconds"] = fitting.waited  # ... the run's own: waiting for them)
+    metrics["learner_seconds"] = jobs.seconds  # of which fitting and asking the learners (wherever) ...
+    metrics["side_wait_seconds"] = jobs.waited  # ... and the run's own time on them or waiting for the second process
+    metrics["members_beside"] = taken
     metrics["best_epoch"] = [m.best_epoch for m in members]
     if "members" in metrics.get("strategy_summary", {}):
         metrics["strategy_summary"]["members"] = summaries
@@ -343,71 +360,6 @@ def _train_cross_fitted(
     if learners is not None:
         card["learners"] = learners.names
     return _write_model(run, dist, bag, card, splits, test_outputs, metrics, config, history)
-
-
-class MemberLearners:
-    """The classical learners of a cross-fitted run's members (``learners``, None: none), each
-    member's fitted on its rows and asked on its held-out fold: in the ``side`` process where one
-    is given, one member ahead of the networks (they need none), else in the run when asked for.
-    A member's splits loaded for its learners serve its networks too (:meth:`splits`). A ``with``
-    block cancels what is still queued when it ends (a failed run)."""
-
-    def __init__(
-        self, learners: Learners | None, folds: Sequence[RunConfig], seed: int, loaded: Any, side: Executor | None
-    ):
-        self.learners, self.folds, self.seed, self.loaded, self.side = learners, folds, seed, loaded, side
-        self.queued: list[Future[Any]] = []
-        self.ready: dict[int, Splits] = {}  # members' splits loaded for their learners, kept for their networks
-        self.seconds = 0.0  # the learners' own
-        self.waited = 0.0  # the run's: fitting them, or waiting for the side process
-
-    def __enter__(self) -> MemberLearners:
-        return self
-
-    def __exit__(self, *failure: object) -> None:
-        for future in self.queued:
-            future.cancel()
-
-    def ahead(self, k: int) -> None:
-        """Hand member ``k``'s learners and the next member's to the side process (if not yet)."""
-        while self.learners is not None and self.side is not None and len(self.queued) < min(k + 1, len(self.folds)):
-            i = len(self.queued) + 1
-            splits = self.ready[i] = self.splits(i)
-            task = self._task(self.folds[i - 1], splits)  # (its rows copied now, before the member trains)
-            self.queued.append(self.side.submit(fit_elsewhere, self.learners, *task))
-
-    def splits(self, k: int) -> Splits:
-        """Member ``k``'s splits: those loaded for its learners (handed over, not kept), else loaded now."""
-        kept = self.ready.pop(k, None)
-        return load_splits(self.folds[k - 1].data, self.seed, self.loaded) if kept is None else kept
-
-    def answers(self, k: int) -> dict[str, np.ndarray]:
-        """name -> member ``k``'s learners' log-probabilities on its held-out fold, in the fold's
-        row order; the fitted learners join ``learners.fitted``."""
-        assert self.learners is not None
-        started = time.perf_counter()
-        if self.side is not None:
-            fitted, saved, answer, seconds = self.queued[k - 1].result()
-        else:
-            fitted, saved, answer, seconds = fit_elsewhere(
-                self.learners, *self._task(self.folds[k - 1], self.splits(k))
-            )
-        self.learners.saved[len(self.learners.fitted)] = saved  # (written with the model)
-        self.learners.fitted.append(fitted)
-        self.seconds += seconds
-        self.waited += time.perf_counter() - started
-        return answer
-
-    @staticmethod
-    def _task(member: RunConfig, splits: Splits) -> tuple[Any, ...]:
-        """What a member's learners fit on and answer (:func:`~altmodal.learners.fit_elsewhere`): its
-        rows (training, then validation) with their presence and labels, its seed, the validation
-        share, the rows' weights, and its held-out fold's inputs and presence."""
-        assert splits.holdout is not None
-        rows = [splits.train, splits.val]
-        share = np.repeat([False, True], [len(splits.train), len(splits.val)])
-        inputs, present, _ = rows_of([splits.holdout])
-        return rows_of(rows), member_seed(member), share, weights_of(rows), (inputs, present)
 
 
 def run_learners(config: RunConfig, splits: Splits, custom: Mapping[str, torch.nn.Module]) -> Learners | None:

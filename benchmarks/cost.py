@@ -2,11 +2,12 @@
 
 For each dataset, one process trains one joint run (``--strategy joint``) and the default
 (``altmodal train``'s cross-fitted MLA with its learners), each on the same split and seed with
-``--threads auto`` (one thread for small MLPs; the default's learners then fit in a second process
-where a core is spare beside the networks), and prints both wall-clock times, the ratio, and where
-the default's time went (networks, learners, the run's time on them, the rest: fusion choice,
-evaluation, writing). The CPU time of a run that keeps a side process busy is more than its wall
-time: run it on a machine whose cores are otherwise free.
+``--threads auto`` (one thread for small MLPs; the default's learners, and members' networks, then
+share the work with a second process where a core is spare), and prints both wall-clock times, the
+ratio, and where the default's time went (the networks trained in the run and in the second
+process, the learners wherever they fit, the run's own time on learners or waiting for the second
+process, the rest: fusion choice, evaluation, writing). The CPU time of a run that keeps a second
+process busy is more than its wall time: run it on a machine whose cores are otherwise free.
 The two runs of a dataset follow each other, so a change in the machine's load touches both; the
 ratio is the figure to compare across machines.
 
@@ -57,18 +58,21 @@ def timed(settings: dict[str, Any], out: Path) -> tuple[float, dict[str, Any]]:
 
 
 def parts(out: Path, total: float) -> dict[str, float]:
-    """Where a cross-fitted run's time went: its members' networks (their history's epoch
-    seconds and evaluation), its learners (their own seconds, in a side process where one was
-    spare), the run's seconds on them (fitting them, or waiting for the side process) and the
-    rest, from the files it wrote."""
+    """Where a cross-fitted run's time went, from the files it wrote: its members' networks
+    (their training seconds) in the run and in the second process, its learners (their own
+    seconds, wherever they fit), the run's own seconds on learners or waiting for the second
+    process, and the rest of the run's time."""
     metrics = json.loads((out / "metrics.json").read_text())
     learners = metrics.get("learner_seconds", float("nan"))
-    waited = metrics.get("learner_wait_seconds", learners)
-    networks = sum(
-        json.loads((member / "metrics.json").read_text()).get("train_seconds", 0.0)
-        for member in sorted((out / "folds").iterdir())
-    )
-    return {"networks": networks, "learners": learners, "waited": waited, "rest": total - networks - waited}
+    waited = metrics.get("side_wait_seconds", learners)
+    beside = {str(k) for k in metrics.get("members_beside", [])}
+    seconds = {
+        member.name: json.loads((member / "metrics.json").read_text()).get("train_seconds", 0.0)
+        for member in (out / "folds").iterdir()
+    }
+    here = sum(v for k, v in seconds.items() if k not in beside)
+    there = sum(v for k, v in seconds.items() if k in beside)
+    return {"networks": here, "beside": there, "learners": learners, "waited": waited, "rest": total - here - waited}
 
 
 def measure(name: str, settings: dict[str, Any], seed: int, scratch: Path) -> dict[str, Any]:
@@ -90,8 +94,8 @@ def measure(name: str, settings: dict[str, Any], seed: int, scratch: Path) -> di
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown: per dataset, the medians over seeds."""
     lines = [
-        "| dataset | joint (s) | default (s) | default / joint | networks (s) | learners (s) | waited (s) "
-        "| rest (s) | accuracy joint / default |",
+        "| dataset | joint (s) | default (s) | default / joint | networks: run / beside (s) | learners (s) "
+        "| waited (s) | rest (s) | accuracy joint / default |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(r["dataset"] for r in rows):
@@ -102,7 +106,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
         lines.append(
             f"| {name} | {median('joint'):.1f} | {median('default'):.1f} | {median('ratio'):.1f}x "
-            f"| {median('networks'):.1f} | {median('learners'):.1f} | {median('waited'):.1f} | {median('rest'):.1f} "
+            f"| {median('networks'):.1f} / {median('beside'):.1f} | {median('learners'):.1f} | {median('waited'):.1f} "
+            f"| {median('rest'):.1f} "
             f"| {median('joint_accuracy'):.3f} / {median('default_accuracy'):.3f} |"
         )
     return "\n".join(lines)

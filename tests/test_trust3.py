@@ -141,7 +141,8 @@ def test_case04_a_cross_fitted_run_resumed_after_a_kill_writes_the_same_metrics(
             metrics.pop("train_seconds"),
             metrics.pop("seconds_per_epoch"),
             metrics.pop("learner_seconds"),
-            metrics.pop("learner_wait_seconds"),
+            metrics.pop("side_wait_seconds"),
+            metrics.pop("members_beside"),
         )
     assert "fusion_scores" in cut["strategy_summary"]["members"][0]
     assert cut == whole
