@@ -169,12 +169,16 @@ class Bag(Model):
 
     @torch.no_grad()
     def choose(
-        self, held_out: Sequence[tuple[Model, Outputs]], seed: int, answers: Sequence[Mapping[str, Tensor]] = ()
+        self,
+        held_out: Sequence[tuple[Model, Outputs]],
+        seed: int,
+        answers: Sequence[Mapping[str, Tensor]] = (),
+        workers: int = 1,
     ) -> None:
         """Choose the fusion on the members' out-of-fold outputs (pairs of a member and its
         outputs on the fold it never saw) and, with learners, their learners' ``answers`` on the
         same rows (name -> (n, C) log-probabilities, one table per member); keep the choice and
-        the fused out-of-fold outputs."""
+        the fused out-of-fold outputs. ``workers``: threads fitting the choice's folds at once."""
         parts: dict[str, list[Tensor]] = {}
         for k, (member, out) in enumerate(held_out):
             features = {m: f.to(self.device) for m, f in out.features.items()}
@@ -198,7 +202,7 @@ class Bag(Model):
         present = {m: cat[f"present/{m}"] for m in self.modalities}
         experts = {**unimodal, **{n: cat[f"learner/{n}"] for n in self.experts[len(self.modalities) :]}}
         head, own = cat.get("head"), cat["own"]
-        choice = self.fusion.fit(experts, self.expert_present(present), cat["label"], seed, head, own)
+        choice = self.fusion.fit(experts, self.expert_present(present), cat["label"], seed, head, own, workers=workers)
         self.selection = {
             "fusion": choice.rule,
             "fusion_scores": choice.scores,

@@ -300,9 +300,10 @@ def _train_cross_fitted(
         for k in range(1, config.data.folds + 1)
     ]
     side = side_process() if learners is not None and threads == "auto" and not dist.active else None
-    shared = 0  # the networks' threads where a second process works beside the run: one fewer
+    shared, workers = 0, 1  # the networks' threads where a second process works beside the run: one fewer
     if side is not None:
         threads = shared = min(threads_for(threads, model) or torch.get_num_threads(), torch.get_num_threads() - 1)
+        workers = torch.get_num_threads() // shared  # the fusion choice's fits at once, the second process idle
     beside = (  # members' networks may train in the second process too, on as many threads
         side is not None
         and not encoders
@@ -345,7 +346,7 @@ def _train_cross_fitted(
     bag.place(dist, config.train.eval_batch_size, config.train.precision)
     bag.best_epoch = members[0].best_epoch
     with torch_threads(threads_for(threads, members[0])):
-        bag.choose(held_out_outputs, seed, answers)
+        bag.choose(held_out_outputs, seed, answers, workers=workers)
         seconds = time.perf_counter() - started
         test_outputs = bag.collect(splits.test)
         metrics = final_metrics(bag, splits, config, history, test_outputs, val_outputs=bag.held_out)

@@ -40,6 +40,7 @@ answer for them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,6 +203,7 @@ def choose_rule(
     rules: Sequence[str] | None = None,
     folds: int = 5,
     seed: int = 0,
+    workers: int = 1,
 ) -> Choice:
     """Score every candidate on the held-out samples that have every modality; pick the best.
 
@@ -217,6 +219,8 @@ def choose_rule(
         folds: cross-fitting folds for the fitted rules and the estimate (fewer when there are
             fewer samples).
         seed: seed of the fold assignment.
+        workers: threads that fit a rule's folds at once (each fit is the same as alone: give more
+            than one only where torch runs on one thread and cores are free).
     """
     names = list(logits)
     full = torch.stack([present[m] for m in names], dim=1).all(dim=1)
@@ -234,7 +238,7 @@ def choose_rule(
     if n < len(names) * num_classes:  # fewer samples than its inputs: the stacked rule could only learn them by heart
         candidates = [r for r in candidates if r != "stacked"]
     parts = _folds(n, folds, seed)
-    predicted = {r: _predicted(r, logits, present, label, num_classes, parts, head, own) for r in candidates}
+    predicted = {r: _predicted(r, logits, present, label, num_classes, parts, head, own, workers) for r in candidates}
     correct = {r: p == label if p is not None else None for r, p in predicted.items()}
     scores = {r: float(c.double().mean()) if c is not None else float("nan") for r, c in correct.items()}
     best = _best(candidates, scores)
@@ -264,23 +268,32 @@ def _predicted(
     parts: Sequence[np.ndarray],
     head: Tensor | None,
     own: Tensor | None,
+    workers: int = 1,
 ) -> Tensor | None:
-    """(n,) the class ``rule`` gives each sample (cross-fitted for a fitted rule), or None when
-    there is nothing to score."""
+    """(n,) the class ``rule`` gives each sample (cross-fitted for a fitted rule, ``workers``
+    folds at once), or None when there is nothing to score."""
     if len(label) == 0:
         return None
     if rule not in ("stacked", "weighted"):
         return apply_rule(rule, logits, present, head=head, own=own).argmax(1)
     if not parts:
         return None
-    out = torch.zeros(len(label), dtype=torch.long)
-    for held in parts:
+
+    def held_out(held: np.ndarray) -> tuple[Tensor, Tensor]:
         rest = torch.as_tensor(np.setdiff1d(np.arange(len(label)), held))
         held_rows = torch.as_tensor(held)
         fitted = _fit_all({m: v[rest] for m, v in logits.items()}, label[rest], num_classes, only=rule)
         sub = {m: v[held_rows] for m, v in logits.items()}
-        fused = apply_rule(rule, sub, {m: v[held_rows] for m, v in present.items()}, fitted)
-        out[held_rows] = fused.argmax(1)
+        return held_rows, apply_rule(rule, sub, {m: v[held_rows] for m, v in present.items()}, fitted).argmax(1)
+
+    if workers > 1:  # (torch runs its operations outside the interpreter's lock: the fits overlap)
+        with ThreadPoolExecutor(min(workers, len(parts))) as pool:
+            done = list(pool.map(held_out, parts))
+    else:
+        done = [held_out(held) for held in parts]
+    out = torch.zeros(len(label), dtype=torch.long)
+    for held_rows, classes in done:
+        out[held_rows] = classes
     return out
 
 
@@ -392,10 +405,12 @@ class ChosenFusion(nn.Module):
         head: Tensor | None = None,
         own: Tensor | None = None,
         index: Tensor | None = None,
+        workers: int = 1,
     ) -> Choice:
         """Choose the rule on held-out outputs and keep its fitted weights. With the samples'
         ``index`` they are first put in sample order, so that the folds of the choice, and the
-        choice, are the same whatever order the outputs were gathered in (one process or several)."""
+        choice, are the same whatever order the outputs were gathered in (one process or several).
+        ``workers``: threads fitting folds at once (:func:`choose_rule`)."""
         order = index.cpu().argsort() if index is not None else torch.arange(len(label))
 
         def host(x: Tensor) -> Tensor:
@@ -410,6 +425,7 @@ class ChosenFusion(nn.Module):
             own=None if own is None else host(own),
             rules=self.rules,
             seed=seed,
+            workers=workers,
         )
         self.rule.fill_(self.names.index(choice.rule))
         self.weight.copy_(choice.fitted.stacked[0])

@@ -7,6 +7,7 @@ from altmodal.fusion import combine, entropy_weights
 from altmodal.fusion_choice import ChosenFusion, Fitted, apply_rule, choose_rule, fit_stacked, stack_inputs
 from altmodal.runs import Run
 from altmodal.strategies import TrainConfig, build_strategy
+from altmodal.threads import torch_threads
 from altmodal.trainer import Trainer
 from tests.conftest import tiny_config
 
@@ -30,6 +31,19 @@ def test_stacked_rule_learns_a_modality_that_names_the_wrong_class_consistently(
     fused = apply_rule("stacked", logits, present, choice.fitted)
     assert float((fused.argmax(1) == label).float().mean()) > 0.95
     assert 0.9 < choice.estimate <= 1.0  # chosen on folds it is not scored on: still the stacked rule
+
+
+def test_folds_fitted_at_once_give_the_choice_of_folds_fitted_in_turn():
+    torch.manual_seed(1)
+    n, c = 120, 3
+    label = torch.arange(n) % c
+    logits = {m: confident(label, c, 1.0) + 2 * torch.randn(n, c) for m in ("m0", "m1", "m2")}
+    present = {m: torch.ones(n, dtype=torch.bool) for m in logits}
+    with torch_threads(1):
+        alone, together = (choose_rule(logits, present, label, c, seed=3, workers=w) for w in (1, 2))
+    assert alone.scores == together.scores and alone.rule == together.rule and alone.estimate == together.estimate
+    assert torch.equal(alone.fitted.weights, together.fitted.weights)
+    assert all(torch.equal(a, b) for a, b in zip(alone.fitted.stacked, together.fitted.stacked))
 
 
 def test_a_rule_that_needs_no_fitting_wins_ties():
