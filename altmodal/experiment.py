@@ -325,12 +325,13 @@ def _train_cross_fitted(
             trained[k] = result, held_out(result.model.strategy, mine, threads)
         taken = [k for k in range(1, len(folds) + 1) if k not in trained]  # by the second process
         if taken:
-            log.info("%s: members %s trained in a second process", run.path, ", ".join(map(str, taken)))
+            which = f"member{'s' if len(taken) > 1 else ''} {', '.join(map(str, taken))}"
+            log.info("%s: %s trained in a second process", run.path, which)
         jobs.fit_left()
-        for k, member in enumerate(folds, start=1):
-            if k not in trained:  # (trained in the second process: read back as a finished member)
-                got = jobs.trained_beside(k)  # (first: the second process holds the member until then)
-                trained[k] = _train_in(member, paths[k - 1], dist, False, False, {}, loaded, (), threads), got
+        for k in range(1, len(folds) + 1):
+            if k not in trained:  # trained in the second process: read back once it is done
+                got = jobs.trained_beside(k)
+                trained[k] = RunResult(Run(paths[k - 1]).read_object("metrics.json"), paths[k - 1]), got
             result, (outputs, order) = trained[k]
             strategy = result.model.strategy
             held_out_outputs.append((strategy, outputs))
