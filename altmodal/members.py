@@ -133,29 +133,29 @@ class MemberJobs:
         beside: bool,
         train: Trainer,
     ):
-        self.learners, self.folds, self.loaded, self.side = learners, folds, loaded, side
-        self.claims = tempfile.mkdtemp(prefix="altmodal-claims-") if side is not None else None
+        self.learners, self.folds, self.loaded = learners, folds, loaded
+        self.claims: str | None = None  # the claims' folder, with a second process
         self.fitted: dict[int, Answer] = {}  # the learners fitted in this process
-        self.queued: list[Future[Any]] = []
         self.fits: dict[int, Future[Answer | None]] = {}
         self.trains: dict[int, Future[tuple[Outputs, np.ndarray] | None]] = {}
         self.seconds = 0.0  # the learners' own
         self.waited = 0.0  # the run's: fitting learners or waiting for the second process
-        if side is None or self.claims is None:
+        if side is None:
             return
+        self.claims = claims = tempfile.mkdtemp(prefix="altmodal-claims-")
         for i, k in enumerate(range(len(folds), 0, -1), start=1):  # a network from the back, a learner from the front
             if beside:
                 path = str(Path(paths[k - 1]).resolve())
-                self.trains[k] = side.submit(train_beside, self.claims, train, folds[k - 1], path, loaded, threads)
+                self.trains[k] = side.submit(train_beside, claims, train, folds[k - 1], path, loaded, threads)
             if learners is not None:
-                self.fits[i] = side.submit(fit_beside, self.claims, learners, folds[i - 1], loaded)
-        self.queued = [*self.fits.values(), *self.trains.values()]
+                self.fits[i] = side.submit(fit_beside, claims, learners, folds[i - 1], loaded)
 
     def __enter__(self) -> MemberJobs:
         return self
 
     def __exit__(self, *failure: object) -> None:
-        for future in self.queued:
+        queued: list[Future[Any]] = [*self.fits.values(), *self.trains.values()]
+        for future in queued:
             future.cancel()
         if self.claims is not None:
             shutil.rmtree(self.claims, ignore_errors=True)

@@ -15,9 +15,10 @@ faster on two. While other jobs kept the cores busy, two threads made every mode
 so on a shared machine ``--threads 1`` is the safe choice.
 
 A cross-fitted run with classical learners (the default) under ``auto`` on two or more threads
-fits the learners in a second process (:func:`side_process`, one thread), while its networks
-train on one thread fewer than ``auto`` gives them: the learners need no network, and on two cores
-the run then keeps both busy. A number of threads is the whole run's: no second process.
+shares its members' jobs with a second process (:func:`side_process`; :mod:`altmodal.members`):
+the learners, on one thread, and where the networks' threads fit twice in the cores, members'
+networks too, while the run's networks train on one thread fewer than ``auto`` gives them; on two
+cores the run then keeps both busy. A number of threads is the whole run's: no second process.
 
 Threads are set for the run (or the prediction) and restored afterwards, so a Python session
 keeps its own setting; ``None`` leaves torch's setting alone (what :func:`train_run` does when it

@@ -6,6 +6,7 @@ refused before training, and every bad input gets one clear line naming what is 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import warnings
@@ -136,14 +137,9 @@ def test_case04_a_cross_fitted_run_resumed_after_a_kill_writes_the_same_metrics(
     _killed_in_member([*argv, "--out", str(tmp_path / "cut")], "2", monkeypatch)
     assert main([*argv, "--out", str(tmp_path / "cut")]) == 0
     whole, cut = _strict_json(tmp_path / "whole" / "metrics.json"), _strict_json(tmp_path / "cut" / "metrics.json")
-    for metrics in (whole, cut):
-        (
-            metrics.pop("train_seconds"),
-            metrics.pop("seconds_per_epoch"),
-            metrics.pop("learner_seconds"),
-            metrics.pop("side_wait_seconds"),
-            metrics.pop("members_beside"),
-        )
+    timing = ("train_seconds", "seconds_per_epoch", "learner_seconds", "side_wait_seconds", "members_beside")
+    for metrics, key in itertools.product((whole, cut), timing):
+        metrics.pop(key)
     assert "fusion_scores" in cut["strategy_summary"]["members"][0]
     assert cut == whole
 
