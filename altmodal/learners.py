@@ -34,7 +34,7 @@ import json
 import time
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -429,34 +429,46 @@ class Learners(nn.Module):
         seed: int,
         held: np.ndarray | None = None,
         weights: np.ndarray | None = None,
+        take: Callable[[int], bool] | None = None,
+        backwards: bool = False,
     ) -> None:
-        """Fit every learner on one member's rows (a learner only on the rows that have each
+        """Fit the learners on one member's rows (a learner only on the rows that have each
         modality it reads; a linear one on a sparse form of wide sparse inputs), tuned on the rows
         ``held`` (its validation share) where given, each row weighing ``weights`` (the run's
-        per-sample loss weights) where given, and keep them as the next member's."""
+        per-sample loss weights) where given, and keep them as the next member's: every learner,
+        or (``take``) those whose position in ``names`` ``take`` accepts, asked just before each
+        fit, in the order of ``names`` or ``backwards``. A learner's fit depends on its position,
+        not on which others are fitted, nor in what order."""
         label = np.asarray(label, dtype=np.int64)
         held = None if held is None else np.asarray(held, dtype=bool)
         weights = None if weights is None else np.asarray(weights, dtype=np.float64)
-        reads, fitted = self.inputs_of(inputs, present), {}
-        for i, name in enumerate(self.names):
-            rows = np.all([np.asarray(present[m], dtype=bool) for m in covered(name, self.modalities)], axis=0)
-            share = None if held is None else held[rows]
-            weight = None if weights is None else weights[rows]
-            kind = name.rpartition(":")[2]
-            x, y = reads[name][rows], label[rows]
-            fitted[name] = fit(kind, x, y, seed + 7919 * i, held=share, sparse=True, weight=weight)
-        self.fitted.append(fitted)
-
-    def inputs_of(self, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """name -> (N, D) what each learner reads (:func:`joined_inputs` of its modalities)."""
         host = {m: _host(inputs[m]) for m in self.modalities}
         masks = {m: _host(present[m]) for m in self.modalities}
-        return {n: joined_inputs(host, masks, covered(n, self.modalities), n.rpartition(":")[2]) for n in self.names}
+        fitted = {}
+        positions = range(len(self.names))
+        for i in reversed(positions) if backwards else positions:
+            if take is not None and not take(i):
+                continue
+            name, kind = self.names[i], self.names[i].rpartition(":")[2]
+            reads = covered(name, self.modalities)
+            rows = np.all([masks[m].astype(bool) for m in reads], axis=0)
+            share = None if held is None else held[rows]
+            weight = None if weights is None else weights[rows]
+            x, y = joined_inputs(host, masks, reads, kind)[rows], label[rows]
+            fitted[name] = fit(kind, x, y, seed + 7919 * i, held=share, sparse=True, weight=weight)
+        self.fitted.append({n: fitted[n] for n in self.names if n in fitted})
 
-    def member_log_probs(self, k: int, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, Tensor]:
-        """name -> (N, C) member ``k``'s learners' log-probabilities (any row: where a learner's
-        modality is absent, its answer is not read)."""
-        return self._answers(self.fitted[k], self.inputs_of(inputs, present))
+    def inputs_of(
+        self, inputs: Mapping[str, Any], present: Mapping[str, Any], names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """name -> (N, D) what each learner (of ``names``, default all) reads (:func:`joined_inputs`
+        of its modalities)."""
+        host = {m: _host(inputs[m]) for m in self.modalities}
+        masks = {m: _host(present[m]) for m in self.modalities}
+        return {
+            n: joined_inputs(host, masks, covered(n, self.modalities), n.rpartition(":")[2])
+            for n in (self.names if names is None else names)
+        }
 
     def log_probs(self, inputs: Mapping[str, Any], present: Mapping[str, Any]) -> dict[str, Tensor]:
         """name -> (N, C) the mean over members of their learners' log-probabilities."""
@@ -495,19 +507,24 @@ def fit_elsewhere(
     held: np.ndarray | None,
     weights: np.ndarray | None,
     asked: tuple[Mapping[str, Any], Mapping[str, Any]],
+    take: Callable[[int], bool] | None = None,
+    backwards: bool = False,
 ) -> tuple[dict[str, Any], dict[str, bytes], dict[str, np.ndarray], float]:
-    """One member's learners, fitted as :meth:`Learners.fit_member` fits them (on ``rows``: the
-    member's inputs, presence and labels) by a copy of ``learners`` on :data:`THREADS` thread,
-    their saved bytes (as the model file holds them), their log-probabilities on ``asked`` (the
-    inputs and presence of the member's held-out fold) and the seconds all that took: a task that
-    needs no network, for a second process while the networks train."""
+    """One member's learners (those ``take`` accepts, see :meth:`Learners.fit_member`), fitted as
+    :meth:`Learners.fit_member` fits them (on ``rows``: the member's inputs, presence and labels)
+    by a copy of ``learners`` on :data:`THREADS` thread, their saved bytes (as the model file holds
+    them), their log-probabilities on ``asked`` (the inputs and presence of the member's held-out
+    fold) and the seconds all that took: a task that needs no network, for a second process while
+    the networks train."""
     started = time.perf_counter()
     own = Learners(learners.names, learners.modalities, learners.num_classes)
     with torch_threads(THREADS):
-        own.fit_member(*rows, seed, held, weights)
-        answer = own.member_log_probs(0, *asked)
-        saved = {n: _saved(m) for n, m in own.fitted[0].items()}
-    return own.fitted[0], saved, {n: v.numpy() for n, v in answer.items()}, time.perf_counter() - started
+        own.fit_member(*rows, seed, held, weights, take, backwards)
+        fitted = own.fitted[0]
+        reads = own.inputs_of(*asked, names=list(fitted))
+        answer = {n: log_proba(m, reads[n], own.num_classes) for n, m in fitted.items()}
+        saved = {n: _saved(m) for n, m in fitted.items()}
+    return fitted, saved, answer, time.perf_counter() - started
 
 
 def _saved(model: Any) -> bytes:

@@ -5,11 +5,13 @@ networks and fitting its classical learners. Where a second process is at hand
 (:func:`~altmodal.threads.side_process`), the run trains the networks from the first member on
 and then fits the learners still left from the last member back, while the second process
 alternates: a member's networks from the last member back, a member's learners from the first
-member on. A job goes to whichever process claims it first (a file created exclusively in a
-folder the run removes when it ends), so neither idles while the other has work queued and the
-last jobs end close together. Both load a member's data alike and train on the same number of
-threads: a member's numbers do not depend on which process trained it. Without a second process
-the run does every job itself.
+member on. A job (a member's networks, or one of its learners) goes to whichever process claims
+it first (a file created exclusively in a folder the run removes when it ends), so neither idles
+while the other has work queued, and the last jobs end close together: at the end the run waits
+for one member's networks or one learner at most, not for a member's whole set of learners.
+Both load a member's data alike and train on the same number of threads: a member's numbers do
+not depend on which process trained it, nor a learner's on which process fitted it. Without a
+second process the run does every job itself.
 """
 
 from __future__ import annotations
@@ -85,11 +87,26 @@ def learner_task(member: RunConfig, splits: Splits) -> tuple[Any, ...]:
     return rows_of(rows), member_seed(member), share, weights_of(rows), (inputs, present)
 
 
-def fit_beside(claims: str, learners: Learners, member: RunConfig, loaded: Any) -> Answer | None:
-    """In the second process: member's learners, if this process claims them first."""
-    if not claim(claims, f"learners-{member.data.fold}"):
+def fit_claimed(
+    claims: str | None, learners: Learners, member: RunConfig, loaded: Any, backwards: bool = False
+) -> Answer | None:
+    """Those of ``member``'s learners that this process claims first (every one without
+    ``claims``), one at a time just before each fit, in the order of their names or ``backwards``;
+    None when it claims none (its data are then never loaded)."""
+    k = member.data.fold
+    positions = range(len(learners.names))
+    first = next((i for i in (reversed(positions) if backwards else positions) if take(claims, k, i)), None)
+    if first is None:
         return None
-    return fit_elsewhere(learners, *learner_task(member, member_splits(member, loaded)))
+    rows, seed, held, weights, asked = learner_task(member, member_splits(member, loaded))
+    return fit_elsewhere(
+        learners, rows, seed, held, weights, asked, lambda i: i == first or take(claims, k, i), backwards
+    )
+
+
+def take(claims: str | None, k: int, i: int) -> bool:
+    """Whether this process fits member ``k``'s learner at position ``i`` (always without claims)."""
+    return claims is None or claim(claims, f"learners-{k}-{i}")
 
 
 def train_beside(
@@ -148,7 +165,7 @@ class MemberJobs:
                 path = str(Path(paths[k - 1]).resolve())
                 self.trains[k] = side.submit(train_beside, claims, train, folds[k - 1], path, loaded, threads)
             if learners is not None:
-                self.fits[i] = side.submit(fit_beside, claims, learners, folds[i - 1], loaded)
+                self.fits[i] = side.submit(fit_claimed, claims, learners, folds[i - 1], loaded)
 
     def __enter__(self) -> MemberJobs:
         return self
@@ -168,14 +185,16 @@ class MemberJobs:
         return member_splits(self.folds[k - 1], self.loaded)
 
     def fit_left(self) -> None:
-        """Fit the learners the second process has not taken, from the last member back."""
+        """Fit the learners the second process has not taken, from the last member's last learner
+        back (it takes them from the first member's first on)."""
         if self.learners is None:
             return
         for k in range(len(self.folds), 0, -1):
-            if self.here("learners", k):
-                started = time.perf_counter()
-                self.fitted[k] = fit_elsewhere(self.learners, *learner_task(self.folds[k - 1], self.splits(k)))
-                self.waited += time.perf_counter() - started
+            started = time.perf_counter()
+            fitted = fit_claimed(self.claims, self.learners, self.folds[k - 1], self.loaded, backwards=True)
+            if fitted is not None:
+                self.fitted[k] = fitted
+            self.waited += time.perf_counter() - started
 
     def trained_beside(self, k: int) -> tuple[Outputs, np.ndarray]:
         """Member ``k``'s outputs on its held-out fold and their rows, once the second process has
@@ -184,13 +203,24 @@ class MemberJobs:
 
     def answers(self, k: int) -> dict[str, np.ndarray]:
         """name -> member ``k``'s learners' log-probabilities on its held-out fold, in the fold's
-        row order; the fitted learners join ``learners.fitted``."""
+        row order, from either process (the second one is waited for only where it took some);
+        the fitted learners join ``learners.fitted``."""
         assert self.learners is not None
-        fitted, saved, answer, seconds = self.fitted[k] if k in self.fitted else self._wait(self.fits[k])
-        self.learners.saved[len(self.learners.fitted)] = saved  # (written with the model)
-        self.learners.fitted.append(fitted)
-        self.seconds += seconds
-        return answer
+        names = self.learners.names
+        parts = [self.fitted[k]] if k in self.fitted else []
+        if sum(len(part[0]) for part in parts) < len(names):
+            parts.append(self._wait(self.fits[k]))
+        fitted: dict[str, Any] = {}
+        saved: dict[str, bytes] = {}
+        answer: dict[str, np.ndarray] = {}
+        for part in parts:
+            fitted.update(part[0])
+            saved.update(part[1])
+            answer.update(part[2])
+            self.seconds += part[3]
+        self.learners.saved[len(self.learners.fitted)] = {n: saved[n] for n in names}  # (written with the model)
+        self.learners.fitted.append({n: fitted[n] for n in names})
+        return {n: answer[n] for n in names}
 
     def _wait(self, future: Future[Any]) -> Any:
         started = time.perf_counter()

@@ -56,3 +56,23 @@ def test_without_a_second_process_the_run_does_every_job(tmp_path):
     with MemberJobs(None, folds, paths, None, None, 1, True, train_member) as jobs:
         assert all(jobs.here(job, k) for job in ("networks", "learners") for k in (1, 2, 3))
         assert jobs.claims is None and not jobs.fits and not jobs.trains
+
+
+def test_learners_shared_one_at_a_time_between_processes_are_those_one_process_fits(tmp_path):
+    from altmodal.data.registry import load_splits
+    from altmodal.experiment import run_learners
+    from altmodal.members import fit_claimed
+
+    config = tiny_config(folds=3)
+    learners = run_learners(config, load_splits(config.data, 0), {})
+    member = member_of(config, 2)
+    alone = fit_claimed(None, learners, member, None)
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    assert claim(str(claims), "learners-2-1")  # the other process took the second learner
+    here = fit_claimed(str(claims), learners, member, None, backwards=True)
+    assert list(here[0]) == [n for i, n in enumerate(learners.names) if i != 1]
+    assert fit_claimed(str(claims), learners, member, None) is None  # every one taken: nothing loaded, none fitted
+    for name, answer in here[2].items():
+        assert (answer == alone[2][name]).all()
+    assert len(learners.names) >= 3 and all(f"learners-2-{i}" in {p.name for p in claims.iterdir()} for i in range(3))
