@@ -377,11 +377,13 @@ def _is_svm(model: Any) -> bool:
 
 
 def dumps(models: Any) -> bytes:
-    """Fitted linear or kernel learners (any nesting of lists and dicts) in the skops format."""
+    """Fitted linear or kernel learners (any nesting of lists and dicts) in the skops format,
+    deflated at zlib's fastest level: a 3sources member's learners in 0.19 s instead of 0.48 s at
+    the default level, for 5.40 MB instead of 5.04 (the arrays are floats, which deflate little)."""
     require_sklearn()
     import skops.io as sio
 
-    return sio.dumps(models, compression=zipfile.ZIP_DEFLATED)  # type: ignore[no-any-return]
+    return sio.dumps(models, compression=zipfile.ZIP_DEFLATED, compresslevel=1)  # type: ignore[no-any-return]
 
 
 def loads(data: bytes, source: str) -> Any:
