@@ -315,7 +315,7 @@ def _train_cross_fitted(
     trained: dict[int, tuple[Any, tuple[Outputs, np.ndarray]]] = {}
     with MemberJobs(learners, folds, paths, loaded, side, shared, beside, train_member) as jobs:
         for k, member in enumerate(folds, start=1):
-            if not jobs.here("networks", k):
+            if not jobs.here(k):
                 continue
             for callback in callbacks:
                 callback.on_member_start(k, config.data.folds)

@@ -177,9 +177,9 @@ class MemberJobs:
         if self.claims is not None:
             shutil.rmtree(self.claims, ignore_errors=True)
 
-    def here(self, job: str, k: int) -> bool:
-        """Whether this process does member ``k``'s ``job`` (``networks`` or ``learners``)."""
-        return self.claims is None or claim(self.claims, f"{job}-{k}")
+    def here(self, k: int) -> bool:
+        """Whether this process trains member ``k``'s networks (its learners: :func:`take`)."""
+        return self.claims is None or claim(self.claims, f"networks-{k}")
 
     def splits(self, k: int) -> Splits:
         return member_splits(self.folds[k - 1], self.loaded)

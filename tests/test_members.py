@@ -54,7 +54,7 @@ def test_without_a_second_process_the_run_does_every_job(tmp_path):
     folds = [member_of(config, k) for k in (1, 2, 3)]
     paths = [tmp_path / str(k) for k in (1, 2, 3)]
     with MemberJobs(None, folds, paths, None, None, 1, True, train_member) as jobs:
-        assert all(jobs.here(job, k) for job in ("networks", "learners") for k in (1, 2, 3))
+        assert all(jobs.here(k) for k in (1, 2, 3))
         assert jobs.claims is None and not jobs.fits and not jobs.trains
 
 
