@@ -444,19 +444,16 @@ class Learners(nn.Module):
         label = np.asarray(label, dtype=np.int64)
         held = None if held is None else np.asarray(held, dtype=bool)
         weights = None if weights is None else np.asarray(weights, dtype=np.float64)
-        host = {m: _host(inputs[m]) for m in self.modalities}
-        masks = {m: _host(present[m]) for m in self.modalities}
         fitted = {}
         positions = range(len(self.names))
         for i in reversed(positions) if backwards else positions:
             if take is not None and not take(i):
                 continue
             name, kind = self.names[i], self.names[i].rpartition(":")[2]
-            reads = covered(name, self.modalities)
-            rows = np.all([masks[m].astype(bool) for m in reads], axis=0)
+            rows = np.all([np.asarray(present[m], dtype=bool) for m in covered(name, self.modalities)], axis=0)
             share = None if held is None else held[rows]
             weight = None if weights is None else weights[rows]
-            x, y = joined_inputs(host, masks, reads, kind)[rows], label[rows]
+            x, y = self.inputs_of(inputs, present, [name])[name][rows], label[rows]
             fitted[name] = fit(kind, x, y, seed + 7919 * i, held=share, sparse=True, weight=weight)
         self.fitted.append({n: fitted[n] for n in self.names if n in fitted})
 
@@ -479,7 +476,7 @@ class Learners(nn.Module):
         return {n: torch.stack([p[n] for p in parts]).mean(dim=0) for n in self.names}
 
     def _answers(self, member: Mapping[str, Any], reads: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
-        return {n: torch.from_numpy(log_proba(member[n], reads[n], self.num_classes)) for n in self.names}
+        return {n: torch.from_numpy(log_proba(model, reads[n], self.num_classes)) for n, model in member.items()}
 
     def present(self, present: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """name -> (N,) whether the learner has every modality it reads."""
@@ -523,8 +520,7 @@ def fit_elsewhere(
     with torch_threads(THREADS):
         own.fit_member(*rows, seed, held, weights, take, backwards)
         fitted = own.fitted[0]
-        reads = own.inputs_of(*asked, names=list(fitted))
-        answer = {n: log_proba(m, reads[n], own.num_classes) for n, m in fitted.items()}
+        answer = {n: v.numpy() for n, v in own._answers(fitted, own.inputs_of(*asked, names=list(fitted))).items()}
         saved = {n: _saved(m) for n, m in fitted.items()}
     return fitted, saved, answer, time.perf_counter() - started
 
